@@ -1,0 +1,1 @@
+"""System checks for gyrinx_tasks (filled in below)."""

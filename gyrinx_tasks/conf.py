@@ -1,0 +1,79 @@
+"""Settings for gyrinx_tasks, read live from ``django.conf.settings``.
+
+Each setting defaults to the environment variable of the same name, so a Cloud Run service
+can be configured without touching settings.py, and ``override_settings`` works in tests.
+"""
+
+import os
+
+from django.conf import settings
+
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
+GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+PUSH_PATH = "/tasks/pubsub/"
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in {"", "0", "false", "no", "off"}
+    return bool(value)
+
+
+class TasksSettings:
+    def _get(self, name: str, default: object = None) -> object:
+        if hasattr(settings, name):
+            return getattr(settings, name)
+        return os.environ.get(name, default)
+
+    @property
+    def GCP_PROJECT_ID(self) -> str:
+        return str(self._get("GCP_PROJECT_ID", "") or "")
+
+    @property
+    def CLOUD_RUN_SERVICE_URL(self) -> str:
+        return str(self._get("CLOUD_RUN_SERVICE_URL", "") or "").rstrip("/")
+
+    @property
+    def TASKS_SERVICE_ACCOUNT(self) -> str:
+        return str(self._get("TASKS_SERVICE_ACCOUNT", "") or "")
+
+    @property
+    def TASKS_ENVIRONMENT(self) -> str:
+        return str(self._get("TASKS_ENVIRONMENT", "dev") or "dev")
+
+    @property
+    def SCHEDULER_LOCATION(self) -> str:
+        return str(self._get("SCHEDULER_LOCATION", "europe-west2") or "europe-west2")
+
+    @property
+    def TASKS_REGISTRY(self) -> str:
+        return str(self._get("TASKS_REGISTRY", "") or "")
+
+    @property
+    def TASKS_VERIFY_OIDC(self) -> bool:
+        return _truthy(self._get("TASKS_VERIFY_OIDC", True))
+
+    @property
+    def TASKS_OIDC_AUDIENCE(self) -> str:
+        """The audience push tokens carry: by default the push endpoint's own URL."""
+        explicit = str(self._get("TASKS_OIDC_AUDIENCE", "") or "")
+        return explicit or self.push_endpoint
+
+    @property
+    def TASKS_OIDC_CERTS_URL(self) -> str:
+        return str(self._get("TASKS_OIDC_CERTS_URL", GOOGLE_CERTS_URL) or GOOGLE_CERTS_URL)
+
+    @property
+    def TASKS_PROVISION_ON_STARTUP(self) -> bool:
+        return _truthy(self._get("TASKS_PROVISION_ON_STARTUP", False))
+
+    @property
+    def push_endpoint(self) -> str:
+        return f"{self.CLOUD_RUN_SERVICE_URL}{PUSH_PATH}" if self.CLOUD_RUN_SERVICE_URL else ""
+
+    @property
+    def emulator_host(self) -> str:
+        return os.environ.get("PUBSUB_EMULATOR_HOST", "")
+
+
+tasks_settings = TasksSettings()

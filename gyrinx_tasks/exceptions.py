@@ -1,0 +1,28 @@
+"""Exceptions raised by gyrinx_tasks."""
+
+from django.core.exceptions import ImproperlyConfigured
+from django.tasks.exceptions import TaskException
+
+
+class RegistryError(ImproperlyConfigured):
+    """The task registry named by TASKS_REGISTRY cannot be loaded."""
+
+
+class UnknownTask(TaskException):
+    """No route in the registry has this task name."""
+
+
+class TaskPublishError(TaskException):
+    """Publishing a task message to Pub/Sub failed; the run is recorded as FAILED."""
+
+
+class TaskSkipped(TaskException):
+    """The run was skipped because the task's kill switch is off."""
+
+
+class TaskRejected(TaskException):
+    """The message could not be run (malformed, unknown task, or arguments that do not fit)."""
+
+
+class OIDCVerificationError(Exception):
+    """A push request's OIDC token is missing or invalid."""

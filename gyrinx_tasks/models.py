@@ -1,0 +1,206 @@
+"""Task runs (a django-fsm state machine) and the database kill switches."""
+
+import uuid
+
+from django.db import models
+from django.tasks import TaskResultStatus
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django_fsm import FSMField, transition
+
+
+class State(models.TextChoices):
+    READY = "READY", _("Ready")
+    RUNNING = "RUNNING", _("Running")
+    SUCCESSFUL = "SUCCESSFUL", _("Successful")
+    FAILED = "FAILED", _("Failed")
+    SKIPPED = "SKIPPED", _("Skipped")
+    REJECTED = "REJECTED", _("Rejected")
+
+
+class Trigger(models.TextChoices):
+    ENQUEUE = "enqueue", _("Enqueued")
+    SCHEDULE = "schedule", _("Schedule")
+    RETRY = "retry", _("Retry")
+    RUN_NOW = "run_now", _("Run now")
+
+
+# Our states in the terms of Django's TaskResultStatus. SKIPPED and REJECTED runs never
+# started, which Django calls FAILED ("unable to start").
+DJANGO_STATUS = {
+    State.READY: TaskResultStatus.READY,
+    State.RUNNING: TaskResultStatus.RUNNING,
+    State.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    State.FAILED: TaskResultStatus.FAILED,
+    State.SKIPPED: TaskResultStatus.FAILED,
+    State.REJECTED: TaskResultStatus.FAILED,
+}
+
+
+def new_result_id() -> str:
+    return str(uuid.uuid4())
+
+
+class TaskExecutionQuerySet(models.QuerySet):
+    def failed(self):
+        return self.filter(status=State.FAILED)
+
+    def for_task(self, name: str):
+        return self.filter(task_name=name)
+
+
+class TaskExecution(models.Model):
+    """One run of a task: from enqueue (or a scheduled delivery) to its outcome."""
+
+    result_id = models.CharField(
+        _("result id"), max_length=64, unique=True, default=new_result_id,
+        help_text=_("The id Django's TaskResult carries; get_result() looks runs up by it."),
+    )
+    task_id = models.CharField(
+        _("message task id"), max_length=255, blank=True,
+        help_text=_("The task_id in the Pub/Sub message; fixed per job for scheduled runs."),
+    )
+    task_name = models.CharField(_("task name"), max_length=255, blank=True)
+    task_path = models.CharField(_("task path"), max_length=500, blank=True)
+    backend = models.CharField(_("backend alias"), max_length=100, default="default")
+    status = FSMField(_("status"), default=State.READY, choices=State.choices)
+    trigger = models.CharField(
+        _("trigger"), max_length=16, choices=Trigger.choices, default=Trigger.ENQUEUE
+    )
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
+
+    args = models.JSONField(_("args"), default=list, blank=True)
+    kwargs = models.JSONField(_("kwargs"), default=dict, blank=True)
+    return_value = models.JSONField(_("return value"), null=True, blank=True)
+    errors = models.JSONField(
+        _("errors"), default=list, blank=True,
+        help_text=_("One entry per failed attempt: exception class path and traceback."),
+    )
+    attempts = models.PositiveIntegerField(_("attempts"), default=0)
+    worker_ids = models.JSONField(_("workers"), default=list, blank=True)
+    status_detail = models.TextField(_("detail"), blank=True)
+    raw_message = models.TextField(
+        _("raw message"), blank=True, help_text=_("Kept for rejected deliveries.")
+    )
+
+    message_id = models.CharField(
+        _("Pub/Sub message id"), max_length=100, null=True, blank=True, unique=True
+    )
+    delivery_attempt = models.PositiveIntegerField(_("delivery attempt"), null=True, blank=True)
+
+    created_at = models.DateTimeField(_("created"), default=timezone.now, editable=False)
+    enqueued_at = models.DateTimeField(_("enqueued"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started"), null=True, blank=True)
+    last_attempted_at = models.DateTimeField(_("last attempted"), null=True, blank=True)
+    finished_at = models.DateTimeField(_("finished"), null=True, blank=True)
+    timeline = models.JSONField(
+        _("timeline"), default=list, blank=True,
+        help_text=_("Every state change: when, from, to, and a note."),
+    )
+
+    objects = TaskExecutionQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("task execution")
+        verbose_name_plural = _("task executions")
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="gyrinx_exec_created"),
+            models.Index(fields=["status", "-created_at"], name="gyrinx_exec_status"),
+            models.Index(fields=["task_name", "-created_at"], name="gyrinx_exec_task"),
+            models.Index(fields=["task_id"], name="gyrinx_exec_task_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name or '?'} [{self.status}] {self.result_id}"
+
+    @property
+    def django_status(self) -> TaskResultStatus:
+        return DJANGO_STATUS[State(self.status)]
+
+    def _log(self, source: str, target: str, note: str = "") -> None:
+        entry = {"at": timezone.now().isoformat(), "from": source, "to": target}
+        if note:
+            entry["note"] = note
+        self.timeline = [*self.timeline, entry]
+
+    def _error_entry(self, exception_class_path: str, traceback: str) -> dict:
+        return {
+            "exception_class_path": exception_class_path,
+            "traceback": traceback,
+            "attempt": self.attempts,
+            "at": timezone.now().isoformat(),
+        }
+
+    # Transitions. Each records itself in the timeline; callers save().
+
+    @transition(field=status, source=[State.READY, State.FAILED, State.RUNNING],
+                target=State.RUNNING)
+    def start(self, worker_id: str, delivery_attempt: int | None = None) -> None:
+        now = timezone.now()
+        # A run found RUNNING again was cut off (crash, or the ack deadline passed).
+        self.attempts = max(self.attempts + 1, delivery_attempt or 0)
+        self.worker_ids = [*self.worker_ids, worker_id]
+        self.delivery_attempt = delivery_attempt
+        self.started_at = self.started_at or now
+        self.last_attempted_at = now
+        self.finished_at = None
+        self._log(self.status, State.RUNNING, f"attempt {self.attempts} on {worker_id}")
+
+    @transition(field=status, source=State.RUNNING, target=State.SUCCESSFUL)
+    def succeed(self, return_value: object) -> None:
+        self.return_value = return_value
+        self.finished_at = timezone.now()
+        self._log(State.RUNNING, State.SUCCESSFUL)
+
+    @transition(field=status, source=State.RUNNING, target=State.FAILED)
+    def fail(self, exception_class_path: str, traceback: str) -> None:
+        self.errors = [*self.errors, self._error_entry(exception_class_path, traceback)]
+        self.finished_at = timezone.now()
+        self._log(State.RUNNING, State.FAILED, f"attempt {self.attempts}: {exception_class_path}")
+
+    @transition(field=status, source=State.READY, target=State.FAILED)
+    def fail_to_enqueue(self, exception_class_path: str, traceback: str) -> None:
+        self.errors = [*self.errors, self._error_entry(exception_class_path, traceback)]
+        self.status_detail = "Publishing to Pub/Sub failed; the task was never delivered."
+        self.finished_at = timezone.now()
+        self._log(State.READY, State.FAILED, "publish failed")
+
+    @transition(field=status, source=[State.READY, State.FAILED], target=State.SKIPPED)
+    def skip(self, reason: str) -> None:
+        self.status_detail = reason
+        self.finished_at = timezone.now()
+        self._log(self.status, State.SKIPPED, reason)
+
+    @transition(field=status, source=[State.READY, State.FAILED, State.RUNNING],
+                target=State.REJECTED)
+    def reject(self, reason: str, raw_message: str = "") -> None:
+        self.status_detail = reason
+        if raw_message:
+            self.raw_message = raw_message
+        self.finished_at = timezone.now()
+        self._log(self.status, State.REJECTED, reason)
+
+
+class KillSwitch(models.Model):
+    """A database switch per task: on by default; off acknowledges and skips deliveries."""
+
+    task_name = models.CharField(_("task name"), max_length=255, unique=True)
+    enabled = models.BooleanField(_("enabled"), default=True)
+    reason = models.CharField(_("reason"), max_length=500, blank=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("kill switch")
+        verbose_name_plural = _("kill switches")
+        ordering = ["task_name"]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}: {'on' if self.enabled else 'off'}"
+
+    @classmethod
+    def is_enabled(cls, task_name: str) -> bool:
+        enabled = cls.objects.filter(task_name=task_name).values_list("enabled", flat=True)
+        return next(iter(enabled), True)
