@@ -38,6 +38,23 @@ def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
     return message
 
 
+def result_from_execution(execution: Any, task: Any) -> TaskResult:
+    """A Django TaskResult reflecting a stored TaskExecution."""
+    errors = [
+        TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
+        for e in execution.errors
+    ]
+    result = TaskResult(
+        task=task, id=execution.result_id, status=execution.django_status,
+        enqueued_at=execution.enqueued_at, started_at=execution.started_at,
+        finished_at=execution.finished_at, last_attempted_at=execution.last_attempted_at,
+        args=execution.args, kwargs=execution.kwargs, backend=execution.backend,
+        errors=errors, worker_ids=list(execution.worker_ids),
+    )
+    object.__setattr__(result, "_return_value", execution.return_value)
+    return result
+
+
 class PubSubBackend(BaseTaskBackend):
     supports_defer = False  # would need Pub/Sub scheduled delivery
     supports_async_task = False  # the push endpoint runs tasks synchronously
@@ -141,21 +158,7 @@ class PubSubBackend(BaseTaskBackend):
         task_enqueued.send(type(self), task_result=result)
 
     def result_from_execution(self, execution: Any, task: Any = None) -> TaskResult:
-        if task is None:
-            task = self._task_for_execution(execution)
-        errors = [
-            TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
-            for e in execution.errors
-        ]
-        result = TaskResult(
-            task=task, id=execution.result_id, status=execution.django_status,
-            enqueued_at=execution.enqueued_at, started_at=execution.started_at,
-            finished_at=execution.finished_at, last_attempted_at=execution.last_attempted_at,
-            args=execution.args, kwargs=execution.kwargs, backend=execution.backend,
-            errors=errors, worker_ids=list(execution.worker_ids),
-        )
-        object.__setattr__(result, "_return_value", execution.return_value)
-        return result
+        return result_from_execution(execution, task or self._task_for_execution(execution))
 
     def _task_for_execution(self, execution: Any) -> Any:
         try:

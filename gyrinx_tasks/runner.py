@@ -1,0 +1,173 @@
+"""Run one push delivery: claim its TaskExecution, apply kill switches, run, record."""
+
+import inspect
+import logging
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.tasks import TaskContext
+from django.tasks.signals import task_finished, task_started
+from django.utils import timezone
+from django.utils.json import normalize_json
+
+from .exceptions import UnknownTask
+from .models import KillSwitch, State, TaskExecution, Trigger
+from .push import Delivery, MalformedPush
+from .registry import get_route
+from .workers import current_worker_id
+
+logger = logging.getLogger("gyrinx_tasks")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushTaskContext(TaskContext):
+    """TaskContext whose ``attempt`` is the delivery attempt Pub/Sub reports."""
+
+    delivery_attempt: int
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery_attempt
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to a delivery; the view maps it to an HTTP status."""
+
+    kind: str  # ran, failed, rejected, skipped, duplicate, busy
+    execution: TaskExecution | None
+    detail: str = ""
+
+
+def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = None,
+                     delivery: Delivery | None = None) -> TaskExecution:
+    """Keep a rejected delivery as a REJECTED run, with the raw message, and log it."""
+    payload = exc.payload if exc else {}
+    message_id = (delivery.message_id if delivery else None) or (exc.message_id if exc else None)
+    task_id = str(delivery.task_id if delivery else payload.get("task_id") or "")[:255]
+    task_name = str(delivery.task_name if delivery else payload.get("task_name") or "")[:255]
+    logger.error("Rejected Pub/Sub delivery %s: %s", message_id or "?", reason)
+    with transaction.atomic():
+        execution = None
+        if task_id and not task_id.startswith("scheduled-"):
+            execution = TaskExecution.objects.select_for_update().filter(result_id=task_id).first()
+        if execution is None and message_id:
+            execution = TaskExecution.objects.select_for_update().filter(
+                message_id=message_id).first()
+        if execution is None:
+            execution = TaskExecution(task_id=task_id, task_name=task_name,
+                                      message_id=message_id, trigger=_trigger(delivery))
+            if delivery:
+                execution.args, execution.kwargs = delivery.args, delivery.kwargs
+        if execution.status in (State.SUCCESSFUL, State.SKIPPED, State.REJECTED):
+            return execution  # already settled; a duplicate delivery changes nothing
+        execution.reject(reason, raw_message)
+        execution.save()
+    return execution
+
+
+def _trigger(delivery: Delivery | None) -> str:
+    value = delivery.attributes.get("trigger", "") if delivery else ""
+    if value in Trigger.values:
+        return value
+    return Trigger.SCHEDULE if delivery and delivery.is_scheduled else Trigger.ENQUEUE
+
+
+def _claim(delivery: Delivery, route: Any) -> TaskExecution:
+    """Find (or create) the run this delivery belongs to, locked for the transaction."""
+    runs = TaskExecution.objects.select_for_update()
+    execution = None
+    if not delivery.is_scheduled:
+        execution = runs.filter(result_id=delivery.task_id).first()
+    if execution is None:
+        # Scheduled messages share a task id per job: each delivery is its own run.
+        execution = runs.filter(message_id=delivery.message_id).first()
+    if execution is None:
+        execution = TaskExecution(
+            task_id=delivery.task_id, task_name=route.name, task_path=route.path,
+            message_id=delivery.message_id, trigger=_trigger(delivery),
+            args=delivery.args, kwargs=delivery.kwargs,
+            enqueued_at=delivery.enqueued_at or timezone.now(),
+        )
+        if not delivery.is_scheduled and len(delivery.task_id) <= 64:
+            execution.result_id = delivery.task_id
+        execution._log("", State.READY, f"delivered as message {delivery.message_id}")
+        execution.save()
+    elif not execution.message_id:
+        execution.message_id = delivery.message_id
+    return execution
+
+
+def _arguments_problem(task: Any, args: list, kwargs: dict) -> str:
+    try:
+        signature = inspect.signature(task.func)
+        if task.takes_context:
+            signature.bind(None, *args, **kwargs)
+        else:
+            signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        return f"The arguments do not fit {task.module_path}: {exc}."
+    return ""
+
+
+def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
+    from .backend import PubSubBackend, result_from_execution
+
+    try:
+        route = get_route(delivery.task_name)
+    except UnknownTask as exc:
+        return Outcome("rejected", record_rejection(str(exc), raw_message, delivery=delivery))
+    problem = _arguments_problem(route.task, delivery.args, delivery.kwargs)
+
+    with transaction.atomic():
+        execution = _claim(delivery, route)
+        if execution.status in (State.SUCCESSFUL, State.SKIPPED, State.REJECTED):
+            return Outcome("duplicate", execution, f"Run already {execution.status}.")
+        if execution.status == State.RUNNING and execution.last_attempted_at and (
+            timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
+        ):
+            return Outcome("busy", execution, "This run is still running on another worker.")
+        if problem:
+            execution.reject(problem, raw_message)
+            execution.save()
+            logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
+            return Outcome("rejected", execution, problem)
+        if not route.env_switch_enabled():
+            reason = f"Kill switch {route.enabled_env_var} is off."
+        elif not KillSwitch.is_enabled(route.name):
+            reason = f"Kill switch for {route.name} is off in the database."
+        else:
+            reason = ""
+        if reason:
+            execution.skip(reason)
+            execution.save()
+            logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
+            return Outcome("skipped", execution, reason)
+        execution.start(current_worker_id(), delivery.delivery_attempt)
+        execution.save()
+
+    backend = route.task.get_backend()
+    sender = type(backend) if isinstance(backend, PubSubBackend) else PubSubBackend
+    task_started.send(sender, task_result=result_from_execution(execution, route.task))
+    try:
+        if route.task.takes_context:
+            context = PushTaskContext(task_result=result_from_execution(execution, route.task),
+                                      delivery_attempt=execution.attempts)
+            value = route.task.call(context, *delivery.args, **delivery.kwargs)
+        else:
+            value = route.task.call(*delivery.args, **delivery.kwargs)
+        value = normalize_json(value)
+    except Exception as exc:
+        path = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        execution.fail(path, "".join(traceback.format_exception(exc)))
+        execution.save()
+        task_finished.send(sender, task_result=result_from_execution(execution, route.task))
+        return Outcome("failed", execution, f"{path}: {exc}")
+    execution.succeed(value)
+    execution.save()
+    task_finished.send(sender, task_result=result_from_execution(execution, route.task))
+    return Outcome("ran", execution)
+

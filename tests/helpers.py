@@ -1,0 +1,44 @@
+"""Small helpers shared by the tests."""
+
+import base64
+import json
+from concurrent.futures import Future
+from typing import Any
+
+from django.tasks import task_backends
+
+
+def envelope(payload: Any, message_id: str = "m-1", delivery_attempt: int | None = None,
+             attributes: dict | None = None, raw_data: str | None = None) -> bytes:
+    """A Pub/Sub push request body carrying ``payload`` as the message data."""
+    data = raw_data if raw_data is not None else base64.b64encode(
+        json.dumps(payload).encode()).decode()
+    body: dict[str, Any] = {
+        "message": {"data": data, "messageId": message_id, "attributes": attributes or {},
+                    "publishTime": "2026-11-23T10:00:00Z"},
+        "subscription": "projects/test-project/subscriptions/x",
+    }
+    if delivery_attempt is not None:
+        body["deliveryAttempt"] = delivery_attempt
+    return json.dumps(body).encode()
+
+
+class FakePublisher:
+    """Stands in for pubsub_v1.PublisherClient where no emulator is needed."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.published: list[tuple[str, dict, dict]] = []
+
+    def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
+        future: Future = Future()
+        if self.error is not None:
+            future.set_exception(self.error)
+        else:
+            self.published.append((topic, json.loads(data), attrs))
+            future.set_result(f"msg-{len(self.published)}")
+        return future
+
+
+def use_publisher(publisher: Any, alias: str = "default") -> None:
+    task_backends[alias].__dict__["publisher"] = publisher
