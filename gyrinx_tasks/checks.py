@@ -1,1 +1,302 @@
-"""System checks for gyrinx_tasks (filled in below)."""
+"""System checks for gyrinx_tasks. Every id is listed, with its fix, in docs/checks.md.
+
+The registry is loaded once per check run; when it cannot be loaded only E001/E002 are
+reported, because every route-level check needs the routes.
+"""
+
+import importlib
+import re
+import zoneinfo
+from collections import defaultdict
+from typing import Any
+from urllib.parse import urlsplit
+
+from croniter import croniter
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.tasks import Task, task_backends
+from django.tasks.exceptions import InvalidTaskBackend
+
+from . import registry
+from .conf import tasks_settings
+from .exceptions import RegistryError
+from .routes import TaskRoute
+
+TAG = "gyrinx_tasks"
+REGISTRY_HINT = "TASKS_REGISTRY must name a module defining `tasks = [TaskRoute(my_task), ...]`."
+# The environment prefixes topic, subscription and scheduler job names, and "--" separates the
+# parts of those names, so it must not contain "--" or end with "-". Pub/Sub reserves "goog".
+ENVIRONMENT_RE = re.compile(r"^(?!goog)[A-Za-z](?:-?[A-Za-z0-9])*$")
+ACK_DEADLINE_RANGE = (10, 600)  # Pub/Sub subscription ackDeadlineSeconds
+RETRY_DELAY_RANGE = (0, 600)  # Pub/Sub RetryPolicy minimum/maximum backoff, in seconds
+DELIVERY_ATTEMPTS_RANGE = (5, 100)  # Pub/Sub DeadLetterPolicy maxDeliveryAttempts
+
+
+@register(TAG)
+def check_registry(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    try:
+        routes = registry.get_routes()
+    except RegistryError as exc:
+        if not tasks_settings.TASKS_REGISTRY:
+            return [
+                Error(
+                    "TASKS_REGISTRY is not set, so gyrinx_tasks has no task routes.",
+                    hint="Set TASKS_REGISTRY to the dotted path of a module defining "
+                    "`tasks = [TaskRoute(my_task), ...]`.",
+                    id="gyrinx_tasks.E001",
+                )
+            ]
+        return [Error(str(exc), hint=REGISTRY_HINT, id="gyrinx_tasks.E002")]
+    except Exception as exc:  # a registry module that raises must not crash `manage.py check`
+        return [
+            Error(
+                f"TASKS_REGISTRY {tasks_settings.TASKS_REGISTRY!r} raised {type(exc).__name__} "
+                f"while loading ({exc}).",
+                hint="Fix the error in the registry module (or in a module it imports). "
+                + REGISTRY_HINT,
+                id="gyrinx_tasks.E002",
+            )
+        ]
+    messages = _check_duplicate_names(routes)
+    timezones = zoneinfo.available_timezones()
+    for route in routes:
+        messages += _check_route(route, timezones)
+    return messages + _check_unrouted_tasks(routes)
+
+
+@register(TAG)
+def check_environment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    env = tasks_settings.TASKS_ENVIRONMENT
+    if ENVIRONMENT_RE.match(env):
+        return []
+    return [
+        Error(
+            f"TASKS_ENVIRONMENT {env!r} cannot prefix Pub/Sub and Cloud Scheduler resource names.",
+            hint="Use a name that starts with a letter and has only letters, digits and single "
+            "hyphens, does not end with a hyphen or start with 'goog', e.g. 'prod', "
+            "'staging' or 'dev'.",
+            id="gyrinx_tasks.E010",
+        )
+    ]
+
+
+@register(TAG, Tags.security, deploy=True)
+def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    backends = _pubsub_backends()
+    if not backends:
+        return []  # e.g. ImmediateBackend only: nothing is published or pushed
+    messages: list[CheckMessage] = []
+    if not tasks_settings.TASKS_VERIFY_OIDC and not settings.DEBUG:
+        messages.append(
+            Error(
+                "TASKS_VERIFY_OIDC is False while DEBUG is False, so anyone can POST tasks to "
+                "the push endpoint.",
+                hint="Remove TASKS_VERIFY_OIDC = False (or set it to True); turn it off only for "
+                "the local Pub/Sub emulator with DEBUG = True.",
+                id="gyrinx_tasks.E101",
+            )
+        )
+    for backend in backends:
+        if not backend.project_id:
+            messages.append(
+                Error(
+                    f"TASKS[{backend.alias!r}] uses PubSubBackend but no Google Cloud project "
+                    "is configured.",
+                    hint=f"Set GCP_PROJECT_ID (setting or environment variable) or "
+                    f"TASKS[{backend.alias!r}]['OPTIONS']['project_id'].",
+                    id="gyrinx_tasks.E102",
+                )
+            )
+    url = urlsplit(tasks_settings.CLOUD_RUN_SERVICE_URL)
+    if url.scheme != "https" or not url.netloc:
+        messages.append(
+            Error(
+                f"CLOUD_RUN_SERVICE_URL {tasks_settings.CLOUD_RUN_SERVICE_URL!r} is not an "
+                "https:// URL, so Pub/Sub has no push endpoint to deliver tasks to.",
+                hint="Set CLOUD_RUN_SERVICE_URL (setting or environment variable) to the "
+                "service's URL, e.g. 'https://myservice-abc123-ew.a.run.app'.",
+                id="gyrinx_tasks.E103",
+            )
+        )
+    if "@" not in tasks_settings.TASKS_SERVICE_ACCOUNT:
+        messages.append(
+            Error(
+                "TASKS_SERVICE_ACCOUNT is not set to a service account email, so push "
+                "subscriptions have no identity to sign their OIDC tokens with.",
+                hint="Set TASKS_SERVICE_ACCOUNT (setting or environment variable), e.g. "
+                "'pubsub-invoker@my-project.iam.gserviceaccount.com'.",
+                id="gyrinx_tasks.E104",
+            )
+        )
+    return messages
+
+
+def _pubsub_backends() -> list[Any]:
+    from .backend import PubSubBackend  # imported late: the backend pulls in more modules
+
+    found = []
+    for alias in task_backends:
+        try:
+            backend = task_backends[alias]
+        except InvalidTaskBackend:
+            continue  # Django's own task checks report an unloadable backend
+        if isinstance(backend, PubSubBackend):
+            found.append(backend)
+    return found
+
+
+def _label(route: TaskRoute) -> str:
+    try:
+        return route.path
+    except AttributeError:  # func is not a function at all; E004 reports it
+        return repr(route.func)
+
+
+def _check_duplicate_names(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for route in routes:
+        try:
+            by_name[route.name].append(route.path)
+        except AttributeError:
+            continue
+    return [
+        Error(
+            f"{len(paths)} routes are named {name!r} ({', '.join(paths)}); messages name their "
+            "task, so the push endpoint could run the wrong one.",
+            hint="Rename task functions so that every route in TASKS_REGISTRY has its own name.",
+            obj=name,
+            id="gyrinx_tasks.E003",
+        )
+        for name, paths in by_name.items()
+        if len(paths) > 1
+    ]
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def _outside(value: object, bounds: tuple[int, int]) -> bool:
+    number = _number(value)
+    return number is None or not bounds[0] <= number <= bounds[1]
+
+
+def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
+    label = _label(route)
+    messages: list[CheckMessage] = []
+
+    def error(id_: str, msg: str, hint: str) -> None:
+        messages.append(Error(f"The route's {msg}", hint=hint, obj=label, id=id_))
+
+    if not isinstance(route.func, Task):
+        error(
+            "gyrinx_tasks.E004",
+            "func is not a Django Task, so it cannot be enqueued.",
+            "Decorate the function with @task (from django.tasks import task).",
+        )
+    if _outside(route.ack_deadline, ACK_DEADLINE_RANGE):
+        error(
+            "gyrinx_tasks.E006",
+            f"ack_deadline {route.ack_deadline!r} is outside the 10-600 seconds Pub/Sub allows.",
+            "Set ack_deadline to a number from 10 to 600.",
+        )
+    for field in ("min_retry_delay", "max_retry_delay"):
+        value = getattr(route, field)
+        if _outside(value, RETRY_DELAY_RANGE):
+            error(
+                "gyrinx_tasks.E011",
+                f"{field} {value!r} is outside the 0-600 seconds Pub/Sub allows.",
+                f"Set {field} to a number from 0 to 600.",
+            )
+    low, high = _number(route.min_retry_delay), _number(route.max_retry_delay)
+    if low is not None and high is not None and low > high:
+        error(
+            "gyrinx_tasks.E007",
+            f"min_retry_delay ({low}) is greater than max_retry_delay ({high}).",
+            "Make min_retry_delay less than or equal to max_retry_delay.",
+        )
+    if route.schedule and not _valid_cron(route.schedule):
+        error(
+            "gyrinx_tasks.E008",
+            f"schedule {route.schedule!r} is not a valid 5-field cron expression.",
+            "Use 'minute hour day-of-month month day-of-week', e.g. '0 3 * * *' for 03:00 daily.",
+        )
+    if not isinstance(route.schedule_timezone, str) or route.schedule_timezone not in timezones:
+        error(
+            "gyrinx_tasks.E009",
+            f"schedule_timezone {route.schedule_timezone!r} is not a known IANA time zone.",
+            "Use a tz database name such as 'UTC' or 'Europe/London'.",
+        )
+    if route.dead_letter_topic and _outside(route.max_delivery_attempts, DELIVERY_ATTEMPTS_RANGE):
+        error(
+            "gyrinx_tasks.E013",
+            f"max_delivery_attempts {route.max_delivery_attempts!r} is "
+            "outside the 5-100 Pub/Sub allows with a dead_letter_topic.",
+            "Set max_delivery_attempts to a number from 5 to 100.",
+        )
+    return messages
+
+
+def _valid_cron(expression: object) -> bool:
+    # Cloud Scheduler documents five-field unix-cron; croniter alone would also accept
+    # "@daily" and a sixth (seconds) field.
+    return (
+        isinstance(expression, str)
+        and len(expression.split()) == 5
+        and croniter.is_valid(expression)
+    )
+
+
+def _check_unrouted_tasks(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
+    routed = {route.func.module_path for route in routes if isinstance(route.func, Task)}
+    pubsub_aliases = {backend.alias for backend in _pubsub_backends()}
+    messages: list[CheckMessage] = []
+    for path, found in sorted(_project_tasks(routes).items()):
+        if path in routed or found.backend not in pubsub_aliases:
+            continue
+        messages.append(
+            Warning(
+                f"This task uses the Pub/Sub backend {found.backend!r} but no route in "
+                "TASKS_REGISTRY lists it, so enqueueing it will fail.",
+                hint=f"Add TaskRoute({found.name}) to {tasks_settings.TASKS_REGISTRY}, or bind the "
+                "task to another backend with @task(backend=...).",
+                obj=path,
+                id="gyrinx_tasks.W005",
+            )
+        )
+    return messages
+
+
+def _project_tasks(routes: tuple[TaskRoute, ...]) -> dict[str, Task]:
+    """Task objects defined in installed apps' ``tasks`` modules and in routed modules."""
+    from django.apps import apps
+
+    modules = []
+    for app_config in apps.get_app_configs():
+        if app_config.name.startswith("django.") or app_config.name == "gyrinx_tasks":
+            continue
+        module = import_tasks_module(app_config.name)
+        if module is not None:
+            modules.append(module)
+    for route in routes:
+        if isinstance(route.func, Task):
+            modules.append(importlib.import_module(route.func.func.__module__))
+    found: dict[str, Task] = {}
+    for module in modules:
+        for value in vars(module).values():
+            if isinstance(value, Task):
+                found.setdefault(value.module_path, value)
+    return found
+
+
+def import_tasks_module(app_name: str) -> Any:
+    """``<app>.tasks``, or None when the app has none; a tasks module that fails raises."""
+    name = f"{app_name}.tasks"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise

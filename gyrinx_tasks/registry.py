@@ -31,8 +31,10 @@ def _load(module_path: str) -> tuple[TaskRoute, ...]:
         )
     bad = [item for item in tasks if not isinstance(item, TaskRoute)]
     if bad:
+        item = bad[0]
+        label = getattr(item, "module_path", None) or repr(item)
         raise RegistryError(
-            f"TASKS_REGISTRY module {module_path!r} lists {bad[0]!r}, which is not a TaskRoute. "
+            f"TASKS_REGISTRY module {module_path!r} lists {label}, which is not a TaskRoute. "
             "Wrap each task as TaskRoute(task)."
         )
     return tuple(tasks)
