@@ -1,0 +1,250 @@
+"""OIDC verification of push requests, against real RS256 tokens and a local certs server."""
+
+import logging
+import time
+
+import pytest
+from cachecontrol import CacheControlAdapter
+
+from gyrinx_tasks.auth import PushTokenVerifier, get_verifier, reset_verifier, verify_push_token
+from gyrinx_tasks.conf import tasks_settings
+from gyrinx_tasks.exceptions import OIDCVerificationError
+
+pytest_plugins = ["tests.oidc"]  # the oidc fixtures
+
+SERVICE_ACCOUNT = "pubsub-invoker@test-project.iam.gserviceaccount.com"
+AUDIENCE = "https://tasks-test.example.run.app/tasks/pubsub/"
+
+
+def test_valid_token_returns_its_claims(oidc):
+    claims = verify_push_token(oidc.header())
+
+    assert claims["email"] == SERVICE_ACCOUNT
+    assert claims["aud"] == AUDIENCE
+    assert claims["iss"] == "https://accounts.google.com"
+    assert claims["email_verified"] is True
+    assert claims["sub"] == "1234567890"
+
+
+def test_issuer_without_scheme_is_google_too(oidc):
+    assert verify_push_token(oidc.header(iss="accounts.google.com"))["iss"] == (
+        "accounts.google.com"
+    )
+
+
+def test_explicit_audience_setting_is_used(oidc, settings):
+    settings.TASKS_OIDC_AUDIENCE = "https://custom.example.com/push"
+
+    verify_push_token(oidc.header(aud="https://custom.example.com/push"))
+    with pytest.raises(OIDCVerificationError, match="wrong audience"):
+        verify_push_token(oidc.header(aud=AUDIENCE))
+
+
+def test_small_clock_skew_is_tolerated(oidc):
+    # Google's clock a few seconds ahead of ours must not reject its tokens.
+    verify_push_token(oidc.header(iat=int(time.time()) + 5))
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"aud": "https://elsewhere.example.com/tasks/pubsub/"}, "wrong audience"),
+        ({"iss": "https://evil.example.com"}, "issued by 'https://evil.example.com'"),
+        (
+            {"iat": int(time.time()) - 7200, "exp": int(time.time()) - 3600},
+            "Token expired",
+        ),
+        ({"iat": int(time.time()) + 3600}, "Token used too early"),
+        (
+            {"email": "someone-else@test-project.iam.gserviceaccount.com"},
+            "'someone-else@test-project.iam.gserviceaccount.com', not TASKS_SERVICE_ACCOUNT",
+        ),
+        ({"email_verified": False}, "not verified"),
+        ({"email_verified": "false"}, "not verified"),
+    ],
+    ids=[
+        "wrong-audience",
+        "wrong-issuer",
+        "expired",
+        "issued-in-future",
+        "other-service-account",
+        "email-unverified",
+        "email-unverified-string",
+    ],
+)
+def test_bad_claims_are_rejected(oidc, claims, reason):
+    with pytest.raises(OIDCVerificationError, match=reason):
+        verify_push_token(oidc.header(**claims))
+
+
+@pytest.mark.parametrize(
+    ("claim", "reason"),
+    [
+        ("aud", "wrong audience"),
+        ("iss", "issued by None"),
+        ("iat", "required claim iat"),
+        ("exp", "required claim exp"),
+        ("email", "is for None, not TASKS_SERVICE_ACCOUNT"),
+        ("email_verified", "not verified"),
+    ],
+)
+def test_missing_claims_are_rejected(oidc, claim, reason):
+    with pytest.raises(OIDCVerificationError, match=reason):
+        verify_push_token(oidc.header(**{claim: oidc.OMIT}))
+
+
+def test_other_key_signature_is_rejected(oidc):
+    with pytest.raises(OIDCVerificationError, match="Could not verify token signature"):
+        verify_push_token(f"Bearer {oidc.other_key_token()}")
+
+
+def test_unknown_key_id_is_rejected(oidc):
+    token = oidc.server.key.sign(oidc.claims(), kid="some-other-kid")
+
+    with pytest.raises(OIDCVerificationError, match="some-other-kid not found"):
+        verify_push_token(f"Bearer {token}")
+
+
+def test_tampered_payload_is_rejected(oidc):
+    header, _, signature = oidc.token().split(".")
+    _, payload, _ = oidc.token(email="attacker@example.com").split(".")
+
+    with pytest.raises(OIDCVerificationError, match="Could not verify token signature"):
+        verify_push_token(f"Bearer {header}.{payload}.{signature}")
+
+
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        (None, "no Authorization header"),
+        ("", "no Authorization header"),
+        ("   ", "no Authorization header"),
+        ("Basic dXNlcjpwYXNz", "'Basic' scheme"),
+        ("Bearer", "carries no token"),
+        ("Bearer   ", "carries no token"),
+        ("Bearer not-a-jwt", "not a well-formed JWT"),
+        ("Bearer aaaa.bbbb.cccc", "not a well-formed JWT"),
+        ("Bearer aaaa.bbbb.cccc extra", "nothing after it"),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "blank",
+        "basic",
+        "bearer-alone",
+        "bearer-blank",
+        "garbage",
+        "three-garbage-segments",
+        "trailing-junk",
+    ],
+)
+def test_bad_authorization_headers_are_rejected(oidc, authorization, reason):
+    with pytest.raises(OIDCVerificationError, match=reason):
+        verify_push_token(authorization)
+
+
+def test_scheme_is_case_insensitive(oidc):
+    verify_push_token(f"bearer {oidc.token()}")
+
+
+def test_certificates_are_fetched_once_for_many_verifications(oidc):
+    for _ in range(3):
+        verify_push_token(oidc.header())
+    with pytest.raises(OIDCVerificationError):
+        verify_push_token(f"Bearer {oidc.other_key_token()}")
+
+    assert oidc.hits == 1
+
+
+def test_certificates_are_cached_only_as_their_headers_allow(oidc, settings):
+    # Guards the test above: without a cacheable response every verification fetches.
+    settings.TASKS_OIDC_CERTS_URL = oidc.server.url(oidc.server.NO_STORE_PATH)
+
+    verify_push_token(oidc.header())
+    verify_push_token(oidc.header())
+
+    assert oidc.hits == 2
+
+
+def test_reset_verifier_forgets_cached_certificates(oidc):
+    verify_push_token(oidc.header())
+    first = get_verifier()
+    reset_verifier()
+    verify_push_token(oidc.header())
+
+    assert get_verifier() is not first
+    assert get_verifier() is get_verifier()
+    assert oidc.hits == 2
+
+
+def test_unreachable_certificates_are_a_clear_error(oidc, settings, caplog):
+    settings.TASKS_OIDC_CERTS_URL = oidc.server.url("/gone")
+
+    with caplog.at_level(logging.WARNING, logger="gyrinx_tasks"):
+        with pytest.raises(OIDCVerificationError, match="Could not fetch the certificates"):
+            verify_push_token(oidc.header())
+
+    assert caplog.records[-1].levelno == logging.ERROR
+
+
+def test_jwk_set_endpoint_is_rejected_not_crashed(oidc, settings):
+    # google-auth handles JWK sets with PyJWT, which is optional; either way: a clean error.
+    settings.TASKS_OIDC_CERTS_URL = oidc.server.url(oidc.server.JWKS_PATH)
+
+    with pytest.raises(OIDCVerificationError):
+        verify_push_token(oidc.header())
+
+
+def test_missing_service_account_setting_is_a_clear_error(oidc, settings):
+    header = oidc.header()
+    settings.TASKS_SERVICE_ACCOUNT = ""
+
+    with pytest.raises(OIDCVerificationError, match="TASKS_SERVICE_ACCOUNT is not set"):
+        verify_push_token(header)
+
+
+def test_missing_service_account_is_not_read_from_the_token(oidc, settings):
+    # A token minted with an empty email must not slip through an unset setting.
+    settings.TASKS_SERVICE_ACCOUNT = ""
+
+    with pytest.raises(OIDCVerificationError, match="TASKS_SERVICE_ACCOUNT"):
+        verify_push_token(oidc.header(email=""))
+
+
+def test_missing_audience_is_a_clear_error(oidc, settings):
+    header = oidc.header()
+    settings.CLOUD_RUN_SERVICE_URL = ""
+    settings.TASKS_OIDC_AUDIENCE = ""
+    assert tasks_settings.TASKS_OIDC_AUDIENCE == ""
+
+    with pytest.raises(OIDCVerificationError, match="Set TASKS_OIDC_AUDIENCE"):
+        verify_push_token(header)
+
+
+def test_rejections_are_logged_without_the_token(oidc, caplog):
+    token = oidc.other_key_token()
+    garbage = "not-a-jwt-but-maybe-a-secret"
+
+    with caplog.at_level(logging.WARNING, logger="gyrinx_tasks"):
+        for authorization in (f"Bearer {token}", f"Bearer {garbage}", f"Basic {garbage}"):
+            with pytest.raises(OIDCVerificationError) as excinfo:
+                verify_push_token(authorization)
+            assert garbage not in str(excinfo.value)
+            assert token not in str(excinfo.value)
+
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] * 3
+    assert all(r.name == "gyrinx_tasks" for r in caplog.records)
+    logged = caplog.text
+    assert "Rejected a push request" in logged
+    assert token not in logged
+    for part in token.split("."):
+        assert part not in logged
+    assert garbage not in logged
+
+
+def test_verifier_caches_its_session():
+    verifier = PushTokenVerifier()
+
+    assert verifier.request is verifier.request
+    adapter = verifier.request.session.get_adapter("https://www.googleapis.com/oauth2/v1/certs")
+    assert isinstance(adapter, CacheControlAdapter)
