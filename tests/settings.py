@@ -1,6 +1,7 @@
 """Settings for the test suite. GYRINX_TEST_DB=postgres runs it on PostgreSQL."""
 
 import os
+import tempfile
 
 SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
@@ -59,7 +60,15 @@ if os.environ.get("GYRINX_TEST_DB") == "postgres":
         }
     }
 else:
-    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+    # A file, not :memory:, so live-server threads use their own connections like real ones.
+    _sqlite = os.path.join(tempfile.gettempdir(), f"gyrinx-tasks-test-{os.getpid()}.sqlite3")
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": _sqlite,
+            "TEST": {"NAME": _sqlite},
+        }
+    }
 
 TASKS = {
     "default": {

@@ -1,0 +1,91 @@
+"""End to end through the real Pub/Sub emulator and a live server.
+
+enqueue() -> PubSubBackend publishes to the emulator -> the emulator's push subscription
+POSTs to /tasks/pubsub/ on the live server -> the task runs -> the run is recorded.
+"""
+
+import secrets
+import time
+
+import pytest
+from django.tasks import TaskResultStatus, task_backends
+
+from gyrinx_tasks.models import State, TaskExecution
+from tests import tasks
+
+pytestmark = [pytest.mark.emulator, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def wired(settings, pubsub_emulator, live_server, emulator_push):
+    """Route the test tasks through the emulator to the live server, in a fresh namespace."""
+    settings.TASKS_ENVIRONMENT = "e2e" + secrets.token_hex(4)
+    settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
+    settings.TASKS = {**settings.TASKS, "default": {
+        **settings.TASKS["default"], "OPTIONS": {"project_id": pubsub_emulator.project}}}
+    endpoint = f"{live_server.url}/tasks/pubsub/"
+
+    def wire(name, **overrides):
+        return emulator_push(name, endpoint, **overrides)
+
+    return wire
+
+
+def wait_for(result_id, done, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution = TaskExecution.objects.filter(result_id=result_id).first()
+        if execution is not None and done(execution):
+            return execution
+        time.sleep(0.2)
+    raise AssertionError(f"run {result_id} did not finish in {timeout}s: {execution!r}")
+
+
+def test_enqueued_task_ends_successful_and_readable_with_get_result(wired):
+    wired("add")
+    assert task_backends["default"].publisher  # built now, with PUBSUB_EMULATOR_HOST set
+
+    result = tasks.add.enqueue(20, 22)
+    execution = wait_for(result.id, lambda e: e.status == State.SUCCESSFUL)
+
+    fetched = tasks.add.get_result(result.id)
+    assert fetched.status == TaskResultStatus.SUCCESSFUL
+    assert fetched.return_value == 42
+    assert fetched.attempts == 1
+    assert execution.message_id  # the emulator's message id, recorded at publish
+    result.refresh()
+    assert result.return_value == 42
+
+
+def test_task_that_fails_first_is_redelivered_and_succeeds(wired):
+    wired("flaky", min_backoff=1, max_backoff=2)
+
+    result = tasks.flaky.enqueue("e2e")
+    execution = wait_for(result.id, lambda e: e.status == State.SUCCESSFUL, timeout=90)
+
+    assert execution.attempts == 2
+    assert len(execution.errors) == 1
+    assert execution.errors[0]["exception_class_path"] == "builtins.ValueError"
+    assert "first attempt of e2e fails" in execution.errors[0]["traceback"]
+    fetched = tasks.flaky.get_result(result.id)
+    assert fetched.return_value == {"key": "e2e", "attempt": 2}
+    assert [error.exception_class_path for error in fetched.errors] == ["builtins.ValueError"]
+    assert [step["to"] for step in execution.timeline] == [
+        "READY", "RUNNING", "FAILED", "RUNNING", "SUCCESSFUL"]
+
+
+def test_malformed_message_is_acknowledged_once_and_kept(wired):
+    subscription = wired("add")
+
+    message_id = subscription.publish(b"this is not json")
+
+    deadline = time.monotonic() + 60
+    while not TaskExecution.objects.filter(message_id=message_id).exists():
+        assert time.monotonic() < deadline, "the emulator never delivered the message"
+        time.sleep(0.2)
+    time.sleep(3)  # an unacknowledged push would be redelivered within this time
+    execution = TaskExecution.objects.get(message_id=message_id)
+    assert execution.status == State.REJECTED
+    assert "this is not json" not in execution.raw_message  # data is base64 in the envelope
+    assert "not base64-encoded JSON" in execution.status_detail
+    assert TaskExecution.objects.count() == 1
