@@ -100,10 +100,10 @@ class PubSubBackend(BaseTaskBackend):
             )
         return route
 
-    def publish(self, topic_name: str, message: dict[str, Any]) -> str:
-        """Publish one JSON message and wait for Pub/Sub's message id."""
+    def publish(self, topic_name: str, message: dict[str, Any], **attributes: str) -> str:
+        """Publish one JSON message (with string attributes) and wait for its message id."""
         data = json.dumps(message, separators=(",", ":")).encode()
-        future = self.publisher.publish(self.topic_path(topic_name), data)
+        future = self.publisher.publish(self.topic_path(topic_name), data, **attributes)
         return str(future.result(timeout=self.publish_timeout))
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
