@@ -9,3 +9,7 @@ class GyrinxTasksConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks, signals  # noqa: F401  (registers checks and signal receivers)
+        from .startup import maybe_provision_on_startup
+
+        # Opt-in, Cloud Run only, in a background thread: never blocks or breaks start-up.
+        maybe_provision_on_startup()

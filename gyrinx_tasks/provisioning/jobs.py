@@ -1,0 +1,127 @@
+"""Run, pause and resume a scheduled route's Cloud Scheduler job (or run it locally)."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as api_exceptions
+
+from ..conf import tasks_settings
+from ..routes import TaskRoute
+from .config import DOCS, ProvisioningConfig, ProvisioningError, default_project
+from .core import Clients
+from .scheduler import job_state
+
+
+@dataclass(frozen=True)
+class RunNowResult:
+    via: str  # "cloud-scheduler" or "local"
+    ident: str  # the job's name, or the message id / result id of the local run
+    message: str  # a sentence for the admin to show
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def uses_cloud_scheduler(route: TaskRoute) -> bool:
+    """False against the emulator or when the route's backend is not Pub/Sub (local mode)."""
+    from ..backend import PubSubBackend
+
+    if tasks_settings.emulator_host:
+        return False
+    backend = route.task.get_backend()
+    return isinstance(backend, PubSubBackend) and bool(backend.project_id)
+
+
+def job_name(route: TaskRoute, config: ProvisioningConfig | None = None) -> str:
+    _require_schedule(route)
+    if config is not None:
+        return config.job_path(route.scheduler_job_name or "")
+    parent = f"projects/{default_project()}/locations/{tasks_settings.SCHEDULER_LOCATION}"
+    return f"{parent}/jobs/{route.scheduler_job_name}"
+
+
+def run_now(route: TaskRoute, *, scheduler: Any = None,
+            config: ProvisioningConfig | None = None) -> RunNowResult:
+    """Fire a scheduled route now: Cloud Scheduler's RunJob, or locally without a Scheduler.
+
+    A given ``scheduler`` client is always used; otherwise one is built unless the route
+    runs locally (emulator or non-Pub/Sub backend), where the scheduled message is fired
+    exactly as ``tasks_scheduler`` would, recorded with the run-now trigger.
+    """
+    name = job_name(route, config)
+    if scheduler is None and not uses_cloud_scheduler(route):
+        from ..models import Trigger
+        from ..scheduling import fire_scheduled
+
+        ident = fire_scheduled(route, Trigger.RUN_NOW)
+        return RunNowResult("local", ident, f"Fired {route.name} now, locally ({ident}).")
+    _call(scheduler, "run_job", name)
+    return RunNowResult(
+        "cloud-scheduler", name,
+        f"Cloud Scheduler is running job {name.rsplit('/', 1)[-1]} now; the run is recorded "
+        "when Pub/Sub delivers it.",
+    )
+
+
+def pause_job(route: TaskRoute, *, scheduler: Any = None,
+              config: ProvisioningConfig | None = None) -> str:
+    """Pause the route's job; return its state. Pausing a paused job is not an error."""
+    return _set_state(route, "pause_job", "PAUSED", scheduler, config)
+
+
+def resume_job(route: TaskRoute, *, scheduler: Any = None,
+               config: ProvisioningConfig | None = None) -> str:
+    """Resume the route's job; return its state. Resuming an enabled job is not an error."""
+    return _set_state(route, "resume_job", "ENABLED", scheduler, config)
+
+
+def _set_state(route: TaskRoute, method: str, wanted: str, scheduler: Any,
+               config: ProvisioningConfig | None) -> str:
+    name = job_name(route, config)
+    if scheduler is None and not uses_cloud_scheduler(route):
+        raise ProvisioningError(
+            f"{route.name} has no Cloud Scheduler job here, because scheduled routes run "
+            "locally from `manage.py tasks_scheduler`. Turn the task's kill switch off instead."
+        )
+    try:
+        return job_state(_call(scheduler, method, name))
+    except ProvisioningError as exc:
+        if not isinstance(exc.__cause__, api_exceptions.FailedPrecondition):
+            raise
+        # The job is not in the state the call expects: fine if it is already where we want.
+        state = job_state(_call(scheduler, "get_job", name))
+        if state != wanted:
+            raise
+        return state
+
+
+def _call(scheduler: Any, method: str, name: str) -> Any:
+    """Call one Scheduler method on a job; errors become ProvisioningError sentences."""
+    held = Clients(scheduler=scheduler)
+    short = name.rsplit("/", 1)[-1]
+    try:
+        return getattr(held.get_scheduler(), method)(request={"name": name})
+    except api_exceptions.NotFound as exc:
+        raise ProvisioningError(
+            f"Cloud Scheduler has no job {short}. Run `manage.py tasks_provision` to create "
+            "it, then try again."
+        ) from exc
+    except api_exceptions.PermissionDenied as exc:
+        raise ProvisioningError(
+            f"Cloud Scheduler refused {method} on {short}: {exc.message} Grant the service "
+            f"account roles/cloudscheduler.admin (see {DOCS})."
+        ) from exc
+    except api_exceptions.GoogleAPICallError as exc:
+        raise ProvisioningError(
+            f"Cloud Scheduler {method} on {short} failed: {type(exc).__name__}: {exc.message}"
+        ) from exc
+    finally:
+        held.close()  # only a client built here
+
+
+def _require_schedule(route: TaskRoute) -> None:
+    if not route.is_scheduled:
+        raise ProvisioningError(
+            f"{route.name} has no schedule, so it has no Cloud Scheduler job. Give its "
+            "TaskRoute a schedule, or enqueue the task instead."
+        )
