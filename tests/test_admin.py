@@ -1,0 +1,408 @@
+"""The admin pages for task runs and kill switches."""
+
+import json
+import re
+
+import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from gyrinx_tasks.admin.pagination import EstimatedCountPaginator
+from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
+
+CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
+SWITCHES = "admin:gyrinx_tasks_killswitch_changelist"
+pytestmark = pytest.mark.django_db
+
+
+def make_run(task_name="add", status=State.READY, trigger=Trigger.ENQUEUE, **fields):
+    run = TaskExecution(task_name=task_name, task_path=f"tests.tasks.{task_name}",
+                        trigger=trigger, **fields)
+    run.task_id = run.task_id or run.result_id
+    run._log("", State.READY, "enqueued")
+    run.save()
+    if status != State.READY:
+        # Tests set the state directly; the transitions have their own tests.
+        TaskExecution.objects.filter(pk=run.pk).update(status=status)
+        run.refresh_from_db()
+    return run
+
+
+def staff_user(username, *codenames):
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    return user
+
+
+def shown(response):
+    """The short result ids the changelist shows, in page order."""
+    return re.findall(r'class="field-short_result_id"><a [^>]*>([0-9a-f]{8})</a>',
+                      response.content.decode())
+
+
+def short(*runs):
+    return [run.result_id[:8] for run in runs]
+
+
+# --- Task execution changelist -------------------------------------------------------------
+
+def test_changelist_loads_with_a_bounded_number_of_queries(
+    admin_client, django_assert_max_num_queries
+):
+    for name in ("add", "echo", "flaky"):
+        for status in (State.READY, State.FAILED, State.SUCCESSFUL, State.REJECTED):
+            make_run(name, status, errors=[{"exception_class_path": "x.Y", "traceback": "t"}])
+    for _ in range(30):
+        make_run("add")
+    url = reverse(CHANGELIST)
+
+    # Session, user, one count, one page of rows: nothing per row or per filter choice.
+    # PostgreSQL first reads the row estimate, which is too small here to be used.
+    bound = 5 if connection.vendor == "postgresql" else 4
+    with django_assert_max_num_queries(bound) as captured:
+        response = admin_client.get(url)
+
+    assert response.status_code == 200
+    assert len(shown(response)) == 42
+    assert not any("DISTINCT" in q["sql"].upper() for q in captured.captured_queries)
+    # The heavy JSON columns are not loaded for the list.
+    page_query = captured.captured_queries[-1]["sql"]
+    assert '"traceback"' not in page_query and '"errors"' not in page_query
+    assert "date_hierarchy" not in response.content.decode()
+
+
+def test_changelist_pages_newest_first(admin_client):
+    runs = [make_run() for _ in range(55)]
+    first = admin_client.get(reverse(CHANGELIST))
+    second = admin_client.get(reverse(CHANGELIST), {"p": 2})
+    assert shown(first) == short(*reversed(runs[5:]))
+    assert shown(second) == short(*reversed(runs[:5]))
+
+
+def test_filters_offer_fixed_states_triggers_and_registry_task_names(admin_client):
+    make_run("add")
+    page = admin_client.get(reverse(CHANGELIST)).content.decode()
+    for state in State.values:
+        assert f"?status={state}" in page
+    for trigger in Trigger.values:
+        assert f"?trigger={trigger}" in page
+    # Every registry task is offered, including those that have never run.
+    for name in ("add", "echo", "explode", "flaky", "report_attempt", "nightly_cleanup"):
+        assert f"?task_name={name}" in page
+
+
+def test_filters_narrow_the_list(admin_client):
+    failed_add = make_run("add", State.FAILED)
+    ok_add = make_run("add", State.SUCCESSFUL)
+    failed_echo = make_run("echo", State.FAILED, trigger=Trigger.RETRY)
+    url = reverse(CHANGELIST)
+
+    assert shown(admin_client.get(url, {"status": "FAILED"})) == short(failed_echo, failed_add)
+    assert shown(admin_client.get(url, {"task_name": "add"})) == short(ok_add, failed_add)
+    assert shown(admin_client.get(url, {"trigger": "retry"})) == short(failed_echo)
+    both = admin_client.get(url, {"task_name": "add", "status": "SUCCESSFUL"})
+    assert shown(both) == short(ok_add)
+    # A name that has left the registry still filters; an unknown value shows nothing.
+    gone = make_run("retired_task")
+    assert shown(admin_client.get(url, {"task_name": "retired_task"})) == short(gone)
+    assert shown(admin_client.get(url, {"status": "NOPE"})) == []
+
+
+def test_search_matches_ids_exactly(admin_client):
+    run = make_run("add", message_id="1234567890")
+    scheduled = make_run("nightly_cleanup", task_id="scheduled-test--job")
+    other = make_run("add")
+    url = reverse(CHANGELIST)
+
+    assert shown(admin_client.get(url, {"q": run.result_id})) == short(run)
+    assert shown(admin_client.get(url, {"q": f"  {run.result_id} "})) == short(run)
+    assert shown(admin_client.get(url, {"q": "1234567890"})) == short(run)
+    assert shown(admin_client.get(url, {"q": "scheduled-test--job"})) == short(scheduled)
+    assert shown(admin_client.get(url, {"q": run.result_id[:8]})) == []
+    assert shown(admin_client.get(url, {"q": run.result_id.upper()})) == []
+    assert other.result_id[:8] in shown(admin_client.get(url))
+
+
+# --- Counting ------------------------------------------------------------------------------
+
+def analyze():
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {connection.ops.quote_name(TaskExecution._meta.db_table)}")
+
+
+def test_paginator_counts_exactly_unless_unfiltered_on_postgresql(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)
+    for _ in range(20):
+        make_run("add")
+    if connection.vendor == "postgresql":
+        analyze()
+    for _ in range(5):
+        make_run("echo")
+    everything = TaskExecution.objects.order_by("-created_at")
+    filtered = everything.filter(task_name="echo")
+
+    if connection.vendor == "postgresql":
+        # The estimate is what the last ANALYZE saw: the five later rows are not in it.
+        assert EstimatedCountPaginator(everything, 10).count == 20
+        assert EstimatedCountPaginator(everything, 10).estimated_count() == 20
+    else:
+        assert EstimatedCountPaginator(everything, 10).count == 25
+        assert EstimatedCountPaginator(everything, 10).estimated_count() is None
+    assert EstimatedCountPaginator(filtered, 10).count == 5
+    assert EstimatedCountPaginator(filtered, 10).estimated_count() is None
+    assert EstimatedCountPaginator(everything[:3], 10).estimated_count() is None
+
+
+def test_paginator_counts_small_tables_exactly():
+    for _ in range(3):
+        make_run("add")
+    if connection.vendor == "postgresql":
+        analyze()
+    assert EstimatedCountPaginator(TaskExecution.objects.order_by("pk"), 10).count == 3
+
+
+def test_paginator_counts_a_never_analysed_table_exactly(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)
+    for _ in range(4):
+        make_run("add")
+    paginator = EstimatedCountPaginator(TaskExecution.objects.order_by("pk"), 10)
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # the state of a table no ANALYZE has seen
+            cursor.execute("UPDATE pg_class SET reltuples = -1 WHERE oid = to_regclass(%s)",
+                           [TaskExecution._meta.db_table])
+    assert paginator.count == 4
+
+
+def test_unfiltered_changelist_skips_count_star_on_postgresql(admin_client, monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)
+    for _ in range(12):
+        make_run("add")
+    if connection.vendor == "postgresql":
+        analyze()
+    admin_client.get(reverse(CHANGELIST))  # load the session first
+
+    with CaptureQueriesContext(connection) as unfiltered:
+        response = admin_client.get(reverse(CHANGELIST))
+    with CaptureQueriesContext(connection) as filtered:
+        admin_client.get(reverse(CHANGELIST), {"task_name": "add"})
+
+    counts = [q["sql"] for q in unfiltered.captured_queries if "COUNT(" in q["sql"].upper()]
+    page = response.content.decode()
+    if connection.vendor == "postgresql":
+        assert counts == []
+        assert any("reltuples" in q["sql"] for q in unfiltered.captured_queries)
+        assert re.search(r">about 12</span> task executions", page)
+    else:
+        assert len(counts) == 1
+        assert re.search(r"\n12 task executions", page)
+    assert any("COUNT(" in q["sql"].upper() for q in filtered.captured_queries)
+
+
+# --- Task execution detail -----------------------------------------------------------------
+
+def test_change_view_shows_payload_errors_per_attempt_and_timeline(admin_client):
+    run = make_run("flaky", State.FAILED, args=[1, "two"], kwargs={"key": "k-1"},
+                   worker_ids=["worker-a", "worker-b"], message_id="m-77", delivery_attempt=2,
+                   attempts=2)
+    run.errors = [
+        {"exception_class_path": "builtins.ValueError", "attempt": 1,
+         "at": "2026-11-23T10:00:00+00:00",
+         "traceback": "Traceback (most recent call last):\nValueError: first <try>"},
+        {"exception_class_path": "builtins.ConnectionError", "attempt": 2,
+         "at": "2026-11-23T10:00:30+00:00",
+         "traceback": "Traceback (most recent call last):\nConnectionError: second"},
+    ]
+    run.timeline = [
+        {"at": "2026-11-23T09:59:59+00:00", "from": "", "to": "READY", "note": "enqueued"},
+        {"at": "2026-11-23T10:00:00+00:00", "from": "READY", "to": "RUNNING",
+         "note": "attempt 1 on worker-a"},
+        {"at": "2026-11-23T10:00:01+00:00", "from": "RUNNING", "to": "FAILED",
+         "note": "attempt 1: builtins.ValueError"},
+    ]
+    run.save()
+
+    response = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
+                                        args=[run.pk]))
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'id="error-1"' in page and 'id="error-2"' in page
+    # What went wrong comes right after the summary, before the other fields.
+    assert page.index('id="error-1"') < page.index(">Identity<") < page.index("gyrinx-timeline")
+    first, second = page.split('id="error-2"')
+    assert "Attempt 1" in first and "builtins.ValueError" in first
+    assert "first &lt;try&gt;" in first  # tracebacks are escaped, not rendered
+    assert "Attempt 2" in second and "builtins.ConnectionError" in second
+    timeline = page.split("gyrinx-timeline", 1)[1]
+    assert timeline.count("<tr>") == 4  # header + three entries
+    assert "attempt 1 on worker-a" in timeline and "RUNNING" in timeline
+    assert "Nov. 23, 2026" in timeline  # stored ISO times render as dates
+    assert "&quot;key&quot;: &quot;k-1&quot;" in page and "&quot;two&quot;" in page
+    assert "worker-a, worker-b" in page and "m-77" in page
+    # Read-only: no save buttons, and the raw-message block only shows for rejections.
+    assert 'name="_save"' not in page
+    assert "Raw message" not in page
+
+
+def test_change_view_shows_the_raw_message_of_a_rejected_run(admin_client):
+    raw = json.dumps({"task_id": "t-1", "task_name": "nope", "args": [], "kwargs": {}})
+    run = make_run("nope", State.REJECTED, raw_message=raw,
+                   status_detail="No route in TASKS_REGISTRY is named 'nope'.")
+    page = admin_client.get(
+        reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])).content.decode()
+    assert "Raw message" in page
+    assert "&quot;task_name&quot;: &quot;nope&quot;" in page
+    assert "gyrinx-errors" not in page  # no empty errors block
+    assert "No route in TASKS_REGISTRY is named" in page
+
+
+def test_change_view_shows_the_return_value_of_a_successful_run(admin_client):
+    run = make_run("add", State.SUCCESSFUL, args=[2, 3], return_value=5)
+    page = admin_client.get(
+        reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])).content.decode()
+    assert "Return value" in page and '<pre class="gyrinx-pre">5</pre>' in page
+
+
+def test_runs_cannot_be_added_or_edited(admin_client):
+    run = make_run("add")
+    assert admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_add")).status_code == 403
+    change = reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
+    response = admin_client.post(change, {"task_name": "echo", "status": "SUCCESSFUL"})
+    assert response.status_code == 403
+    run.refresh_from_db()
+    assert (run.task_name, run.status) == ("add", State.READY)
+
+
+def test_only_superusers_delete_runs(client, admin_client):
+    run = make_run("add")
+    staff = staff_user("staff", "view_taskexecution", "delete_taskexecution")
+    client.force_login(staff)
+    delete = reverse("admin:gyrinx_tasks_taskexecution_delete", args=[run.pk])
+
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    response = client.post(reverse(CHANGELIST),
+                           {"action": "delete_selected", "_selected_action": [run.pk]})
+    assert response.status_code == 403
+    assert TaskExecution.objects.filter(pk=run.pk).exists()
+
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 302
+    assert not TaskExecution.objects.filter(pk=run.pk).exists()
+
+
+def test_staff_without_permission_cannot_see_runs(client):
+    client.force_login(staff_user("nobody"))
+    assert client.get(reverse(CHANGELIST)).status_code == 403
+
+
+# --- Kill switches -------------------------------------------------------------------------
+
+def post_action(client, action, *switches):
+    return client.post(reverse(SWITCHES),
+                       {"action": action, "_selected_action": [s.pk for s in switches]})
+
+
+def test_turn_off_and_on_flip_the_rows_and_write_log_entries(client):
+    editor = staff_user("editor", "view_killswitch", "change_killswitch")
+    client.force_login(editor)
+    add = KillSwitch.objects.create(task_name="add")
+    echo = KillSwitch.objects.create(task_name="echo")
+    already_off = KillSwitch.objects.create(task_name="flaky", enabled=False)
+
+    response = post_action(client, "turn_off", add, echo, already_off)
+
+    assert response.status_code == 302
+    assert list(KillSwitch.objects.values_list("task_name", "enabled")) == [
+        ("add", False), ("echo", False), ("flaky", False)]
+    entries = LogEntry.objects.order_by("id")
+    # One entry per switch that changed; the one already off is left alone.
+    assert [(e.object_repr, e.action_flag, e.user_id) for e in entries] == [
+        ("add: off", CHANGE, editor.pk), ("echo: off", CHANGE, editor.pk)]
+    assert entries[0].get_change_message() == "Turned off by an admin action."
+
+    post_action(client, "turn_on", echo)
+    echo.refresh_from_db()
+    assert echo.enabled is True
+    last = LogEntry.objects.latest("id")
+    assert (last.object_id, last.get_change_message()) == (
+        str(echo.pk), "Turned on by an admin action.")
+    assert KillSwitch.is_enabled("echo") and not KillSwitch.is_enabled("add")
+
+
+def test_actions_answer_403_to_staff_without_change_permission(client):
+    client.force_login(staff_user("viewer", "view_killswitch"))
+    switch = KillSwitch.objects.create(task_name="add")
+
+    page = client.get(reverse(SWITCHES)).content.decode()
+    assert "turn_off" not in page  # not offered
+
+    for action in ("turn_off", "turn_on", "delete_selected"):
+        assert post_action(client, action, switch).status_code == 403
+    switch.refresh_from_db()
+    assert switch.enabled is True
+    assert not LogEntry.objects.exists()
+
+
+def test_a_kill_switch_is_created_for_a_registry_task_only(admin_client):
+    add_url = reverse("admin:gyrinx_tasks_killswitch_add")
+    form_page = admin_client.get(add_url).content.decode()
+    for name in ("add", "echo", "nightly_cleanup"):
+        assert f'<option value="{name}">' in form_page
+
+    refused = admin_client.post(add_url, {"task_name": "not_a_task", "reason": "x"})
+    assert refused.status_code == 200
+    assert "Select a valid choice" in refused.content.decode()
+    assert not KillSwitch.objects.exists()
+
+    created = admin_client.post(add_url, {"task_name": "echo", "reason": "noisy"})
+    assert created.status_code == 302
+    switch = KillSwitch.objects.get()
+    assert (switch.task_name, switch.enabled, switch.reason) == ("echo", False, "noisy")
+
+    duplicate = admin_client.post(add_url, {"task_name": "echo", "enabled": "on"})
+    assert "Kill switch with this Task name already exists." in duplicate.content.decode()
+    assert KillSwitch.objects.count() == 1
+
+
+def test_a_switch_for_a_task_gone_from_the_registry_stays_editable(admin_client):
+    switch = KillSwitch.objects.create(task_name="retired_task", enabled=False)
+    change = reverse("admin:gyrinx_tasks_killswitch_change", args=[switch.pk])
+    assert "retired_task (not in the registry)" in admin_client.get(change).content.decode()
+    response = admin_client.post(change, {"task_name": "retired_task", "enabled": "on"})
+    assert response.status_code == 302
+    switch.refresh_from_db()
+    assert switch.enabled is True
+
+
+def test_kill_switch_list_shows_the_environment_switch(admin_client, monkeypatch):
+    KillSwitch.objects.create(task_name="echo")
+    KillSwitch.objects.create(task_name="add")
+    monkeypatch.setenv("ENABLE_ECHO", "false")
+    page = admin_client.get(reverse(SWITCHES)).content.decode()
+    assert "ENABLE_ECHO: off" in page
+    monkeypatch.setenv("ENABLE_ECHO", "1")
+    assert "ENABLE_ECHO: on" in admin_client.get(reverse(SWITCHES)).content.decode()
+
+
+# --- In a real browser ---------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_staff_log_in_and_see_a_run(page, live_server):
+    """`page` comes from the `browser` fixture (tests/infra/browser.py): real Chromium."""
+    User.objects.create_superuser("admin", "admin@example.com", "admin-pw")
+    run = make_run("flaky", State.FAILED)
+
+    page.goto(f"{live_server.url}{reverse(CHANGELIST)}")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin-pw")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#result_list")
+    row = page.locator("#result_list tbody tr").first
+    assert run.result_id[:8] in row.inner_text()
+    assert row.locator(".gyrinx-status-failed").inner_text() == "Failed"
+    row.locator("th a").click()
+    page.wait_for_selector(".gyrinx-timeline")
+    assert "enqueued" in page.locator(".gyrinx-timeline").inner_text()

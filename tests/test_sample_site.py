@@ -1,0 +1,147 @@
+"""The sample site: its settings load, its setup command, its home page.
+
+Each test runs ``manage.py`` in a subprocess with ``sample_site.settings``, because the test
+session itself runs on ``tests.settings``.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def site_env(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PUBSUB_EMULATOR_HOST", "ENABLE_BACKFILL_SCHEDULER"}}
+    env.update(DJANGO_SETTINGS_MODULE="sample_site.settings",
+               SAMPLE_SITE_DB=str(tmp_path / "sample.sqlite3"), SAMPLE_REPORT_SECONDS="0")
+    return env
+
+
+def manage(env, *args, check=True):
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n"
+                             f"{result.stderr}")
+    return result
+
+
+def shell(env, code):
+    return manage(env, "shell", "--no-imports", "-c", textwrap.dedent(code)).stdout
+
+
+def rows(env, sql):
+    with sqlite3.connect(env["SAMPLE_SITE_DB"]) as db:
+        return db.execute(sql).fetchall()
+
+
+def test_settings_pass_the_system_checks(site_env):
+    result = manage(site_env, "check")
+    assert "System check identified no issues" in result.stdout
+
+
+def test_tasks_run_immediately_by_default(site_env):
+    out = shell(site_env, """
+        from django.conf import settings
+        print(settings.TASKS["default"]["BACKEND"], settings.TASKS_REGISTRY)
+    """)
+    assert out.split() == ["django.tasks.backends.immediate.ImmediateBackend",
+                           "sample_site.task_registry"]
+
+
+def test_emulator_mode_uses_pubsub_without_oidc(site_env):
+    site_env.update(PUBSUB_EMULATOR_HOST="127.0.0.1:8085")
+    site_env.pop("GCP_PROJECT_ID", None)
+    out = shell(site_env, """
+        import json
+        from django.conf import settings
+        from gyrinx_tasks.conf import tasks_settings
+        print(json.dumps({"tasks": settings.TASKS, "oidc": tasks_settings.TASKS_VERIFY_OIDC,
+                          "push": tasks_settings.push_endpoint}))
+    """)
+    found = json.loads(out)
+    assert found["tasks"] == {"default": {"BACKEND": "gyrinx_tasks.backend.PubSubBackend",
+                                          "OPTIONS": {"project_id": "sample-project"}}}
+    assert found["oidc"] is False
+    assert found["push"] == "http://127.0.0.1:8000/tasks/pubsub/"
+    assert "System check identified no issues" in manage(site_env, "check").stdout
+
+
+def test_registry_routes_the_sample_tasks(site_env):
+    out = shell(site_env, """
+        from gyrinx_tasks.registry import get_routes
+        for r in get_routes():
+            print(r.name, r.schedule or "-", r.schedule_timezone, r.enabled_env_var or "-")
+    """)
+    assert out.splitlines() == [
+        "send_welcome_email - UTC -",
+        "generate_report - UTC -",
+        "flaky_sync - UTC -",
+        "cleanup_old_data 0 3 * * * Europe/London -",
+        "backfill_statistics */5 * * * * Europe/London ENABLE_BACKFILL_SCHEDULER",
+    ]
+
+
+def test_sample_setup_is_idempotent_and_creates_runs(site_env):
+    manage(site_env, "migrate", "--verbosity", "0")
+
+    first = manage(site_env, "sample_setup")
+    assert "Created the superuser 'admin' with password 'admin'." in first.stdout
+    runs = rows(site_env, "SELECT task_name, status FROM gyrinx_tasks_taskexecution "
+                          "ORDER BY task_name")
+    assert runs == [("cleanup_old_data", "SUCCESSFUL"), ("flaky_sync", "FAILED"),
+                    ("generate_report", "SUCCESSFUL"), ("send_welcome_email", "SUCCESSFUL")]
+    errors = rows(site_env, "SELECT errors FROM gyrinx_tasks_taskexecution "
+                            "WHERE task_name = 'flaky_sync'")
+    assert json.loads(errors[0][0])[0]["exception_class_path"] == "builtins.ConnectionError"
+
+    second = manage(site_env, "sample_setup")
+    assert "already exists" in second.stdout and "not enqueueing more" in second.stdout
+    assert rows(site_env, "SELECT username, is_superuser, is_staff FROM auth_user") == [
+        ("admin", 1, 1)]
+    assert rows(site_env, "SELECT COUNT(*) FROM gyrinx_tasks_taskexecution") == [(4,)]
+
+    manage(site_env, "sample_setup", "--more")
+    assert rows(site_env, "SELECT COUNT(*) FROM gyrinx_tasks_taskexecution") == [(8,)]
+
+
+def test_home_page_enqueues_a_task_and_the_admin_shows_it(site_env):
+    manage(site_env, "migrate", "--verbosity", "0")
+    manage(site_env, "sample_setup")
+    out = shell(site_env, """
+        from django.test import Client
+        from django.test.utils import setup_test_environment
+        from gyrinx_tasks.models import TaskExecution
+
+        setup_test_environment()
+        client = Client()
+        home = client.get("/")
+        print("home", home.status_code, home.content.decode().count("Enqueue</button>"))
+        before = TaskExecution.objects.count()
+        response = client.post("/enqueue/generate_report/", follow=True)
+        print("enqueue", response.redirect_chain[0][1],
+              TaskExecution.objects.count() - before,
+              TaskExecution.objects.first().task_name,
+              "Enqueued generate_report" in response.content.decode())
+        print("unknown", client.post("/enqueue/not_a_task/").status_code)
+        print("get", client.get("/enqueue/generate_report/").status_code)
+        client.login(username="admin", password="admin")
+        print("admin", client.get("/admin/gyrinx_tasks/taskexecution/").status_code,
+              client.get("/admin/gyrinx_tasks/killswitch/add/").status_code)
+    """)
+    assert out.splitlines() == [
+        "home 200 5",
+        "enqueue 302 1 generate_report True",
+        "unknown 404",
+        "get 405",
+        "admin 200 200",
+    ]
