@@ -110,6 +110,8 @@ class TaskExecution(models.Model):
             models.Index(fields=["-created_at", "-id"], name="gyrinx_exec_created"),
             models.Index(fields=["status", "-created_at"], name="gyrinx_exec_status"),
             models.Index(fields=["task_name", "-created_at"], name="gyrinx_exec_task"),
+            models.Index(fields=["status", "task_name", "-created_at"],
+                         name="gyrinx_exec_status_task"),
             models.Index(fields=["task_id"], name="gyrinx_exec_task_id"),
         ]
 
