@@ -49,7 +49,7 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 
 if os.environ.get("GYRINX_TEST_DB") == "postgres":
-    # Host and port are filled in by tests/conftest.py, which starts its own server.
+    # Host and port are filled in by tests/infra/postgres.py, which starts its own server.
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.postgresql",

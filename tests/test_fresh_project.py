@@ -39,8 +39,7 @@ def readme_blocks() -> dict[str, str]:
 
 
 def run(args, cwd, env=None, timeout=300):
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -65,18 +64,25 @@ def test_wheel_ships_templates_and_static(wheel):
 
 def test_readme_install_steps_run_a_task_through_the_emulator(wheel, tmp_path, pubsub_emulator):
     blocks = readme_blocks()
-    assert {"settings.py", "urls.py", "myproject/tasks.py",
-            "myproject/task_registry.py"} <= set(blocks)
+    assert {"settings.py", "urls.py", "myproject/tasks.py", "myproject/task_registry.py"} <= set(
+        blocks
+    )
 
     venv = tmp_path / "venv"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env["UV_PYTHON_DOWNLOADS"] = "never"
     run([str(UV), "venv", "--quiet", "--python", sys.executable, str(venv)], cwd=tmp_path, env=env)
     python = str(venv / "bin" / "python")
-    run([str(UV), "pip", "install", "--quiet", "--python", python, str(wheel)], cwd=tmp_path,
-        env=env)
-    run([str(venv / "bin" / "django-admin"), "startproject", "myproject", "site"],
-        cwd=tmp_path, env=env)
+    run(
+        [str(UV), "pip", "install", "--quiet", "--python", python, str(wheel)],
+        cwd=tmp_path,
+        env=env,
+    )
+    run(
+        [str(venv / "bin" / "django-admin"), "startproject", "myproject", "site"],
+        cwd=tmp_path,
+        env=env,
+    )
     site = tmp_path / "site"
     for name, body in blocks.items():
         target = site / "myproject" / name.removeprefix("myproject/")
@@ -86,18 +92,28 @@ def test_readme_install_steps_run_a_task_through_the_emulator(wheel, tmp_path, p
 
     port = free_port()
     env.update(
-        PUBSUB_EMULATOR_HOST=pubsub_emulator.host, TASKS_VERIFY_OIDC="False",
-        TASKS_ENVIRONMENT="fresh" + secrets.token_hex(3), DJANGO_SETTINGS_MODULE="myproject.settings",
+        PUBSUB_EMULATOR_HOST=pubsub_emulator.host,
+        TASKS_VERIFY_OIDC="False",
+        TASKS_ENVIRONMENT="fresh" + secrets.token_hex(3),
+        DJANGO_SETTINGS_MODULE="myproject.settings",
     )
     manage = [python, "manage.py"]
     run([*manage, "migrate", "--noinput"], cwd=site, env=env)
-    provision = run([*manage, "tasks_provision", "--push-endpoint",
-                     f"http://127.0.0.1:{port}/tasks/pubsub/"], cwd=site, env=env)
+    provision = run(
+        [*manage, "tasks_provision", "--push-endpoint", f"http://127.0.0.1:{port}/tasks/pubsub/"],
+        cwd=site,
+        env=env,
+    )
     assert "send_welcome_email" in provision
 
-    server = subprocess.Popen([*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
-                              cwd=site, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [*manage, "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=site,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -108,15 +124,27 @@ def test_readme_install_steps_run_a_task_through_the_emulator(wheel, tmp_path, p
             except OSError:
                 assert time.monotonic() < deadline, "runserver did not start"
                 time.sleep(0.5)
-        result_id = run([*manage, "shell", "-v", "0", "-c",
-                         "from myproject.tasks import send_welcome_email as t; "
-                         "print(t.enqueue(user_id='42').id)"], cwd=site, env=env).strip()
-        read = ("from myproject.tasks import send_welcome_email as t; "
-                f"r = t.get_result({result_id!r}); print(r.status, r.return_value)")
+        result_id = run(
+            [
+                *manage,
+                "shell",
+                "-v",
+                "0",
+                "-c",
+                "from myproject.tasks import send_welcome_email as t; "
+                "print(t.enqueue(user_id='42').id)",
+            ],
+            cwd=site,
+            env=env,
+        ).strip()
+        read = (
+            "from myproject.tasks import send_welcome_email as t; "
+            f"r = t.get_result({result_id!r}); print(r.status, r.return_value)"
+        )
         deadline = time.monotonic() + 60
-        while (out := run([*manage, "shell", "-v", "0", "-c", read], cwd=site, env=env).strip()) != (
-            "SUCCESSFUL welcome email sent to user 42"
-        ):
+        while (
+            out := run([*manage, "shell", "-v", "0", "-c", read], cwd=site, env=env).strip()
+        ) != ("SUCCESSFUL welcome email sent to user 42"):
             assert time.monotonic() < deadline, f"the task did not succeed: {out}"
             time.sleep(1)
     finally:
