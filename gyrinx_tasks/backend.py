@@ -80,12 +80,9 @@ class PubSubBackend(BaseTaskBackend):
     def topic_path(self, topic_name: str) -> str:
         return f"projects/{self.project_id}/topics/{topic_name}"
 
-    def validate_task(self, task: Any) -> None:
-        super().validate_task(task)
-        # Only tasks the registry routes have a topic to travel on. The registry imports the
-        # task modules, so this is checked at enqueue time rather than at decoration time.
-
     def _route_for(self, task: Any) -> Any:
+        # Only routed tasks have a topic. Checked at enqueue, not in validate_task(): that runs
+        # at decoration time, while the registry module is still importing the tasks.
         try:
             route = get_route(task.name)
         except UnknownTask as exc:
