@@ -4,6 +4,7 @@
 # Pub/Sub emulator) first. Extra arguments go to both pytest runs:
 #   scripts/test.sh                 everything
 #   scripts/test.sh -k emulator -x  a subset
+# The SQLite run is repeated on Django 6.0, since the lock file pins 6.1.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -102,6 +103,11 @@ record "pytest (sqlite)" $?
 say "pytest on PostgreSQL"
 GYRINX_TEST_DB=postgres "$PY" -m pytest "$@"
 record "pytest (postgres)" $?
+
+say "pytest on SQLite with Django 6.0 (the lock has 6.1; both are supported)"
+UV_PYTHON_DOWNLOADS=never "$ROOT/.cache/tools/bin/uv" run --no-sync --with 'Django>=6.0,<6.1' \
+    python -m pytest "$@"
+record "pytest (django 6.0)" $?
 
 say "Summary"
 printf '%s\n' "${SUMMARY[@]}"

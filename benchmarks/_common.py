@@ -1,0 +1,165 @@
+"""What both benchmarks share: Django settings, a throwaway PostgreSQL, statistics, tables.
+
+Not a benchmark itself. The PostgreSQL server is the test suite's own (tests/infra/postgres.py):
+a cluster in a temporary directory on a free 127.0.0.1 port, run as the ``postgres`` user
+when we are root, removed when stopped.
+"""
+
+import math
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # so `python benchmarks/x.py` finds gyrinx_tasks and tests
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.infra.postgres import PostgresServer, PostgresStartError  # noqa: E402
+
+__all__ = ["PostgresServer", "PostgresStartError", "REPO_ROOT", "configure_django",
+           "machine_lines", "median", "percentile", "postgres_database", "sqlite_database",
+           "start_postgres", "table"]
+
+# A runaway query (a plan gone wrong at millions of rows) ends the benchmark with an error
+# instead of running for an hour.
+STATEMENT_TIMEOUT_MS = 120_000
+
+
+def start_postgres() -> PostgresServer:
+    try:
+        return PostgresServer.start()
+    except (PostgresStartError, OSError, subprocess.SubprocessError) as exc:
+        sys.exit(f"The benchmark's PostgreSQL server did not start: {exc}")
+
+
+def postgres_database(port: int | str, name: str = "postgres") -> dict[str, Any]:
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": name,
+        "USER": "postgres",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "OPTIONS": {"options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"},
+    }
+
+
+def sqlite_database(path: str | Path) -> dict[str, Any]:
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path)}
+
+
+def configure_django(database: dict[str, Any], root_urlconf: str, **overrides: Any) -> None:
+    """Configure Django like tests/settings.py, on the given database, and set it up."""
+    import django
+    from django.conf import settings
+
+    values: dict[str, Any] = {
+        "SECRET_KEY": "benchmarks-only-not-secret",
+        "DEBUG": False,
+        "USE_TZ": True,
+        "TIME_ZONE": "UTC",
+        "ALLOWED_HOSTS": ["*"],
+        "ROOT_URLCONF": root_urlconf,
+        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
+        "INSTALLED_APPS": [
+            "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
+            "django.contrib.sessions", "django.contrib.messages", "django.contrib.staticfiles",
+            "django_htmx", "import_export", "gyrinx_tasks", "tests",
+        ],
+        "MIDDLEWARE": [
+            "django.middleware.security.SecurityMiddleware",
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.middleware.common.CommonMiddleware",
+            "django.middleware.csrf.CsrfViewMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+            "django.contrib.messages.middleware.MessageMiddleware",
+            "django_htmx.middleware.HtmxMiddleware",
+        ],
+        "TEMPLATES": [{
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "APP_DIRS": True,
+            "OPTIONS": {"context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]},
+        }],
+        "STATIC_URL": "/static/",
+        "DATABASES": {"default": database},
+        "TASKS": {
+            "default": {"BACKEND": "gyrinx_tasks.backend.PubSubBackend",
+                        "OPTIONS": {"project_id": "bench-project"}},
+            "immediate": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
+        },
+        "TASKS_REGISTRY": "tests.registry",
+        "GCP_PROJECT_ID": "bench-project",
+        "TASKS_ENVIRONMENT": "bench",
+        "CLOUD_RUN_SERVICE_URL": "https://tasks-bench.example.run.app",
+        "TASKS_SERVICE_ACCOUNT": "pubsub-invoker@bench-project.iam.gserviceaccount.com",
+        "TASKS_VERIFY_OIDC": False,
+        # Rejections log at ERROR; thousands of them would drown the figures.
+        "LOGGING": {"version": 1, "disable_existing_loggers": False,
+                    "loggers": {"gyrinx_tasks": {"level": "CRITICAL"},
+                                "django.server": {"level": "CRITICAL"}}},
+    }
+    values.update(overrides)
+    settings.configure(**values)
+    django.setup()
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile: with few samples, p90 is close to the slowest one."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table, columns padded so it also reads well in a terminal."""
+    cells = [headers, *[[str(cell) for cell in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *[line(row) for row in cells[1:]]])
+
+
+def machine_lines(extra: dict[str, str] | None = None) -> list[str]:
+    """The machine and software the figures come from, one 'name: value' line each."""
+    import django
+
+    memory = "?"
+    try:
+        for row in Path("/proc/meminfo").read_text().splitlines():
+            if row.startswith("MemTotal:"):
+                memory = f"{int(row.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    cpu = platform.processor() or "?"
+    try:
+        for row in Path("/proc/cpuinfo").read_text().splitlines():
+            if row.startswith("model name"):
+                cpu = row.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpus": str(os.cpu_count()),
+        "cpu model": cpu,
+        "memory": memory,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        **(extra or {}),
+    }
+    return [f"{name}: {value}" for name, value in info.items()]
