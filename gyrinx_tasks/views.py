@@ -6,7 +6,7 @@ so permanent rejections answer 202 (never a plain 400, which would be redelivere
 
 import logging
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -36,6 +36,9 @@ def _reply(outcome: str, status: int, detail: str = "", execution=None) -> JsonR
     return JsonResponse(body, status=status)
 
 
+# Not atomic even under ATOMIC_REQUESTS: the run's states must commit as they happen, and a
+# failed task answers 500 without raising, which would otherwise commit half a request.
+@transaction.non_atomic_requests
 @csrf_exempt
 @require_POST
 def pubsub_push(request: HttpRequest) -> JsonResponse:

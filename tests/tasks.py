@@ -35,6 +35,13 @@ def report_attempt(context) -> int:
 
 
 @task
+def in_transaction() -> bool:
+    from django.db import connection
+
+    return connection.in_atomic_block
+
+
+@task
 def nightly_cleanup() -> str:
     return "cleaned"
 

@@ -122,6 +122,7 @@ def test_w005_covers_installed_apps_tasks_modules(settings):
         "tests.tasks.explode",
         "tests.tasks.flaky",
         "tests.tasks.report_attempt",
+        "tests.tasks.in_transaction",
         "tests.tasks.nightly_cleanup",
     }
 

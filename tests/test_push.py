@@ -250,3 +250,17 @@ def test_database_unavailable_answers_429_and_loses_nothing(client):
 
 def test_get_is_not_allowed(client):
     assert client.get(URL).status_code == 405
+
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tasks_run_outside_a_request_transaction_even_under_atomic_requests(client):
+    from django.db import connections
+
+    connections["default"].settings_dict["ATOMIC_REQUESTS"] = True
+    try:
+        response = push(client, envelope(message(task_name="in_transaction", args=[])))
+    finally:
+        connections["default"].settings_dict["ATOMIC_REQUESTS"] = False
+    assert response.status_code == 200
+    assert TaskExecution.objects.get().return_value is False
