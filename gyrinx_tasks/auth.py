@@ -60,6 +60,8 @@ class PushTokenVerifier:
 
     def _verified_claims(self, token: str, audience: str) -> dict[str, Any]:
         certs_url = tasks_settings.TASKS_OIDC_CERTS_URL
+        invalid: tuple[type[Exception], ...] = (
+            ValueError, google_exceptions.GoogleAuthError, *_pyjwt_errors())
         try:
             claims = id_token.verify_token(
                 token,
@@ -82,7 +84,7 @@ class PushTokenVerifier:
                 f"Google's default, or install PyJWT.",
                 level=logging.ERROR,
             ) from exc
-        except (ValueError, google_exceptions.GoogleAuthError, *_pyjwt_errors()) as exc:
+        except invalid as exc:
             raise _reject(f"The push token is invalid: {_describe(exc, token)}") from exc
         return dict(claims)
 

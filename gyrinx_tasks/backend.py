@@ -44,7 +44,7 @@ def result_from_execution(execution: Any, task: Any) -> TaskResult:
         TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
         for e in execution.errors
     ]
-    result = TaskResult(
+    result: TaskResult = TaskResult(
         task=task, id=execution.result_id, status=execution.django_status,
         enqueued_at=execution.enqueued_at, started_at=execution.started_at,
         finished_at=execution.finished_at, last_attempted_at=execution.last_attempted_at,

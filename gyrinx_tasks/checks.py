@@ -250,7 +250,7 @@ def _valid_cron(expression: object) -> bool:
 
 
 def _check_unrouted_tasks(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
-    routed = {route.func.module_path for route in routes if isinstance(route.func, Task)}
+    routed = {route.path for route in routes if isinstance(route.func, Task)}
     pubsub_aliases = {backend.alias for backend in _pubsub_backends()}
     messages: list[CheckMessage] = []
     for path, found in sorted(_project_tasks(routes).items()):

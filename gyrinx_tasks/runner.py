@@ -22,8 +22,9 @@ from .workers import current_worker_id
 logger = logging.getLogger("gyrinx_tasks")
 
 
+# django-stubs declares TaskContext unfrozen; at run time it is frozen, as this must be.
 @dataclass(frozen=True, slots=True, kw_only=True)
-class PushTaskContext(TaskContext):
+class PushTaskContext(TaskContext):  # type: ignore[misc]
     """TaskContext whose ``attempt`` is the delivery attempt Pub/Sub reports."""
 
     delivery_attempt: int

@@ -92,6 +92,10 @@ say "ruff check"
 "$PY" -m ruff check .
 record "ruff check" $?
 
+say "mypy (django-stubs)"
+"$PY" -m mypy
+record "mypy" $?
+
 say "makemigrations --check"
 "$PY" manage.py makemigrations --check --dry-run --settings=tests.settings
 record "makemigrations" $?

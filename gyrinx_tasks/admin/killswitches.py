@@ -41,7 +41,9 @@ class KillSwitchForm(forms.ModelForm):
         if current and current not in dict(choices):
             # A switch for a task that has since left the registry stays editable.
             choices.append((current, _("%(name)s (not in the registry)") % {"name": current}))
-        self.fields["task_name"].choices = [("", "---------"), *choices]
+        field = self.fields["task_name"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "---------"), *choices]
 
 
 class KillSwitchAdmin(ActionPermissionMixin, admin.ModelAdmin):

@@ -1,5 +1,7 @@
 """manage.py tasks_provision: make Pub/Sub and Cloud Scheduler match the task registry."""
 
+from collections.abc import Callable
+
 from django.core.management.base import BaseCommand, CommandError
 
 from gyrinx_tasks.conf import tasks_settings
@@ -70,7 +72,7 @@ class Command(BaseCommand):
 
     def _style_line(self, line: str) -> str:
         verb = line.strip().split(" ", 1)[0]
-        styles = {
+        styles: dict[str, Callable[[str], str]] = {
             Verb.CREATE: self.style.SUCCESS, Verb.UPDATE: self.style.WARNING,
             Verb.DELETE: self.style.ERROR, Verb.ORPHAN: self.style.NOTICE,
             Verb.CONFLICT: self.style.ERROR,
