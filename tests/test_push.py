@@ -264,3 +264,28 @@ def test_tasks_run_outside_a_request_transaction_even_under_atomic_requests(clie
         connections["default"].settings_dict["ATOMIC_REQUESTS"] = False
     assert response.status_code == 200
     assert TaskExecution.objects.get().return_value is False
+
+
+def test_redelivery_while_the_run_is_still_running_asks_for_a_retry(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    execution = TaskExecution.objects.create(task_name="add", task_path="tests.tasks.add",
+                                             args=[1, 2])
+    execution.start("other-worker")
+    execution.save()
+
+    response = push(client, envelope(message(task_id=execution.result_id)))
+
+    assert response.status_code == 429
+    assert response.json()["outcome"] == "busy"
+    execution.refresh_from_db()
+    assert (execution.status, execution.attempts) == (State.RUNNING, 1)
+
+    # Once the route's ack deadline (300 s) has passed, the first worker is presumed gone.
+    TaskExecution.objects.filter(pk=execution.pk).update(
+        last_attempted_at=timezone.now() - timedelta(seconds=301))
+    assert push(client, envelope(message(task_id=execution.result_id))).status_code == 200
+    execution.refresh_from_db()
+    assert (execution.status, execution.attempts) == (State.SUCCESSFUL, 2)
