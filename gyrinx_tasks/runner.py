@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.tasks import TaskContext
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
@@ -38,7 +38,7 @@ class PushTaskContext(TaskContext):  # type: ignore[misc]
 class Outcome:
     """What happened to a delivery; the view maps it to an HTTP status."""
 
-    kind: str  # ran, failed, rejected, skipped, duplicate, busy
+    kind: str  # ran, failed, rejected, skipped, duplicate, busy (and start, internally)
     execution: TaskExecution | None
     detail: str = ""
 
@@ -114,6 +114,36 @@ def _arguments_problem(task: Any, args: list, kwargs: dict) -> str:
     return ""
 
 
+def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: str) -> Outcome:
+    """Inside a transaction: settle the delivery without running it, or mark it RUNNING."""
+    execution = _claim(delivery, route)
+    if execution.status in (State.SUCCESSFUL, State.SKIPPED, State.REJECTED):
+        return Outcome("duplicate", execution, f"Run already {execution.status}.")
+    if execution.status == State.RUNNING and execution.last_attempted_at and (
+        timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
+    ):
+        return Outcome("busy", execution, "This run is still running on another worker.")
+    if problem:
+        execution.reject(problem, raw_message)
+        execution.save()
+        logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
+        return Outcome("rejected", execution, problem)
+    if not route.env_switch_enabled():
+        reason = f"Kill switch {route.enabled_env_var} is off."
+    elif not KillSwitch.is_enabled(route.name):
+        reason = f"Kill switch for {route.name} is off in the database."
+    else:
+        reason = ""
+    if reason:
+        execution.skip(reason)
+        execution.save()
+        logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
+        return Outcome("skipped", execution, reason)
+    execution.start(current_worker_id(), delivery.delivery_attempt)
+    execution.save()
+    return Outcome("start", execution)
+
+
 def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
     from .backend import PubSubBackend, result_from_execution
 
@@ -123,32 +153,17 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
         return Outcome("rejected", record_rejection(str(exc), raw_message, delivery=delivery))
     problem = _arguments_problem(route.task, delivery.args, delivery.kwargs)
 
-    with transaction.atomic():
-        execution = _claim(delivery, route)
-        if execution.status in (State.SUCCESSFUL, State.SKIPPED, State.REJECTED):
-            return Outcome("duplicate", execution, f"Run already {execution.status}.")
-        if execution.status == State.RUNNING and execution.last_attempted_at and (
-            timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
-        ):
-            return Outcome("busy", execution, "This run is still running on another worker.")
-        if problem:
-            execution.reject(problem, raw_message)
-            execution.save()
-            logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
-            return Outcome("rejected", execution, problem)
-        if not route.env_switch_enabled():
-            reason = f"Kill switch {route.enabled_env_var} is off."
-        elif not KillSwitch.is_enabled(route.name):
-            reason = f"Kill switch for {route.name} is off in the database."
-        else:
-            reason = ""
-        if reason:
-            execution.skip(reason)
-            execution.save()
-            logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
-            return Outcome("skipped", execution, reason)
-        execution.start(current_worker_id(), delivery.delivery_attempt)
-        execution.save()
+    try:
+        with transaction.atomic():
+            outcome = _settle_or_start(delivery, route, problem, raw_message)
+    except IntegrityError:
+        # Another transaction holds an uncommitted row for this run: an enqueue whose
+        # transaction has not committed yet, or a duplicate delivery racing this one.
+        return Outcome("busy", None, "This run is being recorded elsewhere; retry later.")
+    if outcome.kind != "start":
+        return outcome
+    execution = outcome.execution
+    assert execution is not None
 
     backend = route.task.get_backend()
     sender = type(backend) if isinstance(backend, PubSubBackend) else PubSubBackend
