@@ -133,6 +133,23 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([line(cells[0]), rule, *[line(row) for row in cells[1:]]])
 
 
+def code_version() -> str:
+    """The commit measured, and whether gyrinx_tasks had uncommitted changes."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+                              text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("diff", "--quiet", "HEAD", "--", "gyrinx_tasks").returncode
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git did not run)"
+    if head.returncode:
+        return "unknown (not a git checkout)"
+    suffix = " with uncommitted changes in gyrinx_tasks/" if changed else ""
+    return f"commit {head.stdout.strip()}{suffix}"
+
+
 def machine_lines(extra: dict[str, str] | None = None) -> list[str]:
     """The machine and software the figures come from, one 'name: value' line each."""
     import django
@@ -154,6 +171,7 @@ def machine_lines(extra: dict[str, str] | None = None) -> list[str]:
         pass
     info = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "code": code_version(),
         "cpus": str(os.cpu_count()),
         "cpu model": cpu,
         "memory": memory,

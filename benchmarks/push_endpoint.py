@@ -1,14 +1,15 @@
 """Throughput and latency of the push endpoint, POST /tasks/pubsub/, on SQLite and PostgreSQL.
 
-Run from the repository root (about two minutes with the defaults):
+Run from the repository root (about two minutes; five with ``--http``):
 
     .venv/bin/python -m benchmarks.push_endpoint                  # in-process only
     .venv/bin/python -m benchmarks.push_endpoint --http           # also through runserver
     .venv/bin/python -m benchmarks.push_endpoint --requests 500 --db postgres --show-queries
 
-For each database the script runs a child process with its own settings (SQLite in a
-temporary file; PostgreSQL in a throwaway cluster, see tests/infra/postgres.py), migrates,
-and posts push envelopes for each case:
+For each database the script runs a child process with its own settings, migrates, and
+posts push envelopes. The databases: ``sqlite`` (a temporary file, Django's defaults),
+``sqlite-immediate`` (the same with ``"transaction_mode": "IMMEDIATE"``) and ``postgres``
+(a throwaway cluster, see tests/infra/postgres.py). The cases:
 
 - ``ran, enqueued``: the common path: ``enqueue()`` already wrote a READY run, the push
   finds it by result id, runs ``tests.tasks.add`` and records SUCCESSFUL (answers 200);

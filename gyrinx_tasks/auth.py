@@ -151,7 +151,7 @@ def _bearer_token(authorization: str | None) -> str:
     token = rest[0].strip() if rest else ""
     if not token:
         raise _reject("The Authorization header says Bearer but carries no token.")
-    if any(ch.isspace() for ch in token):
+    if len(token.split()) != 1:
         raise _reject("The Authorization header must be 'Bearer <token>' with nothing after it.")
     return token
 
@@ -191,6 +191,7 @@ def _clause(exc: Exception) -> str:
     return str(exc).strip().rstrip(".")
 
 
+@functools.cache
 def _pyjwt_errors() -> tuple[type[Exception], ...]:
     # PyJWT is optional; google-auth uses it only for JWK-set certificate endpoints.
     try:

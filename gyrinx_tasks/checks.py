@@ -80,6 +80,28 @@ def check_environment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     ]
 
 
+@register(TAG)  # reads settings only, so not tagged "database" (which check skips)
+def check_sqlite_transactions(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if not _pubsub_backends():
+        return []
+    messages: list[CheckMessage] = []
+    databases: dict[str, dict[str, Any]] = settings.DATABASES
+    for alias, database in databases.items():
+        if "sqlite3" not in str(database.get("ENGINE", "")):
+            continue
+        options: dict[str, Any] = database.get("OPTIONS") or {}
+        mode = str(options.get("transaction_mode") or "DEFERRED")
+        if mode.upper() != "IMMEDIATE":
+            messages.append(Warning(
+                f"The SQLite database {alias!r} uses {mode.upper()} transactions, so concurrent "
+                "Pub/Sub pushes fail on its write lock and are retried after Pub/Sub's backoff.",
+                hint=f'Add "OPTIONS": {{"transaction_mode": "IMMEDIATE"}} to '
+                f"DATABASES[{alias!r}], so writers wait for the lock instead.",
+                id="gyrinx_tasks.W014",
+            ))
+    return messages
+
+
 @register(TAG, Tags.security, deploy=True)
 def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     backends = _pubsub_backends()

@@ -73,6 +73,9 @@ DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": env("SAMPLE_SITE_DB", str(BASE_DIR / "sample_site" / "db.sqlite3")),
+        # Pushes arrive concurrently in emulator mode; IMMEDIATE makes writers queue for
+        # SQLite's lock instead of failing at once (see docs/performance.md).
+        "OPTIONS": {"transaction_mode": "IMMEDIATE"},
     }
 }
 

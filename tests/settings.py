@@ -67,6 +67,7 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": _sqlite,
             "TEST": {"NAME": _sqlite},
+            "OPTIONS": {"transaction_mode": "IMMEDIATE"},
         }
     }
 

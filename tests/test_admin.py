@@ -156,6 +156,34 @@ def test_paginator_counts_exactly_unless_unfiltered_on_postgresql(monkeypatch):
     assert EstimatedCountPaginator(everything[:3], 10).estimated_count() is None
 
 
+def test_filtered_counts_stop_at_the_cap(admin_client, monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    for _ in range(5):
+        make_run("echo")
+    make_run("add")
+    filtered = TaskExecution.objects.filter(task_name="echo").order_by("-created_at")
+
+    paginator = EstimatedCountPaginator(filtered, 2)
+    assert paginator.count == 4  # cap + 1: enough to know there are more
+    assert paginator.is_capped and paginator.is_approximate
+    assert len(paginator.page(3).object_list) == 1  # the real 5th row, past the counted end
+    assert list(paginator.page(9).object_list) == []  # far past: empty, not an error
+    assert EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="add").order_by("pk"), 2).count == 1
+
+    response = admin_client.get(reverse(CHANGELIST), {"task_name": "echo"})
+    assert re.search(r">more than 3</span> task executions", response.content.decode())
+
+
+def test_approximate_totals_offer_no_last_page_link():
+    paginator = EstimatedCountPaginator(TaskExecution.objects.order_by("pk"), 10)
+    paginator.is_estimate = True
+    paginator.__dict__["count"] = 1_000  # as if estimated
+    assert list(paginator.get_elided_page_range(50)) == [
+        1, 2, paginator.ELLIPSIS, 47, 48, 49, 50, 51, 52, 53, paginator.ELLIPSIS]
+    assert list(paginator.get_elided_page_range(1)) == [1, 2, 3, 4, paginator.ELLIPSIS]
+
+
 def test_paginator_counts_small_tables_exactly():
     for _ in range(3):
         make_run("add")

@@ -264,3 +264,17 @@ def test_missing_tasks_module_is_skipped_but_broken_one_raises():
     assert import_tasks_module(REGISTRIES) is None
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency"):
         import_tasks_module(f"{REGISTRIES}.broken_app")
+
+
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")  # only settings are read
+def test_w014_sqlite_without_immediate_transactions(settings):
+    settings.DATABASES = {
+        "default": {**settings.DATABASES["default"], "ENGINE": "django.db.backends.sqlite3",
+                    "OPTIONS": {}},
+    }
+    assert ids() == ["gyrinx_tasks.W014"]
+    settings.DATABASES["default"]["OPTIONS"] = {"transaction_mode": "IMMEDIATE"}
+    assert ids() == []
+    settings.DATABASES["default"]["OPTIONS"] = {}
+    settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
+    assert "gyrinx_tasks.W014" not in ids()  # nothing is pushed without a PubSubBackend

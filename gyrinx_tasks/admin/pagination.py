@@ -1,6 +1,14 @@
-"""A changelist paginator that does not COUNT(*) a large unfiltered table on PostgreSQL."""
+"""A changelist paginator that never counts millions of rows.
 
-from django.core.paginator import Paginator
+- An unfiltered list on PostgreSQL uses the planner's row estimate (``pg_class.reltuples``,
+  kept fresh by autovacuum) instead of ``COUNT(*)``, which reads every row.
+- A filtered list counts at most ``count_cap + 1`` rows and says "more than N" beyond that.
+- Either way the total is approximate, so pages past it are served (empty at worst) rather
+  than redirected, and no "last page" link is offered.
+Small tables, and tables never analysed, are counted exactly.
+"""
+
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db import connections
 from django.db.models import QuerySet
 from django.db.models.sql.datastructures import Join
@@ -8,18 +16,19 @@ from django.utils.functional import cached_property
 
 
 class EstimatedCountPaginator(Paginator):
-    """Counts exactly, except for an unfiltered queryset on PostgreSQL.
-
-    There the planner's row estimate (``pg_class.reltuples``, kept fresh by autovacuum)
-    stands in for ``COUNT(*)``, which reads every row: seconds at millions of runs. Small
-    tables, and tables never analysed, are still counted exactly, because their estimate
-    is unreliable and their count is cheap. Any filter or search means an exact count.
-    """
-
     # Below this estimate an exact count is cheap enough and shows the true number.
     exact_below = 10_000
-    # True once count has used the estimate; the changelist then says "about N".
+    # A filtered list counts up to this many rows, then says "more than".
+    count_cap = 10_000
+    # Set by count: the total is the planner's estimate ("about N") ...
     is_estimate = False
+    # ... or the capped count of a filtered list ("more than N").
+    is_capped = False
+
+    @property
+    def is_approximate(self) -> bool:
+        _ = self.count  # counting decides which of the two applies
+        return self.is_estimate or self.is_capped
 
     @cached_property
     def count(self) -> int:
@@ -27,6 +36,13 @@ class EstimatedCountPaginator(Paginator):
         if estimate is not None and estimate >= self.exact_below:
             self.is_estimate = True
             return estimate
+        queryset = self.object_list
+        if isinstance(queryset, QuerySet) and not _is_whole_table(queryset):
+            # Ordering is irrelevant to a count and makes the capped subquery slower.
+            capped = queryset.order_by()[: self.count_cap + 1].count()
+            if capped > self.count_cap:
+                self.is_capped = True
+            return capped
         return super().count
 
     def estimated_count(self) -> int | None:
@@ -46,6 +62,40 @@ class EstimatedCountPaginator(Paginator):
         if row is None or row[0] is None or row[0] < 0:
             return None
         return int(row[0])
+
+    def validate_number(self, number):
+        if not self.is_approximate:
+            return super().validate_number(number)
+        try:
+            number = int(number)
+        except (TypeError, ValueError) as exc:
+            raise PageNotAnInteger(self.error_messages["invalid_page"]) from exc
+        if number < 1:
+            raise EmptyPage(self.error_messages["min_page"])
+        return number  # past the approximate end: an empty page, not an error
+
+    def page(self, number):
+        number = self.validate_number(number)
+        if not self.is_approximate:
+            return super().page(number)
+        bottom = (number - 1) * self.per_page
+        return Page(self.object_list[bottom : bottom + self.per_page], number, self)
+
+    def get_elided_page_range(self, number=1, *, on_each_side=3, on_ends=2):
+        if not self.is_approximate:
+            yield from super().get_elided_page_range(
+                number, on_each_side=on_each_side, on_ends=on_ends)
+            return
+        # No tail: the last page number is only a guess.
+        number = self.validate_number(number)
+        start = max(number - on_each_side, 1)
+        if start > on_ends + 1:
+            yield from range(1, on_ends + 1)
+            yield self.ELLIPSIS
+        else:
+            start = 1
+        yield from range(start, number + on_each_side + 1)
+        yield self.ELLIPSIS
 
 
 def _is_whole_table(queryset: QuerySet) -> bool:
