@@ -9,17 +9,9 @@ from gyrinx_tasks.backend import PubSubBackend
 from gyrinx_tasks.exceptions import TaskPublishError
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 from tests import tasks
-from tests.helpers import FakePublisher, use_publisher
+from tests.helpers import use_publisher
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def publisher():
-    fake = FakePublisher()
-    use_publisher(fake)
-    yield fake
-    task_backends["default"].__dict__.pop("publisher", None)
 
 
 def test_capability_flags_tell_the_truth():
@@ -31,7 +23,7 @@ def test_capability_flags_tell_the_truth():
     assert backend.supports_priority is False
 
 
-def test_enqueue_records_then_publishes_the_seed_message(publisher):
+def test_enqueue_records_then_publishes_the_seed_message(fake_publisher):
     result = tasks.add.enqueue(2, y=3)
 
     execution = TaskExecution.objects.get(result_id=result.id)
@@ -39,7 +31,7 @@ def test_enqueue_records_then_publishes_the_seed_message(publisher):
     assert execution.trigger == Trigger.ENQUEUE
     assert (execution.args, execution.kwargs) == ([2], {"y": 3})
     assert execution.message_id == "msg-1"
-    [(topic, message, _attrs)] = publisher.published
+    [(topic, message, _attrs)] = fake_publisher.published
     assert topic == "projects/test-project/topics/test--gyrinx.tasks--tests.tasks.add"
     assert set(message) == {"task_id", "task_name", "args", "kwargs", "enqueued_at"}
     assert message["task_id"] == result.id
@@ -48,11 +40,11 @@ def test_enqueue_records_then_publishes_the_seed_message(publisher):
     assert result.status == TaskResultStatus.READY
 
 
-def test_enqueue_sends_task_enqueued_after_publishing(publisher):
+def test_enqueue_sends_task_enqueued_after_publishing(fake_publisher):
     seen = []
 
     def receiver(sender, task_result, **kwargs):
-        seen.append((sender, task_result.id, len(publisher.published)))
+        seen.append((sender, task_result.id, len(fake_publisher.published)))
 
     task_enqueued.connect(receiver)
     try:
@@ -62,8 +54,8 @@ def test_enqueue_sends_task_enqueued_after_publishing(publisher):
     assert seen == [(PubSubBackend, result.id, 1)]
 
 
-def test_failed_publish_raises_and_leaves_the_run_failed(publisher):
-    publisher.error = ServiceUnavailable("pubsub is down")
+def test_failed_publish_raises_and_leaves_the_run_failed(fake_publisher):
+    fake_publisher.error = ServiceUnavailable("pubsub is down")
 
     with pytest.raises(TaskPublishError, match="Could not publish task 'tests.tasks.add'"):
         tasks.add.enqueue(1, 2)
@@ -78,12 +70,12 @@ def test_failed_publish_raises_and_leaves_the_run_failed(publisher):
     assert result.errors[0].exception_class_path.endswith("ServiceUnavailable")
 
 
-def test_unrouted_task_is_invalid(publisher):
+def test_unrouted_task_is_invalid(fake_publisher):
     from tests.unrouted_tasks import not_in_registry
 
     with pytest.raises(InvalidTask, match="not listed in TASKS_REGISTRY"):
         not_in_registry.enqueue()
-    assert publisher.published == []
+    assert fake_publisher.published == []
     assert not TaskExecution.objects.exists()
 
 
@@ -98,7 +90,7 @@ def test_validate_task_rejects_what_the_backend_cannot_do(bad):
             tasks.add.using(run_after=datetime(2030, 1, 1, tzinfo=UTC))
 
 
-def test_get_result_reads_the_database(publisher):
+def test_get_result_reads_the_database(fake_publisher):
     result = tasks.add.enqueue(4, 5)
     TaskExecution.objects.filter(result_id=result.id).update(
         status=State.SUCCESSFUL, return_value=9, attempts=1, worker_ids=["w1"])
@@ -118,21 +110,21 @@ def test_get_result_unknown_id_raises():
         task_backends["default"].get_result("no-such-id")
 
 
-def test_publish_on_commit_waits_for_the_transaction(publisher, settings,
+def test_publish_on_commit_waits_for_the_transaction(fake_publisher, settings,
                                                      django_capture_on_commit_callbacks):
     settings.TASKS = {
         **settings.TASKS,
         "default": {**settings.TASKS["default"],
                     "OPTIONS": {"project_id": "test-project", "publish_on_commit": True}},
     }
-    use_publisher(publisher)
+    use_publisher(fake_publisher)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         with transaction.atomic():
             result = tasks.add.enqueue(1, 2)
-            assert publisher.published == []
+            assert fake_publisher.published == []
             assert TaskExecution.objects.get(result_id=result.id).status == State.READY
     assert len(callbacks) == 1
-    assert len(publisher.published) == 1
+    assert len(fake_publisher.published) == 1
 
 
 def test_unknown_option_is_a_check_error(settings):

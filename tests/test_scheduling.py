@@ -63,14 +63,6 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-@pytest.fixture
-def fake_publisher():
-    publisher = FakePublisher()
-    use_publisher(publisher)
-    yield publisher
-    task_backends["default"].__dict__.pop("publisher", None)
-
-
 # The payload
 
 
