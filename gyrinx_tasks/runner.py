@@ -70,6 +70,15 @@ def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = 
     return execution
 
 
+def kill_switch_reason(route: Any) -> str:
+    """Why the route is switched off (environment variable or database), or "" if it is on."""
+    if not route.env_switch_enabled():
+        return f"Kill switch {route.enabled_env_var} is off."
+    if not KillSwitch.is_enabled(route.name):
+        return f"Kill switch for {route.name} is off in the database."
+    return ""
+
+
 def _trigger(delivery: Delivery | None) -> str:
     value = delivery.attributes.get("trigger", "") if delivery else ""
     if value in Trigger.values:
@@ -128,12 +137,7 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
         execution.save()
         logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
         return Outcome("rejected", execution, problem)
-    if not route.env_switch_enabled():
-        reason = f"Kill switch {route.enabled_env_var} is off."
-    elif not KillSwitch.is_enabled(route.name):
-        reason = f"Kill switch for {route.name} is off in the database."
-    else:
-        reason = ""
+    reason = kill_switch_reason(route)
     if reason:
         execution.skip(reason)
         execution.save()

@@ -30,9 +30,10 @@ from django.db import connections
 from django.utils import timezone
 
 from .backend import PubSubBackend, build_message
-from .models import KillSwitch, TaskExecution, Trigger
+from .models import TaskExecution, Trigger
 from .registry import get_routes
 from .routes import TaskRoute
+from .runner import kill_switch_reason
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -51,7 +52,7 @@ def fire_scheduled(route: TaskRoute, trigger: str = Trigger.SCHEDULE) -> str:
     if isinstance(backend, PubSubBackend):
         # The push endpoint records the run when it is delivered, keyed by message id.
         return backend.publish(route.topic_name, scheduled_message(route), trigger=str(trigger))
-    reason = _switched_off(route)
+    reason = kill_switch_reason(route)
     if reason:  # the push endpoint would skip it too
         execution = TaskExecution(
             task_id=route.scheduled_task_id,
@@ -79,14 +80,6 @@ def fire_from_loop(route: TaskRoute) -> str:
         if not connection.in_atomic_block:  # never inside a transaction (or a test's)
             connection.close_if_unusable_or_obsolete()
     return fire_scheduled(route)
-
-
-def _switched_off(route: TaskRoute) -> str:
-    if not route.env_switch_enabled():
-        return f"Kill switch {route.enabled_env_var} is off."
-    if not KillSwitch.is_enabled(route.name):
-        return f"Kill switch for {route.name} is off in the database."
-    return ""
 
 
 def cron_expression(route: TaskRoute) -> str:
