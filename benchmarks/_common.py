@@ -56,45 +56,19 @@ def configure_django(database: dict[str, Any], root_urlconf: str, **overrides: A
     import django
     from django.conf import settings
 
-    values: dict[str, Any] = {
+    import tests.settings as base
+
+    # The test suite's settings, on the benchmark's own database and project names.
+    values: dict[str, Any] = {name: getattr(base, name) for name in dir(base) if name.isupper()}
+    values.update({
         "SECRET_KEY": "benchmarks-only-not-secret",
-        "DEBUG": False,
-        "USE_TZ": True,
-        "TIME_ZONE": "UTC",
-        "ALLOWED_HOSTS": ["*"],
         "ROOT_URLCONF": root_urlconf,
-        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
-        "INSTALLED_APPS": [
-            "django.contrib.admin", "django.contrib.auth", "django.contrib.contenttypes",
-            "django.contrib.sessions", "django.contrib.messages", "django.contrib.staticfiles",
-            "django_htmx", "import_export", "gyrinx_tasks", "tests",
-        ],
-        "MIDDLEWARE": [
-            "django.middleware.security.SecurityMiddleware",
-            "django.contrib.sessions.middleware.SessionMiddleware",
-            "django.middleware.common.CommonMiddleware",
-            "django.middleware.csrf.CsrfViewMiddleware",
-            "django.contrib.auth.middleware.AuthenticationMiddleware",
-            "django.contrib.messages.middleware.MessageMiddleware",
-            "django_htmx.middleware.HtmxMiddleware",
-        ],
-        "TEMPLATES": [{
-            "BACKEND": "django.template.backends.django.DjangoTemplates",
-            "APP_DIRS": True,
-            "OPTIONS": {"context_processors": [
-                "django.template.context_processors.request",
-                "django.contrib.auth.context_processors.auth",
-                "django.contrib.messages.context_processors.messages",
-            ]},
-        }],
-        "STATIC_URL": "/static/",
         "DATABASES": {"default": database},
         "TASKS": {
             "default": {"BACKEND": "gyrinx_tasks.backend.PubSubBackend",
                         "OPTIONS": {"project_id": "bench-project"}},
             "immediate": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"},
         },
-        "TASKS_REGISTRY": "tests.registry",
         "GCP_PROJECT_ID": "bench-project",
         "TASKS_ENVIRONMENT": "bench",
         "CLOUD_RUN_SERVICE_URL": "https://tasks-bench.example.run.app",
@@ -104,7 +78,7 @@ def configure_django(database: dict[str, Any], root_urlconf: str, **overrides: A
         "LOGGING": {"version": 1, "disable_existing_loggers": False,
                     "loggers": {"gyrinx_tasks": {"level": "CRITICAL"},
                                 "django.server": {"level": "CRITICAL"}}},
-    }
+    })
     values.update(overrides)
     settings.configure(**values)
     django.setup()
