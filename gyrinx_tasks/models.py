@@ -114,6 +114,11 @@ class TaskExecution(models.Model):
                          name="gyrinx_exec_status_task"),
             models.Index(fields=["task_id"], name="gyrinx_exec_task_id"),
         ]
+        # Admin actions beyond Django's four: each is checked on the server per request.
+        permissions = [
+            ("retry_taskexecution", _("Can retry task executions")),
+            ("export_taskexecution", _("Can export task executions")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name or '?'} [{self.status}] {self.result_id}"
@@ -186,13 +191,32 @@ class TaskExecution(models.Model):
         self._log(self.status, State.REJECTED, reason)
 
 
+class SwitchMode(models.TextChoices):
+    """What a switched-off task does with its deliveries."""
+
+    SKIP = "skip", _("Skip: acknowledge and record as skipped")
+    HOLD = "hold", _("Hold: keep the messages in Pub/Sub until switched on")
+
+
 class KillSwitch(models.Model):
-    """A database switch per task: on by default; off acknowledges and skips deliveries."""
+    """A database switch per task: on by default; off skips or holds its deliveries."""
 
     task_name = models.CharField(_("task name"), max_length=255, unique=True)
     enabled = models.BooleanField(_("enabled"), default=True)
+    mode = models.CharField(
+        _("off mode"), max_length=8, choices=SwitchMode.choices, default=SwitchMode.SKIP,
+        help_text=_("What deliveries do while the switch is off."),
+    )
     reason = models.CharField(_("reason"), max_length=500, blank=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    updated_by = models.CharField(
+        _("updated by"), max_length=150, blank=True,
+        help_text=_("Username of whoever last changed the switch."),
+    )
+    off_since = models.DateTimeField(
+        _("off since"), null=True, blank=True,
+        help_text=_("When the switch was last turned off; empty while it is on."),
+    )
 
     class Meta:
         verbose_name = _("kill switch")
@@ -206,3 +230,37 @@ class KillSwitch(models.Model):
     def is_enabled(cls, task_name: str) -> bool:
         enabled = cls.objects.filter(task_name=task_name).values_list("enabled", flat=True)
         return next(iter(enabled), True)
+
+
+# Admin pages that are not lists of rows hang off proxy models, so that each appears in the
+# app index, has its own view permission, and carries the permissions of its actions. No
+# table of their own; their admins never list TaskExecution rows.
+
+
+class Overview(TaskExecution):
+    class Meta:
+        proxy = True
+        verbose_name = _("overview")
+        verbose_name_plural = _("overview")
+        default_permissions = ("view",)
+
+
+class ScheduledJob(TaskExecution):
+    class Meta:
+        proxy = True
+        verbose_name = _("scheduled job")
+        verbose_name_plural = _("scheduled jobs")
+        default_permissions = ("view",)
+        permissions = [
+            ("run_scheduledjob", _("Can run scheduled jobs now")),
+            ("pause_scheduledjob", _("Can pause and resume scheduled jobs")),
+        ]
+
+
+class ProvisioningStatus(TaskExecution):
+    class Meta:
+        proxy = True
+        verbose_name = _("provisioning status")
+        verbose_name_plural = _("provisioning status")
+        default_permissions = ("view",)
+        permissions = [("provision_provisioningstatus", _("Can provision GCP resources"))]

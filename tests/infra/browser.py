@@ -65,3 +65,43 @@ def page(browser: Any) -> Iterator[Any]:
         yield context.new_page()
     finally:
         context.close()
+
+
+# --- The admin in a browser ---------------------------------------------------------------
+
+SCREENSHOTS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "screenshots")
+VIEWPORT = {"width": 1400, "height": 900}
+
+
+def log_in(page: Any, base_url: str, username: str, password: str) -> None:
+    """Log ``page`` in to the admin through its real login form."""
+    page.set_viewport_size(VIEWPORT)
+    page.goto(f"{base_url}/admin/login/?next=/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{base_url}/admin/")
+
+
+def save_screenshot(page: Any, name: str, *, dark: bool = False) -> str:
+    """Save a full-page PNG under docs/screenshots/ (``name-dark.png`` in dark mode).
+
+    Dark mode is the admin's own: it follows ``prefers-color-scheme``, emulated here.
+    """
+    os.makedirs(SCREENSHOTS, exist_ok=True)
+    path = os.path.join(SCREENSHOTS, f"{name}{'-dark' if dark else ''}.png")
+    page.emulate_media(color_scheme="dark" if dark else "light")
+    page.screenshot(path=path, full_page=True)
+    page.emulate_media(color_scheme="light")
+    return os.path.abspath(path)
+
+
+@pytest.fixture
+def admin_page(page: Any, live_server: Any, django_user_model: Any) -> Any:
+    """A page logged in to the live server's admin as a superuser, 1400 px wide.
+
+    Needs ``@pytest.mark.django_db(transaction=True)`` so the server thread sees the rows.
+    """
+    django_user_model.objects.create_superuser("admin", "admin@example.com", "admin-pw")
+    log_in(page, live_server.url, "admin", "admin-pw")
+    return page
