@@ -1,7 +1,12 @@
-"""Shared admin behaviour: actions that refuse, with a 403, users who may not run them."""
+"""Shared admin behaviour: permission-checked actions, custom pages, and the audit log."""
+
+from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
 
 
 class ActionPermissionMixin(admin.ModelAdmin):
@@ -28,3 +33,51 @@ class ActionPermissionMixin(admin.ModelAdmin):
         if request.method == "POST":
             self.check_action_permission(request)
         return super().changelist_view(request, extra_context)
+
+
+def has_model_permission(request: HttpRequest, opts: Any, codename: str) -> bool:
+    """Whether the user holds ``app_label.codename`` (always checked on the server)."""
+    user = request.user
+    return bool(user.is_active and user.has_perm(f"{opts.app_label}.{codename}"))
+
+
+def require(allowed: bool) -> None:
+    """Permission first, then work: raise PermissionDenied (a 403) unless ``allowed``."""
+    if not allowed:
+        raise PermissionDenied
+
+
+def page_context(model_admin: admin.ModelAdmin, request: HttpRequest, title: str,
+                 **extra: Any) -> dict[str, Any]:
+    """Context for a custom page that extends admin/gyrinx_tasks/page.html.
+
+    each_context() gives the nav sidebar, dark mode toggle and site header, as on
+    Django's own pages.
+    """
+    return {
+        **model_admin.admin_site.each_context(request),
+        "opts": model_admin.model._meta,
+        "title": title,
+        **extra,
+    }
+
+
+def audit(request: HttpRequest, obj: Any, message: str, action_flag: int = CHANGE,
+          model: Any = None) -> LogEntry:
+    """Write one admin LogEntry for an action on ``obj`` (who, what, on which object).
+
+    ``model`` names the content type when ``obj`` is not a model instance (e.g. an action
+    on a registry route, logged against the page's proxy model with the route's name).
+    """
+    if model is None:
+        model = type(obj)
+    content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
+    object_id = str(getattr(obj, "pk", "") or "")
+    return LogEntry.objects.create(
+        user_id=request.user.pk,
+        content_type=content_type,
+        object_id=object_id or None,
+        object_repr=str(obj)[:200],
+        action_flag=action_flag,
+        change_message=message,
+    )
