@@ -3,6 +3,11 @@
 import json
 import logging
 import traceback
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
 
@@ -25,6 +30,38 @@ from .registry import get_route
 logger = logging.getLogger("gyrinx_tasks")
 
 KNOWN_OPTIONS = {"project_id", "publish_on_commit", "publish_timeout", "client_options"}
+
+
+@dataclass(frozen=True)
+class EnqueueContext:
+    """Why the enqueues inside enqueue_context() happen, e.g. a retry of an earlier run."""
+
+    trigger: str
+    retry_of_id: int | None = None
+    note: str = ""
+
+
+# Read when a run's row is created (here, or in signals.record_enqueued for other backends),
+# so a retry is recorded as one in the same write, whatever backend carries it.
+_enqueue_context: ContextVar[EnqueueContext | None] = ContextVar(
+    "gyrinx_tasks_enqueue_context", default=None
+)
+
+
+@contextmanager
+def enqueue_context(trigger: str, retry_of_id: int | None = None,
+                    note: str = "") -> Iterator[EnqueueContext]:
+    """Record the enqueues made inside this block with ``trigger`` (and ``retry_of``)."""
+    context = EnqueueContext(trigger, retry_of_id, note)
+    token = _enqueue_context.set(context)
+    try:
+        yield context
+    finally:
+        _enqueue_context.reset(token)
+
+
+def current_enqueue_context() -> EnqueueContext | None:
+    return _enqueue_context.get()
 
 
 def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
@@ -97,10 +134,18 @@ class PubSubBackend(BaseTaskBackend):
             )
         return route
 
+    def publish_future(self, topic_name: str, message: dict[str, Any],
+                       **attributes: str) -> Future:
+        """Start publishing one JSON message; the future resolves to its message id.
+
+        Bulk retries start a chunk of these and then wait for them together.
+        """
+        data = json.dumps(message, separators=(",", ":")).encode()
+        return self.publisher.publish(self.topic_path(topic_name), data, **attributes)
+
     def publish(self, topic_name: str, message: dict[str, Any], **attributes: str) -> str:
         """Publish one JSON message (with string attributes) and wait for its message id."""
-        data = json.dumps(message, separators=(",", ":")).encode()
-        future = self.publisher.publish(self.topic_path(topic_name), data, **attributes)
+        future = self.publish_future(topic_name, message, **attributes)
         return str(future.result(timeout=self.publish_timeout))
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
@@ -110,16 +155,21 @@ class PubSubBackend(BaseTaskBackend):
         route = self._route_for(task)
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
         now = timezone.now()
+        context = current_enqueue_context()
         execution = TaskExecution(
             task_name=route.name, task_path=route.path, backend=self.alias,
-            args=args, kwargs=kwargs, enqueued_at=now, trigger=Trigger.ENQUEUE,
+            args=args, kwargs=kwargs, enqueued_at=now,
+            trigger=context.trigger if context else Trigger.ENQUEUE,
+            retry_of_id=context.retry_of_id if context else None,
         )
         execution.task_id = execution.result_id
-        execution._log("", execution.status, "enqueued")
+        execution._log("", execution.status, (context and context.note) or "enqueued")
         execution.save()
         result = self.result_from_execution(execution, task=task)
         message = build_message(execution.task_id, route.name, args, kwargs, now)
-        send = partial(self._publish_execution, execution, route, message, result)
+        # The runner reads the trigger attribute if it has to create the row itself.
+        attributes = {"trigger": context.trigger} if context else {}
+        send = partial(self._publish_execution, execution, route, message, result, attributes)
         if self.publish_on_commit:
             transaction.on_commit(send, robust=False)
         else:
@@ -127,9 +177,9 @@ class PubSubBackend(BaseTaskBackend):
         return result
 
     def _publish_execution(self, execution: Any, route: Any, message: dict[str, Any],
-                           result: TaskResult) -> None:
+                           result: TaskResult, attributes: dict[str, str] | None = None) -> None:
         try:
-            message_id = self.publish(route.topic_name, message)
+            message_id = self.publish(route.topic_name, message, **(attributes or {}))
         except Exception as exc:
             logger.exception("Publishing task %s (%s) failed", route.path, execution.result_id)
             execution.fail_to_enqueue(

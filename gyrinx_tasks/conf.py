@@ -7,6 +7,7 @@ can be configured without touching settings.py, and ``override_settings`` works 
 import os
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
@@ -66,6 +67,38 @@ class TasksSettings:
     @property
     def TASKS_PROVISION_ON_STARTUP(self) -> bool:
         return _truthy(self._get("TASKS_PROVISION_ON_STARTUP", False))
+
+    @property
+    def TASKS_ADMIN_RETRY_LIMIT(self) -> int:
+        """The most runs one admin click may retry (a bulk retry of more is refused)."""
+        value = self._get("TASKS_ADMIN_RETRY_LIMIT", 1000)
+        try:
+            limit = int(str(value))
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            raise ImproperlyConfigured(
+                f"TASKS_ADMIN_RETRY_LIMIT is {value!r}; set it to a positive whole number "
+                "such as 1000."
+            )
+        return limit
+
+    @property
+    def TASKS_PUSH_MAX_BODY_BYTES(self) -> int:
+        """The largest push request body read; larger ones are acknowledged and rejected."""
+        from .push import DEFAULT_MAX_BODY_BYTES
+
+        value = self._get("TASKS_PUSH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
+        try:
+            limit = int(str(value))
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            raise ImproperlyConfigured(
+                f"TASKS_PUSH_MAX_BODY_BYTES is {value!r}; set it to a positive number of bytes "
+                f"such as {DEFAULT_MAX_BODY_BYTES} (15 MiB, just above Pub/Sub's largest push)."
+            )
+        return limit
 
     @property
     def push_endpoint(self) -> str:

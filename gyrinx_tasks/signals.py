@@ -37,14 +37,20 @@ def _safely(func):
 @receiver(task_enqueued, dispatch_uid="gyrinx_tasks.record_enqueued")
 @_safely
 def record_enqueued(sender, task_result):
-    from .models import TaskExecution
+    from .backend import current_enqueue_context
+    from .models import TaskExecution, Trigger
 
+    context = current_enqueue_context()  # set by a retry, for instance
     execution = TaskExecution(
         result_id=task_result.id, task_id=task_result.id, task_name=task_result.task.name,
         task_path=task_result.task.module_path, backend=task_result.backend,
         args=task_result.args, kwargs=task_result.kwargs, enqueued_at=task_result.enqueued_at,
+        trigger=context.trigger if context else Trigger.ENQUEUE,
+        retry_of_id=context.retry_of_id if context else None,
     )
-    execution._log("", execution.status, f"enqueued by {sender.__name__}")
+    note = f"enqueued by {sender.__name__}"
+    execution._log("", execution.status, f"{context.note}, {note}" if context and context.note
+                   else note)
     execution.save()
 
 
