@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..models import State
 from .base import ActionPermissionMixin
+from .exports import ExecutionExportMixin
 from .filters import StatusFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
 
@@ -26,7 +27,7 @@ class ExecutionChangeList(ChangeList):
         return super().get_queryset(request, exclude_parameters).defer(*HEAVY_FIELDS)
 
 
-class TaskExecutionAdmin(ActionPermissionMixin, admin.ModelAdmin):
+class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.ModelAdmin):
     change_form_template = "admin/gyrinx_tasks/taskexecution/change_form.html"
 
     list_display = ("short_result_id", "task_name", "status_badge", "trigger", "attempts",
