@@ -1,0 +1,303 @@
+"""Overview aggregates per task over a time window: counts, failure rate, latency, throughput.
+
+Every query is bounded by ``created_at >= since`` (the ``gyrinx_exec_created`` index) or by
+``status IN (READY, RUNNING)`` (the status indexes), so the cost follows the number of runs
+in the window, not the size of the table. ``overview()`` makes five queries whatever the
+number of tasks.
+
+Percentiles are PostgreSQL's ``percentile_cont`` (continuous, interpolated). Other databases
+get the same numbers from ``percentile_cont()`` below over the window's exact durations.
+"""
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import Count, F, FloatField, Func, IntegerField, Min, QuerySet
+from django.db.models.aggregates import Aggregate
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .exceptions import RegistryError
+from .models import State, TaskExecution
+from .registry import get_routes
+
+# Finished runs whose duration means something: they started and ran to an outcome.
+TIMED_STATES = (State.SUCCESSFUL, State.FAILED)
+ACTIVE_STATES = (State.READY, State.RUNNING)
+RUNNING_LIST_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Window:
+    key: str
+    label: Any
+    length: timedelta
+    bucket: timedelta  # one bar of the runs-per-minute chart
+
+    @property
+    def buckets(self) -> int:
+        return int(self.length / self.bucket)
+
+    def bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        """[since, until): ``until`` is ``now`` rounded up to a whole bucket.
+
+        Aligned bars stay put between refreshes (the newest one fills up as runs arrive)
+        and ``since`` falls on a whole second, which keeps the bucket arithmetic exact.
+        """
+        size = int(self.bucket.total_seconds())
+        epoch = math.floor(now.timestamp() / size) * size + size
+        until = datetime.fromtimestamp(epoch, tz=now.tzinfo or timezone.get_current_timezone())
+        return until - self.length, until
+
+
+WINDOWS = {
+    window.key: window
+    for window in (
+        Window("1h", _("Last hour"), timedelta(hours=1), timedelta(minutes=1)),
+        Window("24h", _("Last 24 hours"), timedelta(hours=24), timedelta(minutes=15)),
+        Window("7d", _("Last 7 days"), timedelta(days=7), timedelta(hours=2)),
+    )
+}
+DEFAULT_WINDOW = "24h"
+
+
+class UnknownWindow(ValueError):
+    """A window key that is not one of WINDOWS."""
+
+
+def get_window(key: str | None) -> Window:
+    if not key:
+        return WINDOWS[DEFAULT_WINDOW]
+    try:
+        return WINDOWS[key]
+    except KeyError:
+        choices = ", ".join(WINDOWS)
+        raise UnknownWindow(
+            f"There is no time window called {key!r}; choose one of {choices}."
+        ) from None
+
+
+@dataclass
+class TaskStats:
+    name: str
+    counts: dict[str, int] = field(default_factory=dict)  # status -> runs in the window
+    p50: float | None = None  # seconds, first start to finish
+    p95: float | None = None
+    per_minute: list[float] = field(default_factory=list)  # one value per chart bar
+    failed_per_minute: list[float] = field(default_factory=list)  # the FAILED part of each
+    ready_now: int = 0  # READY and RUNNING are counted over all time, not the window:
+    running_now: int = 0  # a run stuck for a week is exactly what this page must show
+    oldest_ready: datetime | None = None
+    registered: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def count(self, status: str) -> int:
+        return self.counts.get(status, 0)
+
+    @property
+    def failure_rate(self) -> float | None:
+        """FAILED / (SUCCESSFUL + FAILED) in the window; None before anything finished."""
+        finished = self.count(State.SUCCESSFUL) + self.count(State.FAILED)
+        return self.count(State.FAILED) / finished if finished else None
+
+
+@dataclass
+class Overview:
+    window: Window
+    since: datetime
+    until: datetime
+    tasks: list[TaskStats]
+    running: list[TaskExecution]  # newest first, at most RUNNING_LIST_LIMIT
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is queued or running, i.e. whether the page should keep polling."""
+        return any(task.ready_now or task.running_now for task in self.tasks)
+
+    @property
+    def peak_per_minute(self) -> float:
+        return max((value for task in self.tasks for value in task.per_minute), default=0.0)
+
+
+# --- SQL building blocks -----------------------------------------------------------------
+
+class Seconds(Func):
+    """Seconds from the second datetime to the first, as a float (PostgreSQL only)."""
+
+    arity = 2
+    template = "EXTRACT(EPOCH FROM (%(expressions)s))"
+    arg_joiner = " - "
+    output_field = FloatField()
+
+
+class PercentileCont(Aggregate):
+    """PostgreSQL's continuous percentile: ``percentile_cont(f) WITHIN GROUP (ORDER BY x)``."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
+        fraction = float(fraction)  # inlined into the SQL, so never anything but a number
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError("A percentile fraction lies between 0 and 1.")
+        super().__init__(expression, fraction=repr(fraction), **extra)
+
+
+class BucketIndex(Func):
+    """Which chart bucket a timestamp falls in: floor((t - since) / size) in whole seconds.
+
+    ``since`` and ``size`` are integers we compute, inlined so the expression groups cleanly.
+    """
+
+    output_field = IntegerField()
+
+    def __init__(self, expression: Any, since: int, size: int) -> None:
+        super().__init__(expression, since=int(since), size=int(size))
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        template = "FLOOR((EXTRACT(EPOCH FROM %(expressions)s) - %(since)s) / %(size)s)::int"
+        return self.as_sql(compiler, connection, template=template, **extra)
+
+    def as_sql(self, compiler: Any, connection: Any, function: Any = None,
+               template: Any = None, arg_joiner: Any = None, **extra: Any) -> Any:
+        if template is None:
+            # SQLite: strftime('%s') of the stored text cut to whole seconds (SQLite would
+            # round .999999 up into the next second). The doubled %% survive both Func's
+            # formatting and the backend's own parameter substitution.
+            template = ("((CAST(strftime('%%%%s', substr(%(expressions)s, 1, 19)) AS INTEGER)"
+                        " - %(since)s) / %(size)s)")
+        return super().as_sql(compiler, connection, function, template, arg_joiner, **extra)
+
+
+# --- Percentiles without percentile_cont --------------------------------------------------
+
+def percentile_cont(ordered: Sequence[float], fraction: float) -> float | None:
+    """PostgreSQL's percentile_cont over already sorted values (same interpolation)."""
+    if not ordered:
+        return None
+    position = fraction * (len(ordered) - 1)
+    low = math.floor(position)
+    high = math.ceil(position)
+    first = ordered[low]
+    if high == low:
+        return first
+    return first + (ordered[high] - first) * (position - low)
+
+
+def _rounded(value: float | None) -> float | None:
+    # Microseconds are the resolution of the stored times; rounding there makes both
+    # databases' float arithmetic print the same number.
+    return None if value is None else round(value, 6)
+
+
+def _timed(runs: QuerySet) -> QuerySet:
+    return runs.filter(status__in=TIMED_STATES, started_at__isnull=False,
+                       finished_at__isnull=False)
+
+
+def duration_percentiles(runs: QuerySet, fractions: Iterable[float] = (0.5, 0.95)
+                         ) -> dict[str, list[float | None]]:
+    """Per task name, the duration percentiles (seconds) of the timed runs in ``runs``."""
+    fractions = tuple(fractions)
+    timed = _timed(runs)
+    if connection.vendor == "postgresql":
+        seconds = Seconds(F("finished_at"), F("started_at"))
+        aggregates = {f"p{i}": PercentileCont(seconds, fraction)
+                      for i, fraction in enumerate(fractions)}
+        rows = timed.order_by().values("task_name").annotate(**aggregates)
+        return {row["task_name"]: [_rounded(row[f"p{i}"]) for i in range(len(fractions))]
+                for row in rows}
+    durations: dict[str, list[float]] = defaultdict(list)
+    pairs = timed.order_by().values_list("task_name", "started_at", "finished_at")
+    for name, started, finished in pairs.iterator(chunk_size=5000):
+        durations[name].append((finished - started).total_seconds())
+    result: dict[str, list[float | None]] = {}
+    for name, values in durations.items():
+        values.sort()
+        result[name] = [_rounded(percentile_cont(values, fraction)) for fraction in fractions]
+    return result
+
+
+# --- The overview -------------------------------------------------------------------------
+
+def _registered_names() -> list[str]:
+    try:
+        return [route.name for route in get_routes()]
+    except RegistryError:
+        return []  # the registry's system check says why; the page still shows the runs
+
+
+def overview(window: Window | str | None = None, now: datetime | None = None) -> Overview:
+    """Everything the overview page shows, in five queries."""
+    if not isinstance(window, Window):
+        window = get_window(window)
+    since, until = window.bounds(now or timezone.now())
+    in_window = TaskExecution.objects.filter(created_at__gte=since, created_at__lt=until)
+
+    tasks: dict[str, TaskStats] = {name: TaskStats(name) for name in _registered_names()}
+
+    def task(name: str) -> TaskStats:
+        if name not in tasks:
+            tasks[name] = TaskStats(name, registered=False)
+        return tasks[name]
+
+    # 1. Counts by task and status.
+    for row in in_window.order_by().values("task_name", "status").annotate(n=Count("id")):
+        task(row["task_name"]).counts[row["status"]] = row["n"]
+
+    # 2. Duration percentiles.
+    for name, (p50, p95) in duration_percentiles(in_window).items():
+        stats = task(name)
+        stats.p50, stats.p95 = p50, p95
+
+    # 3. Runs per minute, and failures per minute, by chart bar.
+    size = int(window.bucket.total_seconds())
+    per_bucket = (in_window.order_by()
+                  .annotate(bar=BucketIndex("created_at", int(since.timestamp()), size))
+                  .values("task_name", "status", "bar").annotate(n=Count("id")))
+    for stats in tasks.values():
+        stats.per_minute, stats.failed_per_minute = [0.0] * window.buckets, [0.0] * window.buckets
+    for bar in per_bucket:
+        stats = task(bar["task_name"])
+        if not stats.per_minute:
+            stats.per_minute, stats.failed_per_minute = ([0.0] * window.buckets,
+                                                         [0.0] * window.buckets)
+        index, rate = bar["bar"], bar["n"] / (size / 60)
+        if 0 <= index < window.buckets:
+            stats.per_minute[index] += rate
+            if bar["status"] == State.FAILED:
+                stats.failed_per_minute[index] += rate
+
+    # 4. What is queued or running now, whenever it was created.
+    active = (TaskExecution.objects.filter(status__in=ACTIVE_STATES).order_by()
+              .values("task_name", "status").annotate(n=Count("id"), oldest=Min("created_at")))
+    for group in active:
+        stats = task(group["task_name"])
+        if group["status"] == State.READY:
+            stats.ready_now, stats.oldest_ready = group["n"], group["oldest"]
+        else:
+            stats.running_now = group["n"]
+    for stats in tasks.values():
+        if not stats.per_minute:  # first seen in step 4
+            stats.per_minute, stats.failed_per_minute = ([0.0] * window.buckets,
+                                                         [0.0] * window.buckets)
+
+    # 5. The runs in progress, to link to.
+    running = list(
+        TaskExecution.objects.filter(status=State.RUNNING)
+        .only("id", "result_id", "task_name", "status", "trigger", "attempts", "started_at",
+              "created_at")
+        .order_by("-created_at", "-id")[:RUNNING_LIST_LIMIT]
+    ) if any(stats.running_now for stats in tasks.values()) else []
+
+    return Overview(window=window, since=since, until=until, tasks=list(tasks.values()),
+                    running=running)
