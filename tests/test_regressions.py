@@ -1,0 +1,202 @@
+"""Guards for the push path: each test fails under a specific small change to the code.
+
+Each of these changes once left the whole suite green (issue "The push path is correct under
+races and partial failures", item 4). The comment on each test names the change it catches.
+"""
+
+import logging
+import threading
+import time
+
+import pytest
+from django.db import DatabaseError, connection, transaction
+from django.tasks.signals import task_finished
+
+from gyrinx_tasks.models import KillSwitch, State, TaskExecution
+from gyrinx_tasks.push import parse_envelope
+from gyrinx_tasks.runner import handle_delivery
+from tests import tasks
+from tests.helpers import envelope
+
+URL = "/tasks/pubsub/"
+
+
+@pytest.fixture(autouse=True)
+def no_oidc(settings):
+    settings.TASKS_VERIFY_OIDC = False
+
+
+def push(client, body: bytes):
+    return client.post(URL, body, content_type="application/json")
+
+
+def echo_message(task_id="t-echo", **kwargs):
+    return {"task_id": task_id, "task_name": "echo", "args": ["hi"], "kwargs": kwargs,
+            "enqueued_at": "2026-11-23T10:00:00+00:00"}
+
+
+@pytest.fixture
+def calls():
+    tasks.CALLS.clear()
+    yield tasks.CALLS
+    tasks.CALLS.clear()
+
+
+# Change caught: only SUCCESSFUL counts as settled, so skipped or rejected runs are run again
+# when Pub/Sub redelivers them.
+@pytest.mark.django_db
+def test_redelivery_of_a_skipped_run_does_not_run_it(client, calls):
+    switch = KillSwitch.objects.create(task_name="echo", enabled=False)
+    body = envelope(echo_message())
+    assert push(client, body).status_code == 202
+    switch.enabled = True
+    switch.save()
+
+    again = push(client, body)
+
+    assert again.status_code == 202
+    assert again.json()["outcome"] == "duplicate"
+    assert calls == []
+    assert TaskExecution.objects.get().status == State.SKIPPED
+
+
+@pytest.mark.django_db
+def test_redelivery_of_a_rejected_run_does_not_run_it(client, calls):
+    # Arguments that do not fit echo's signature are impossible here (it takes *args), so the
+    # rejection is of `add` with a missing argument; then the same message id arrives again.
+    body = envelope({"task_id": "t-add", "task_name": "add", "args": [1], "kwargs": {}})
+    assert push(client, body).status_code == 202
+
+    again = push(client, body)
+
+    assert again.status_code == 202
+    execution = TaskExecution.objects.get()
+    assert execution.status == State.REJECTED
+    assert execution.attempts == 0
+
+
+# Change caught: record_rejection no longer finds the earlier record of a redelivered
+# malformed message (it would add a row or fail on the unique message id).
+@pytest.mark.django_db
+def test_redelivered_malformed_message_is_recorded_once(client):
+    body = envelope({"task_id": "t-x", "task_name": "no_such_task", "args": [], "kwargs": {}},
+                    message_id="m-bad")
+    first, second = push(client, body), push(client, body)
+
+    assert (first.status_code, second.status_code) == (202, 202)
+    execution = TaskExecution.objects.get()
+    assert execution.message_id == "m-bad"
+    assert [step["to"] for step in execution.timeline].count(State.REJECTED) == 1
+
+
+# Change caught: the claim without select_for_update, or outside a transaction. A second
+# transaction holds the run's row locked while it settles it; the delivery must wait for it
+# and then see the settled run, not run the task on a stale read.
+@pytest.mark.django_db(transaction=True)
+def test_delivery_waits_for_a_run_locked_by_another_transaction(calls):
+    execution = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
+                                             args=["hi"])
+    delivery = parse_envelope(envelope(echo_message(task_id=execution.result_id)))
+    locked, outcomes = threading.Event(), []
+
+    def settle_elsewhere():
+        try:
+            with transaction.atomic():
+                row = TaskExecution.objects.select_for_update().get(pk=execution.pk)
+                row.status = State.SUCCESSFUL
+                row.save(update_fields=["status"])
+                locked.set()
+                time.sleep(1.0)  # the delivery arrives while this transaction is open
+        finally:
+            connection.close()
+
+    def deliver():
+        try:
+            outcomes.append(handle_delivery(delivery, "raw"))
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=settle_elsewhere)
+    holder.start()
+    assert locked.wait(10)
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    holder.join(20)
+    worker.join(20)
+
+    assert [outcome.kind for outcome in outcomes] == ["duplicate"]
+    assert calls == []
+
+
+# Change caught: the enqueue's message-id update without its `message_id IS NULL` guard,
+# which overwrites the id a delivery already recorded.
+@pytest.mark.django_db
+def test_publish_does_not_overwrite_a_message_id_recorded_by_the_delivery(fake_publisher):
+    original = fake_publisher.publish
+
+    def publish_delivered_first(topic, data, **attrs):
+        # The push arrives (and records its message id) before publish() returns.
+        TaskExecution.objects.filter(message_id__isnull=True).update(message_id="from-push")
+        return original(topic, data, **attrs)
+
+    fake_publisher.publish = publish_delivered_first
+    result = tasks.add.enqueue(1, 2)
+
+    assert TaskExecution.objects.get(result_id=result.id).message_id == "from-push"
+
+
+# Change caught: an environment-variable switch set to one of the documented "off" words
+# being ignored.
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["off", "OFF", "0", "no", " False "])
+def test_every_documented_off_word_turns_the_env_switch_off(client, calls, monkeypatch, value):
+    monkeypatch.setenv("ENABLE_ECHO", value)
+
+    response = push(client, envelope(echo_message()))
+
+    assert response.status_code == 202
+    assert TaskExecution.objects.get().status == State.SKIPPED
+    assert calls == []
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["on", "1", "true", "yes", ""])
+def test_other_env_switch_values_leave_the_task_on(client, calls, monkeypatch, value):
+    monkeypatch.setenv("ENABLE_ECHO", value)
+
+    assert push(client, envelope(echo_message())).status_code == 200
+    assert calls == [(("hi",), {})]
+
+
+# Change caught: task_finished not sent when the task raises.
+@pytest.mark.django_db
+def test_task_finished_is_sent_for_a_failed_run(client):
+    seen = []
+
+    def finished(sender, task_result, **kwargs):
+        seen.append((task_result.status, [e.exception_class_path for e in task_result.errors]))
+
+    task_finished.connect(finished)
+    try:
+        response = push(client, envelope(
+            {"task_id": "t-boom", "task_name": "explode", "args": [], "kwargs": {}}))
+    finally:
+        task_finished.disconnect(finished)
+
+    assert response.status_code == 500
+    assert seen == [("FAILED", ["builtins.RuntimeError"])]
+
+
+# Change caught: the signal receivers' best-effort guard (`_safely`) swallowing nothing, so a
+# database error while recording an ImmediateBackend run breaks the caller's enqueue.
+@pytest.mark.django_db
+def test_a_recording_failure_does_not_break_an_immediate_enqueue(monkeypatch, caplog):
+    def refuse(self, *args, **kwargs):
+        raise DatabaseError("recording refused")
+
+    monkeypatch.setattr(TaskExecution, "save", refuse)
+    with caplog.at_level(logging.ERROR, logger="gyrinx_tasks"):
+        result = tasks.immediate_add.enqueue(2, 3)
+
+    assert result.return_value == 5
+    assert "Could not record task run" in caplog.text
