@@ -1,15 +1,39 @@
-"""Parsing of Pub/Sub push envelopes into task deliveries."""
+"""Parsing of Pub/Sub push envelopes into task deliveries.
+
+Anyone can POST to the push endpoint, so parsing assumes nothing about the body: whatever it
+holds ends as a Delivery whose every value can be stored (on SQLite and PostgreSQL) and run,
+or as MalformedPush with a reason a person can act on. Nothing here touches the database.
+"""
 
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from django.http import HttpRequest
 from django.utils.dateparse import parse_datetime
 
 SCHEDULED_PREFIX = "scheduled-"
+
+# Pub/Sub refuses a publish request larger than 10,000,000 bytes (topic, data and attributes
+# together; google-cloud-pubsub's _SERVER_PUBLISH_MAX_BYTES).
+PUBSUB_MAX_PUBLISH_BYTES = 10_000_000
+# The largest push envelope Pub/Sub can send: 10,000,000 bytes of data is 13,333,336 in
+# base64, plus at most 100 attributes (256-byte keys, 1,024-byte values; up to ~0.8 MB once
+# JSON-escaped) and a few hundred bytes of envelope. 15 MiB is just above all of that.
+DEFAULT_MAX_BODY_BYTES = 15 * 1024 * 1024
+# A rejected message's raw body is kept for staff to read, up to this many characters.
+RAW_MESSAGE_LIMIT = 64 * 1024
+# Deeper JSON is refused: encoding it again to store it would exhaust Python's recursion limit.
+MAX_JSON_DEPTH = 100
+# Column sizes of TaskExecution (message_id, task_id, task_name) and delivery_attempt's range.
+MAX_MESSAGE_ID = 100
+MAX_TASK_ID = 255
+MAX_TASK_NAME = 255
+MAX_DELIVERY_ATTEMPT = 2**31 - 1
 
 
 class MalformedPush(ValueError):
@@ -21,6 +45,24 @@ class MalformedPush(ValueError):
         self.reason = reason
         self.payload = payload or {}
         self.message_id = message_id
+
+
+class BodyTooLarge(MalformedPush):
+    """The request body is larger than TASKS_PUSH_MAX_BODY_BYTES; only its start was read."""
+
+    def __init__(self, prefix: bytes, size: int | None, limit: int) -> None:
+        told = f"{size:,} bytes" if size is not None else "more bytes"
+        super().__init__(
+            f"The request body is {told}, over the push endpoint's limit of {limit:,} bytes "
+            f"(TASKS_PUSH_MAX_BODY_BYTES). Pub/Sub never sends envelopes that large; raise the "
+            f"setting only if a proxy in front of the endpoint adds to the body."
+        )
+        self.prefix = prefix
+        self.size = size
+
+
+class MessageTooLarge(ValueError):
+    """enqueue() was given a task whose message Pub/Sub would refuse as too large."""
 
 
 @dataclass(frozen=True)
@@ -42,60 +84,192 @@ class Delivery:
         return self.task_id.startswith(SCHEDULED_PREFIX)
 
 
-def parse_envelope(body: bytes) -> Delivery:
-    """Parse a push request body, raising MalformedPush with a reason a person can act on."""
+def safe_text(value: str, limit: int | None = None) -> str:
+    """``value`` with NUL and unpaired surrogates escaped, so any database can store it."""
+    if "\x00" in value or not _encodable(value):
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        value = value.replace("\x00", "\\x00")
+    if limit is not None and len(value) > limit:
+        value = value[: max(limit - 1, 0)] + "…"
+    return value
+
+
+def safe_raw(body: bytes, size: int | None = None) -> str:
+    """A request body as text to keep with its rejection: escaped, NUL-free, size-capped.
+
+    Bytes that are not UTF-8 become ``\\xNN``; ``size`` is the whole body's size when only a
+    prefix was read.
+    """
+    size = len(body) if size is None else size
+    text = body[:RAW_MESSAGE_LIMIT].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+    if size > RAW_MESSAGE_LIMIT or len(text) > RAW_MESSAGE_LIMIT:
+        text = text[:RAW_MESSAGE_LIMIT]
+        text += f"\n… [truncated: the first {RAW_MESSAGE_LIMIT:,} of {size:,} bytes are kept]"
+    return text
+
+
+def read_body(request: HttpRequest, limit: int) -> bytes:
+    """The request body, read from the stream within ``limit`` bytes.
+
+    Reading the stream ourselves, rather than ``request.body``, keeps Django's
+    DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB by default, for forms) from refusing Pub/Sub's
+    messages of up to 10 MB with an HTML 400 that Pub/Sub would redeliver for days.
+    """
     try:
-        envelope = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedPush(f"The request body is not JSON ({exc}).") from exc
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
-        raise MalformedPush("The envelope has no 'message' object.")
-    message = envelope["message"]
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > limit:
+        # Only the start is worth reading: it is kept with the rejection.
+        raise BodyTooLarge(request.read(RAW_MESSAGE_LIMIT), declared, limit)
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        raise BodyTooLarge(body[:RAW_MESSAGE_LIMIT], None, limit)
+    return body
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate, from a \ud800-style escape
+        return False
+    return True
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: bytes | str, what: str) -> Any:
+    """Strict JSON: no NaN or Infinity, nothing too deep, every string storable."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise MalformedPush(f"{what} is nested too deeply to parse.") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
+        raise MalformedPush(f"{what} is not JSON ({safe_text(str(exc), 200)}).") from exc
+    problem = _unstorable(value)
+    if problem:
+        raise MalformedPush(f"{what} {problem}")
+    return value
+
+
+def _unstorable(value: Any) -> str:
+    """Why ``value`` (parsed JSON) cannot be stored and run, or "" if it can."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        where = f" at {path or 'the top'}"
+        if depth > MAX_JSON_DEPTH:
+            return f"is nested more than {MAX_JSON_DEPTH} levels deep{where}."
+        if isinstance(item, str):
+            if "\x00" in item:
+                return (f"carries a NUL character{where}, which PostgreSQL cannot store; "
+                        f"send the data base64-encoded instead.")
+            if not _encodable(item):
+                return f"carries an unpaired UTF-16 surrogate (not Unicode text){where}."
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"carries a number too large for JSON{where}."
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if "\x00" in key or not _encodable(key):
+                    return f"carries a key with a NUL character or an unpaired surrogate{where}."
+                stack.append((child, f"{path}.{safe_text(key, 40)}" if path
+                              else safe_text(key, 40), depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
+    return ""
+
+
+def _message_id(message: dict[str, Any]) -> str:
     message_id = message.get("messageId") or message.get("message_id")
     if not isinstance(message_id, str) or not message_id:
         raise MalformedPush("The message has no 'messageId'.")
+    if len(message_id) > MAX_MESSAGE_ID or "\x00" in message_id or not _encodable(message_id):
+        raise MalformedPush(
+            f"The message's 'messageId' is not a Pub/Sub message id (a string of at most "
+            f"{MAX_MESSAGE_ID} characters without NUL).")
+    return message_id
+
+
+def parse_envelope(body: bytes) -> Delivery:
+    """Parse a push request body, raising MalformedPush with a reason a person can act on."""
+    envelope = _loads(body, "The request body")
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
+        raise MalformedPush("The envelope has no 'message' object.")
+    message = envelope["message"]
+    message_id = _message_id(message)
+
+    def bad_envelope(reason: str) -> MalformedPush:
+        return MalformedPush(reason, message_id=message_id)
+
     attributes = message.get("attributes") or {}
-    if not isinstance(attributes, dict):
-        raise MalformedPush("The message 'attributes' is not an object.", message_id=message_id)
+    if not isinstance(attributes, dict) or not all(
+        isinstance(v, str) for v in attributes.values()
+    ):
+        raise bad_envelope("The message 'attributes' is not an object of strings.")
     delivery_attempt = envelope.get("deliveryAttempt")
     if delivery_attempt is not None and (
-        not isinstance(delivery_attempt, int) or delivery_attempt < 1
+        isinstance(delivery_attempt, bool) or not isinstance(delivery_attempt, int)
+        or not 1 <= delivery_attempt <= MAX_DELIVERY_ATTEMPT
     ):
-        raise MalformedPush("'deliveryAttempt' is not a positive integer.",
-                            message_id=message_id)
+        raise bad_envelope("'deliveryAttempt' is not a positive integer.")
+    subscription = envelope.get("subscription", "")
 
     data = message.get("data")
     if not isinstance(data, str) or not data:
-        raise MalformedPush("The message has no base64 'data'.", message_id=message_id)
+        raise bad_envelope("The message has no base64 'data'.")
     try:
-        payload = json.loads(base64.b64decode(data, validate=True))
+        decoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise MalformedPush(f"The message data is not base64-encoded JSON ({exc}).",
-                            message_id=message_id) from exc
+        raise bad_envelope(f"The message data is not base64 ({exc}).") from exc
+    try:
+        payload = _loads(decoded, "The message data")
+    except MalformedPush as exc:
+        raise bad_envelope(exc.reason) from exc
     if not isinstance(payload, dict):
-        raise MalformedPush("The task message is not a JSON object.", message_id=message_id)
+        raise bad_envelope("The task message is not a JSON object.")
 
     def bad(reason: str) -> MalformedPush:
         return MalformedPush(reason, payload=payload, message_id=message_id)
 
     task_id, task_name = payload.get("task_id"), payload.get("task_name")
-    if not isinstance(task_id, str) or not task_id or len(task_id) > 255:
-        raise bad("The task message has no usable 'task_id' (a string of 1-255 characters).")
-    if not isinstance(task_name, str) or not task_name:
-        raise bad("The task message has no 'task_name'.")
+    if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID:
+        raise bad(f"The task message has no usable 'task_id' (a string of 1-{MAX_TASK_ID} "
+                  f"characters).")
+    if not isinstance(task_name, str) or not task_name or len(task_name) > MAX_TASK_NAME:
+        raise bad(f"The task message has no usable 'task_name' (a string of 1-{MAX_TASK_NAME} "
+                  f"characters).")
     args, kwargs = payload.get("args", []), payload.get("kwargs", {})
     if not isinstance(args, list):
         raise bad("The task message's 'args' is not a list.")
     if not isinstance(kwargs, dict):
         raise bad("The task message's 'kwargs' is not an object.")
-    enqueued_at = None
-    if payload.get("enqueued_at") is not None:
-        enqueued_at = parse_datetime(str(payload["enqueued_at"]))
-        if enqueued_at is None:
-            raise bad("The task message's 'enqueued_at' is not an ISO 8601 datetime.")
+    enqueued_at = _enqueued_at(payload.get("enqueued_at"), bad)
+    # The envelope's other fields are only kept in the raw message of a rejection.
+    problem = _unstorable(envelope)
+    if problem:
+        raise bad(f"The envelope {problem}")
     return Delivery(
         task_id=task_id, task_name=task_name, args=args, kwargs=kwargs,
-        message_id=message_id, enqueued_at=enqueued_at,
-        attributes={str(k): str(v) for k, v in attributes.items()},
-        delivery_attempt=delivery_attempt, subscription=str(envelope.get("subscription", "")),
+        message_id=message_id, enqueued_at=enqueued_at, attributes=dict(attributes),
+        delivery_attempt=delivery_attempt,
+        subscription=subscription if isinstance(subscription, str) else "",
     )
+
+
+def _enqueued_at(value: Any, bad: Any) -> datetime | None:
+    if value is None:
+        return None
+    problem = "The task message's 'enqueued_at' is not an ISO 8601 datetime."
+    if not isinstance(value, str):
+        raise bad(problem)
+    try:
+        parsed = parse_datetime(value)
+        if parsed is None:
+            raise bad(problem)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)  # our messages carry an offset; assume UTC
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:  # e.g. month 13, or year 1 east of UTC
+        raise bad(problem) from exc

@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from .exceptions import UnknownTask
-from .models import KillSwitch, State, TaskExecution, Trigger
-from .push import Delivery, MalformedPush
+from .models import KillSwitch, State, SwitchMode, TaskExecution, Trigger
+from .push import MAX_MESSAGE_ID, Delivery, MalformedPush, safe_text
 from .registry import get_route
 from .workers import current_worker_id
 
@@ -38,7 +38,7 @@ class PushTaskContext(TaskContext):  # type: ignore[misc]
 class Outcome:
     """What happened to a delivery; the view maps it to an HTTP status."""
 
-    kind: str  # ran, failed, rejected, skipped, duplicate, busy (and start, internally)
+    kind: str  # ran, failed, rejected, skipped, held, duplicate, busy (and start, internally)
     execution: TaskExecution | None
     detail: str = ""
 
@@ -48,8 +48,15 @@ def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = 
     """Keep a rejected delivery as a REJECTED run, with the raw message, and log it."""
     payload = exc.payload if exc else {}
     message_id = (delivery.message_id if delivery else None) or (exc.message_id if exc else None)
-    task_id = str(delivery.task_id if delivery else payload.get("task_id") or "")[:255]
-    task_name = str(delivery.task_name if delivery else payload.get("task_name") or "")[:255]
+    # Whatever the message held, what is stored must be storable: text without NUL or
+    # unpaired surrogates (PostgreSQL refuses both), cut to the columns' sizes.
+    task_id = safe_text(str(delivery.task_id if delivery else payload.get("task_id") or ""), 255)
+    task_name = safe_text(
+        str(delivery.task_name if delivery else payload.get("task_name") or ""), 255)
+    reason = safe_text(reason, 2000)
+    raw_message = safe_text(raw_message)
+    if message_id is not None and safe_text(message_id, MAX_MESSAGE_ID) != message_id:
+        message_id = None  # an altered id could collide with another run's
     logger.error("Rejected Pub/Sub delivery %s: %s", message_id or "?", reason)
     with transaction.atomic():
         execution = None
@@ -70,13 +77,26 @@ def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = 
     return execution
 
 
+def kill_switch_state(route: Any) -> tuple[str, str]:
+    """(SwitchMode, why) when the route is switched off, or ("", "") when it is on.
+
+    The environment-variable switch wins and always skips: it is for deploys, where holding
+    messages for an unknown time is rarely what was meant. One database query.
+    """
+    if not route.env_switch_enabled():
+        return SwitchMode.SKIP, f"Kill switch {route.enabled_env_var} is off."
+    mode = KillSwitch.off_mode(route.name)
+    if mode == SwitchMode.HOLD:
+        return mode, (f"Kill switch for {route.name} is off in the database (hold): "
+                      "Pub/Sub keeps the message until it is switched on.")
+    if mode:
+        return SwitchMode.SKIP, f"Kill switch for {route.name} is off in the database."
+    return "", ""
+
+
 def kill_switch_reason(route: Any) -> str:
     """Why the route is switched off (environment variable or database), or "" if it is on."""
-    if not route.env_switch_enabled():
-        return f"Kill switch {route.enabled_env_var} is off."
-    if not KillSwitch.is_enabled(route.name):
-        return f"Kill switch for {route.name} is off in the database."
-    return ""
+    return kill_switch_state(route)[1]
 
 
 def _trigger(delivery: Delivery | None) -> str:
@@ -104,7 +124,11 @@ def _claim(delivery: Delivery, route: Any) -> TaskExecution:
         )
         if not delivery.is_scheduled and len(delivery.task_id) <= 64:
             execution.result_id = delivery.task_id
-        execution._log("", State.READY, f"delivered as message {delivery.message_id}")
+        note = f"delivered as message {delivery.message_id}"
+        requested_by = delivery.attributes.get("requested_by", "")[:150]
+        if requested_by:  # Run now from the admin: say who, since the run has no user field
+            note += f"; run now by {requested_by}"
+        execution._log("", State.READY, note)
         execution.save()
     elif not execution.message_id:
         execution.message_id = delivery.message_id
@@ -137,8 +161,21 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
         execution.save()
         logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
         return Outcome("rejected", execution, problem)
-    reason = kill_switch_reason(route)
+    mode, reason = kill_switch_state(route)
+    if mode == SwitchMode.HOLD:
+        # Leave the run as it is (READY, FAILED, or RUNNING from a worker that died) and
+        # write nothing: a held message is redelivered for days, and each redelivery must not
+        # grow its row. Not acknowledging is what keeps the message in Pub/Sub.
+        logger.info("Held %s (%s): %s", route.name, execution.result_id, reason)
+        return Outcome("held", execution, reason)
     if reason:
+        if execution.status == State.RUNNING:
+            # The attempt's worker stopped without an outcome (the busy check above let this
+            # delivery through): record that attempt as lost, so the run can be skipped.
+            execution.fail("builtins.TimeoutError", (
+                f"Attempt {execution.attempts} did not finish within the ack deadline "
+                f"({route.ack_deadline} s); its worker stopped or was cut off. It is not run "
+                "again because the kill switch is off."))
         execution.skip(reason)
         execution.save()
         logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)

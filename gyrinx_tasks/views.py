@@ -9,12 +9,11 @@ import logging
 from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
 
 from .auth import verify_push_token
 from .conf import tasks_settings
 from .exceptions import OIDCVerificationError
-from .push import MalformedPush, parse_envelope
+from .push import BodyTooLarge, MalformedPush, parse_envelope, read_body, safe_raw
 from .runner import handle_delivery, record_rejection
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -23,36 +22,66 @@ STATUS_FOR = {
     "ran": 200,  # ack
     "rejected": 202,  # ack: redelivering a bad message can never help
     "skipped": 202,  # ack: kill switch off
+    # Not acknowledged, so Pub/Sub keeps the message and redelivers it with the subscription's
+    # backoff until the switch is on. 429, not 503: a deliberate hold is not an outage, so it
+    # stays out of 5xx error rates and alerts (docs/admin.md, "Kill switches").
+    "held": 429,
     "duplicate": 202,  # ack: the run already settled
     "busy": 429,  # retry later: another worker is still running this delivery
     "failed": 500,  # retry with backoff
 }
 
 
+# Seconds a 429 asks the caller to wait. Pub/Sub uses the subscription's own retry policy;
+# the header is for other callers and for people reading the response.
+RETRY_AFTER_SECONDS = 10
+
+
 def _reply(outcome: str, status: int, detail: str = "", execution=None) -> JsonResponse:
     body = {"outcome": outcome, "detail": detail}
     if execution is not None:
         body.update(result_id=execution.result_id, status=execution.status)
-    return JsonResponse(body, status=status)
+    response = JsonResponse(body, status=status)
+    if status == 429:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 # Not atomic even under ATOMIC_REQUESTS: the run's states must commit as they happen, and a
 # failed task answers 500 without raising, which would otherwise commit half a request.
 @transaction.non_atomic_requests
 @csrf_exempt
-@require_POST
 def pubsub_push(request: HttpRequest) -> JsonResponse:
+    # Every answer is JSON, including the method check Django's require_POST would do in HTML.
+    if request.method != "POST":
+        response = _reply("method_not_allowed", 405,
+                          f"The push endpoint accepts POST only, not {request.method}.")
+        response["Allow"] = "POST"
+        return response
+    try:
+        return _push(request)
+    except Exception:
+        # A bug of ours, not the task's: answer JSON, and Pub/Sub redelivers the message.
+        logger.exception("The push endpoint failed unexpectedly")
+        return _reply("error", 500, "The push endpoint failed unexpectedly; see the server log.")
+
+
+def _push(request: HttpRequest) -> JsonResponse:
     if tasks_settings.TASKS_VERIFY_OIDC:
         try:
             verify_push_token(request.headers.get("Authorization"))
         except OIDCVerificationError as exc:
             logger.warning("Refused a push request: %s", exc)
             return _reply("forbidden", 403, str(exc))
-    raw = request.body.decode("utf-8", errors="replace")
+    raw = ""
     try:
         try:
-            delivery = parse_envelope(request.body)
+            body = read_body(request, tasks_settings.TASKS_PUSH_MAX_BODY_BYTES)
+            raw = safe_raw(body)  # escaped and capped, for a rejection to keep
+            delivery = parse_envelope(body)
         except MalformedPush as exc:
+            if isinstance(exc, BodyTooLarge):
+                raw = safe_raw(exc.prefix, exc.size)
             execution = record_rejection(exc.reason, raw, exc=exc)
             return _reply("rejected", 202, exc.reason, execution)
         outcome = handle_delivery(delivery, raw)
