@@ -17,8 +17,8 @@ posts push envelopes. The databases: ``sqlite`` (a temporary file, Django's defa
   the push creates the run (200);
 - ``ran, OIDC on``: as ``ran, enqueued`` with the Authorization token verified against a
   local certificates server (in-process only);
-- ``duplicate``: the same envelope again after it succeeded (202 ``duplicate``);
-- ``rejected``: a message whose data is not base64, recorded as a REJECTED run (202).
+- ``duplicate``: the same envelope again after it succeeded (200 ``duplicate``);
+- ``rejected``: a message whose data is not base64, recorded as a REJECTED run (200).
 
 In-process requests go through Django's test client (no network, one request at a time,
 one database connection kept open). With ``--http`` the same cases, except OIDC, are sent
@@ -124,7 +124,7 @@ class RanScheduled(Case):
 
 
 class Duplicate(Case):
-    status, outcome = 202, "duplicate"
+    status, outcome = 200, "duplicate"
 
     def prepare(self, keys: list[str]) -> None:
         from django.test import Client
@@ -141,7 +141,7 @@ class Duplicate(Case):
 
 
 class Rejected(Case):
-    status, outcome = 202, "rejected"
+    status, outcome = 200, "rejected"
 
     def body(self, key: str) -> bytes:
         return envelope(None, f"{self.tag}-m-{key}", raw_data="%%%not-base64")

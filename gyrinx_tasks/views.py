@@ -1,7 +1,10 @@
 """The push endpoint: POST /tasks/pubsub/.
 
 Pub/Sub acknowledges a push only on 102, 200, 201, 202 or 204 and redelivers anything else,
-so permanent rejections answer 202 (never a plain 400, which would be redelivered for days).
+so permanent rejections are acknowledged (never a plain 400, which would be redelivered for
+days). They answer 200, not 202: the official Pub/Sub emulator, unlike the service, treats 202
+as a failure and redelivers it (tests/test_regressions.py shows it), and 200 is acknowledged
+by both. The JSON body's "outcome" says what happened.
 """
 
 import logging
@@ -18,15 +21,19 @@ from .runner import handle_delivery, record_rejection
 
 logger = logging.getLogger("gyrinx_tasks")
 
+# The acknowledging status for deliveries that settle without running. Keep it 200: the
+# emulator redelivers a 202 (see the module docstring).
+ACK = 200
+
 STATUS_FOR = {
     "ran": 200,  # ack
-    "rejected": 202,  # ack: redelivering a bad message can never help
-    "skipped": 202,  # ack: kill switch off
+    "rejected": ACK,  # ack: redelivering a bad message can never help
+    "skipped": ACK,  # ack: kill switch off
     # Not acknowledged, so Pub/Sub keeps the message and redelivers it with the subscription's
     # backoff until the switch is on. 429, not 503: a deliberate hold is not an outage, so it
     # stays out of 5xx error rates and alerts (docs/admin.md, "Kill switches").
     "held": 429,
-    "duplicate": 202,  # ack: the run already settled
+    "duplicate": ACK,  # ack: the run already settled
     "busy": 429,  # retry later: another worker is still running this delivery
     "failed": 500,  # retry with backoff
 }
@@ -83,7 +90,7 @@ def _push(request: HttpRequest) -> JsonResponse:
             if isinstance(exc, BodyTooLarge):
                 raw = safe_raw(exc.prefix, exc.size)
             execution = record_rejection(exc.reason, raw, exc=exc)
-            return _reply("rejected", 202, exc.reason, execution)
+            return _reply("rejected", ACK, exc.reason, execution)
         outcome = handle_delivery(delivery, raw)
     except (OperationalError, InterfaceError) as exc:
         # The database is down or its connections are exhausted: nothing was recorded, so

@@ -89,7 +89,7 @@ def test_malformed_delivery_is_acknowledged_and_kept(client, caplog, body, reaso
     with caplog.at_level(logging.ERROR, logger="gyrinx_tasks"):
         response = push(client, body)
 
-    assert response.status_code == 202
+    assert response.status_code == 200
     assert reason in response.json()["detail"]
     execution = TaskExecution.objects.get()
     assert execution.status == State.REJECTED
@@ -100,7 +100,7 @@ def test_malformed_delivery_is_acknowledged_and_kept(client, caplog, body, reaso
 
 def test_unknown_task_is_rejected(client):
     response = push(client, envelope(message(task_name="no_such_task")))
-    assert response.status_code == 202
+    assert response.status_code == 200
     execution = TaskExecution.objects.get()
     assert execution.status == State.REJECTED
     assert "no_such_task" in execution.status_detail
@@ -110,7 +110,7 @@ def test_unknown_task_is_rejected(client):
 def test_arguments_that_do_not_fit_are_rejected_without_running(client):
     tasks.CALLS.clear()
     response = push(client, envelope(message(args=[1, 2, 3])))
-    assert response.status_code == 202
+    assert response.status_code == 200
     execution = TaskExecution.objects.get(result_id="t-1")
     assert execution.status == State.REJECTED
     assert "do not fit tests.tasks.add" in execution.status_detail
@@ -131,7 +131,7 @@ def test_database_kill_switch_off_skips_and_acknowledges(client):
 
     response = push(client, envelope(message(task_name="echo", args=["x"])))
 
-    assert response.status_code == 202
+    assert response.status_code == 200
     assert tasks.CALLS == []
     execution = TaskExecution.objects.get()
     assert execution.status == State.SKIPPED
@@ -142,7 +142,7 @@ def test_environment_kill_switch_off_skips(client, monkeypatch):
     monkeypatch.setenv("ENABLE_ECHO", "false")
     tasks.CALLS.clear()
     response = push(client, envelope(message(task_name="echo", args=["x"])))
-    assert response.status_code == 202
+    assert response.status_code == 200
     assert tasks.CALLS == []
     assert TaskExecution.objects.get().status_detail == "Kill switch ENABLE_ECHO is off."
 
@@ -159,7 +159,7 @@ def test_redelivery_of_a_successful_run_does_not_run_again(client):
 
     response = push(client, body)
 
-    assert response.status_code == 202
+    assert response.status_code == 200
     assert response.json()["outcome"] == "duplicate"
     assert tasks.CALLS == [(("once",), {})]
     assert TaskExecution.objects.get().attempts == 1
@@ -219,7 +219,7 @@ def test_scheduled_deliveries_are_separate_runs_keyed_by_message_id(client):
                  "task_name": "nightly_cleanup", "args": [], "kwargs": {}}
     assert push(client, envelope(scheduled, message_id="s-1")).status_code == 200
     assert push(client, envelope(scheduled, message_id="s-2")).status_code == 200
-    assert push(client, envelope(scheduled, message_id="s-2")).status_code == 202  # duplicate
+    assert push(client, envelope(scheduled, message_id="s-2")).status_code == 200  # duplicate
 
     runs = TaskExecution.objects.order_by("message_id")
     assert [r.message_id for r in runs] == ["s-1", "s-2"]
