@@ -1,0 +1,370 @@
+"""Exporting run history: the shared columns, the admin export, the stream and the command."""
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from import_export.formats.base_formats import CSV
+
+from gyrinx_tasks.admin.exports import ExecutionExportMixin
+from gyrinx_tasks.export import (
+    COLUMNS,
+    ROWS_PER_WRITE,
+    TaskExecutionPayloadResource,
+    TaskExecutionResource,
+    headers,
+    stream_csv,
+)
+from gyrinx_tasks.models import State, TaskExecution, Trigger
+from tests.test_admin import make_run, staff_user
+
+pytestmark = pytest.mark.django_db
+
+CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
+EXPORT = "admin:gyrinx_tasks_taskexecution_export"
+STREAM = "admin:gyrinx_tasks_taskexecution_export_stream"
+STREAM_PAYLOAD = "admin:gyrinx_tasks_taskexecution_export_stream_payload"
+BASE = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+PAYLOAD = ["args", "kwargs", "return_value"]
+
+
+def at(minutes):
+    return BASE + timedelta(minutes=minutes)
+
+
+def parse(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def streamed(queryset, include_payload=False):
+    return "".join(stream_csv(queryset, include_payload))
+
+
+def body(response):
+    return b"".join(response.streaming_content).decode() if response.streaming else (
+        response.content.decode())
+
+
+def export_form(resource=0, columns=None):
+    """The POST of import-export's export form: CSV, one resource, its column checkboxes."""
+    resource_class = [TaskExecutionResource, TaskExecutionPayloadResource][resource]
+    prefix = resource_class.__name__.lower()
+    names = columns or headers(include_payload=bool(resource))
+    return {"format": "0", "resource": str(resource),
+            **{f"{prefix}_{name}": "on" for name in names}}
+
+
+@pytest.fixture
+def history():
+    """A failed run (two attempts), its retry, a success with a payload, a fresh READY run."""
+    failed = make_run(
+        "explode", State.FAILED, message_id="1001", attempts=2, created_at=at(0),
+        enqueued_at=at(0), started_at=at(1), finished_at=at(1) + timedelta(seconds=2.5),
+        args=["boom"], kwargs={"email": "someone@example.com"},
+        errors=[{"exception_class_path": "builtins.ValueError", "traceback": "first"},
+                {"exception_class_path": "builtins.RuntimeError", "traceback": "second"}],
+    )
+    retry = make_run("explode", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=failed,
+                     created_at=at(10), started_at=at(10), finished_at=at(10),
+                     return_value={"ok": True}, attempts=1)
+    success = make_run("add", State.SUCCESSFUL, created_at=at(20), args=[1, 2],
+                       return_value=3, started_at=at(20),
+                       finished_at=at(20) + timedelta(milliseconds=40))
+    ready = make_run("echo", State.READY, created_at=at(30), kwargs={"key": "k"})
+    return {"failed": failed, "retry": retry, "success": success, "ready": ready}
+
+
+# --- Columns -----------------------------------------------------------------------------
+
+def test_columns_and_values(history):
+    rows = {row["result_id"]: row for row in parse(streamed(TaskExecution.objects.all()))}
+    failed = rows[history["failed"].result_id]
+    assert failed == {
+        "result_id": history["failed"].result_id,
+        "task_id": history["failed"].task_id,
+        "message_id": "1001",
+        "task_name": "explode",
+        "status": "FAILED",
+        "trigger": "enqueue",
+        "attempts": "2",
+        "created_at": "2026-11-01T09:00:00+00:00",
+        "enqueued_at": "2026-11-01T09:00:00+00:00",
+        "started_at": "2026-11-01T09:01:00+00:00",
+        "finished_at": "2026-11-01T09:01:02.500000+00:00",
+        "duration_seconds": "2.500",
+        "retry_of": "",
+        # The last of the errors, not the first.
+        "last_error_class": "builtins.RuntimeError",
+    }
+    retry = rows[history["retry"].result_id]
+    assert retry["retry_of"] == history["failed"].result_id
+    assert retry["trigger"] == "retry"
+    assert retry["last_error_class"] == ""
+    assert retry["duration_seconds"] == "0.000"
+    assert rows[history["success"].result_id]["duration_seconds"] == "0.040"
+    ready = rows[history["ready"].result_id]
+    # Empty, not "None", where there is no value.
+    assert [ready[name] for name in ("message_id", "started_at", "finished_at",
+                                     "duration_seconds", "retry_of")] == [""] * 5
+
+
+def test_payload_columns_only_when_asked_for(history):
+    plain = streamed(TaskExecution.objects.all())
+    assert list(parse(plain)[0]) == headers()
+    assert not set(PAYLOAD) & set(headers())
+    assert "someone@example.com" not in plain
+
+    rows = {row["result_id"]: row for row in parse(
+        streamed(TaskExecution.objects.all(), include_payload=True))}
+    assert headers(include_payload=True) == headers() + PAYLOAD
+    failed = rows[history["failed"].result_id]
+    assert failed["args"] == '["boom"]'
+    assert failed["kwargs"] == '{"email": "someone@example.com"}'
+    assert failed["return_value"] == ""
+    assert rows[history["success"].result_id]["return_value"] == "3"
+    assert rows[history["retry"].result_id]["return_value"] == '{"ok": true}'
+
+
+def test_rows_come_newest_first_in_the_querysets_order(history):
+    ids = [row["result_id"] for row in parse(streamed(TaskExecution.objects.all()))]
+    assert ids == [history[name].result_id for name in ("ready", "success", "retry", "failed")]
+
+
+def test_one_column_definition_behind_every_exporter():
+    names = [column.name for column in COLUMNS]
+    assert TaskExecutionResource().get_export_headers() == [n for n in names
+                                                            if n not in PAYLOAD]
+    assert TaskExecutionPayloadResource().get_export_headers() == names
+
+
+def test_the_stream_reads_only_its_columns_and_no_model_instances(history):
+    with CaptureQueriesContext(connection) as captured:
+        text = streamed(TaskExecution.objects.all())
+    assert len(parse(text)) == 4
+    sql = " ".join(query["sql"] for query in captured.captured_queries)
+    # The tracebacks are in "errors": only the last class path is read out of it.
+    for heavy in ('"timeline"', '"raw_message"', '"worker_ids"', '"status_detail"'):
+        assert heavy not in sql
+
+
+def test_the_stream_hands_out_the_csv_in_pieces():
+    TaskExecution.objects.bulk_create(
+        TaskExecution(task_name="add", created_at=at(i)) for i in range(ROWS_PER_WRITE * 2 + 7))
+    stream = stream_csv(TaskExecution.objects.all())
+    pieces = []
+    while True:
+        try:
+            pieces.append(next(stream))
+        except StopIteration as done:
+            count = done.value
+            break
+    assert count == ROWS_PER_WRITE * 2 + 7
+    # Header + 500 rows, 500 rows, the last 7: never the whole file in one string.
+    assert [piece.count("\n") for piece in pieces] == [ROWS_PER_WRITE + 1, ROWS_PER_WRITE, 7]
+
+
+@pytest.mark.parametrize("resource", [TaskExecutionResource, TaskExecutionPayloadResource])
+def test_streaming_output_equals_the_resources_export(history, resource):
+    queryset = TaskExecution.objects.filter(status__in=[State.FAILED, State.SUCCESSFUL])
+    dataset = resource().export(queryset)
+    assert len(dataset) == 3
+    assert CSV().export_data(dataset) == streamed(queryset, resource.include_payload)
+
+
+# --- The admin's import-export export -----------------------------------------------------
+
+def exporter(client, *codenames):
+    user = staff_user("exporter", *codenames)
+    client.force_login(user)
+    return user
+
+
+def test_export_needs_the_export_permission(client, history):
+    exporter(client, "view_taskexecution")
+    changelist = client.get(reverse(CHANGELIST)).content.decode()
+    assert 'class="export_link"' not in changelist and "Stream CSV" not in changelist
+    assert client.get(reverse(EXPORT)).status_code == 403
+    assert client.post(reverse(EXPORT), export_form()).status_code == 403
+    assert client.get(reverse(STREAM)).status_code == 403
+    assert client.get(reverse(STREAM_PAYLOAD)).status_code == 403
+    assert not LogEntry.objects.exists()
+
+
+def test_export_permission_alone_does_not_open_the_runs(client, history):
+    exporter(client, "export_taskexecution")
+    assert client.get(reverse(EXPORT)).status_code == 403
+    assert client.post(reverse(EXPORT), export_form()).status_code == 403
+    assert client.get(reverse(STREAM)).status_code == 403
+    assert not LogEntry.objects.exists()
+
+
+def test_changelist_links_carry_the_filters(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    page = client.get(reverse(CHANGELIST), {"status": "FAILED"}).content.decode()
+    assert f'href="{reverse(EXPORT)}?status=FAILED" class="export_link"' in page
+    assert f'href="{reverse(STREAM)}?status=FAILED"' in page
+
+
+def test_export_page_states_the_filters_and_picks_csv(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    response = client.get(reverse(EXPORT), {"status": "FAILED", "q": "abc"})
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "filters: status=FAILED, search &#x27;abc&#x27;" in page
+    assert '<option value="0" selected>csv</option>' in page
+    assert f'href="{reverse(STREAM)}?status=FAILED&amp;q=abc"' in page
+    assert f'href="{reverse(STREAM_PAYLOAD)}?status=FAILED&amp;q=abc"' in page
+
+
+def test_export_honours_filters_and_writes_a_log_entry(client, history):
+    user = exporter(client, "view_taskexecution", "export_taskexecution")
+    response = client.post(f"{reverse(EXPORT)}?task_name=explode", export_form())
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    assert response["Content-Disposition"].startswith('attachment; filename="task-executions-')
+    rows = parse(response.content.decode())
+    assert {row["result_id"] for row in rows} == {history["failed"].result_id,
+                                                  history["retry"].result_id}
+    assert list(rows[0]) == headers()
+
+    entry = LogEntry.objects.get()
+    assert entry.user == user
+    assert entry.content_type.model_class() is TaskExecution
+    assert "Exported 2 runs as CSV (without payload" in entry.change_message
+    assert "filters: task_name=explode" in entry.change_message
+
+
+def test_export_honours_the_search(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    target = history["success"]
+    response = client.post(f"{reverse(EXPORT)}?q={target.result_id}", export_form())
+    assert [row["result_id"] for row in parse(response.content.decode())] == [target.result_id]
+    assert f"search '{target.result_id}'" in LogEntry.objects.get().change_message
+
+
+def test_export_of_chosen_columns_with_payload(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    response = client.post(f"{reverse(EXPORT)}?status=READY",
+                           export_form(resource=1, columns=["result_id", "kwargs"]))
+    assert parse(response.content.decode()) == [
+        {"result_id": history["ready"].result_id, "kwargs": '{"key": "k"}'}]
+    message = LogEntry.objects.get().change_message
+    assert "with args, kwargs and return value; columns: result_id, kwargs" in message
+
+
+def test_export_with_unknown_filters_explains_instead_of_failing(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    for url in (reverse(EXPORT), reverse(STREAM)):
+        response = client.get(f"{url}?no_such_field=1", follow=True)
+        assert response.redirect_chain[0] == (reverse(CHANGELIST), 302)
+        assert "choose the filters there" in response.content.decode()
+    assert not LogEntry.objects.exists()
+
+
+def test_superuser_sees_and_uses_the_export(admin_client, history):
+    page = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert 'class="export_link"' in page and "Stream CSV" in page
+    assert admin_client.post(reverse(EXPORT), export_form()).status_code == 200
+
+
+# --- The admin's stream --------------------------------------------------------------------
+
+def test_stream_honours_filters_and_logs_the_row_count(client, history):
+    user = exporter(client, "view_taskexecution", "export_taskexecution")
+    response = client.get(reverse(STREAM), {"status": "SUCCESSFUL"})
+    assert response.status_code == 200 and response.streaming
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    entry = LogEntry.objects.get()
+    assert entry.user == user
+    assert entry.change_message.startswith("Started a streamed CSV export")
+
+    text = body(response)
+    assert {row["result_id"] for row in parse(text)} == {history["retry"].result_id,
+                                                         history["success"].result_id}
+    assert "return_value" not in text.splitlines()[0]
+    entry.refresh_from_db()
+    assert entry.change_message == ("Completed a streamed CSV export of runs (without payload; "
+                                    "filters: status=SUCCESSFUL); 2 rows.")
+
+
+def test_stream_with_payload(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    response = client.get(reverse(STREAM_PAYLOAD), {"q": history["failed"].result_id})
+    rows = parse(body(response))
+    assert [row["kwargs"] for row in rows] == ['{"email": "someone@example.com"}']
+    assert "with args, kwargs and return value" in LogEntry.objects.get().change_message
+
+
+def test_stream_equals_the_admin_export_for_the_same_filter(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    exported = client.post(f"{reverse(EXPORT)}?trigger=enqueue", export_form()).content
+    assert body(client.get(reverse(STREAM), {"trigger": "enqueue"})) == exported.decode()
+
+
+def test_the_mixin_is_on_the_run_admin():
+    from django.contrib import admin
+
+    assert isinstance(admin.site._registry[TaskExecution], ExecutionExportMixin)
+
+
+# --- manage.py tasks_export ------------------------------------------------------------
+
+def run_command(*args):
+    out, err = io.StringIO(), io.StringIO()
+    call_command("tasks_export", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_command_writes_every_run_to_stdout(history):
+    out, err = run_command()
+    assert out == streamed(TaskExecution.objects.all())
+    assert len(parse(out)) == 4
+    assert err.strip() == "Wrote 4 runs to standard output."
+
+
+def test_command_filters(history):
+    def ids(*args):
+        return {row["result_id"] for row in parse(run_command(*args)[0])}
+
+    assert ids("--status", "failed") == {history["failed"].result_id}
+    assert ids("--status", "FAILED", "--status", "READY") == {history["failed"].result_id,
+                                                              history["ready"].result_id}
+    assert ids("--task", "add", "--task", "echo") == {history["success"].result_id,
+                                                     history["ready"].result_id}
+    assert ids("--since", "2026-11-01T09:10:00+00:00") == {
+        history[name].result_id for name in ("retry", "success", "ready")}
+    # --until is exclusive; a naive time is in TIME_ZONE (UTC in the tests).
+    assert ids("--until", "2026-11-01T09:20") == {history["failed"].result_id,
+                                                  history["retry"].result_id}
+    assert ids("--since", "2026-11-01", "--until", "2026-11-02", "--status", "SUCCESSFUL",
+               "--task", "explode") == {history["retry"].result_id}
+    assert ids("--since", "2026-11-02") == set()
+
+
+def test_command_writes_a_file_with_payload(history, tmp_path):
+    target = tmp_path / "runs.csv"
+    out, err = run_command("--output", str(target), "--include-payload", "--status", "READY")
+    assert out == ""
+    assert err.strip() == f"Wrote 1 run to {target}."
+    with open(target, newline="", encoding="utf-8") as file:
+        text = file.read()
+    assert text.startswith(",".join(headers(include_payload=True)) + "\r\n")
+    assert parse(text)[0]["kwargs"] == '{"key": "k"}'
+    assert not (tmp_path / "runs.csv.part").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--status", "BROKEN"], "Unknown status BROKEN; use one of READY, RUNNING"),
+    (["--since", "yesterday"], "--since 'yesterday' is not a date or time; give an ISO date"),
+    (["--since", "2026-11-02", "--until", "2026-11-01"], "--since must be earlier than --until"),
+    (["--output", "/no/such/dir/runs.csv"], "The directory /no/such/dir does not exist"),
+])
+def test_command_explains_bad_options(history, args, message):
+    with pytest.raises(CommandError, match=message.replace("(", r"\(")):
+        run_command(*args)
