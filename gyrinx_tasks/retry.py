@@ -116,7 +116,7 @@ class RetryReport:
 
     retried: int = 0  # new runs enqueued
     publish_failed: int = 0  # new runs recorded FAILED because publishing failed
-    not_retryable: int = 0  # selected runs in another state, left alone (capped count)
+    not_retryable: int = 0  # selected runs in other states, left alone (counted to limit + 1)
     refused: Counter = field(default_factory=Counter)  # sentence -> number of runs
 
 
@@ -165,7 +165,7 @@ def retry_queryset(queryset: Any, user: Any = None, limit: int | None = None,
     selection = count_selection(queryset, limit)
     if selection.over_limit:
         raise RetryLimitExceeded(limit_message(limit))
-    report.not_retryable = selection.total - selection.retryable
+    report.not_retryable = queryset.exclude(status__in=RETRYABLE)[: limit + 1].count()
     # Only rows that existed when we started: a retry that fails to publish becomes a FAILED
     # row that would otherwise match the filter further along.
     top = TaskExecution.objects.order_by("-pk").values_list("pk", flat=True).first() or 0

@@ -4,15 +4,35 @@ import json
 from datetime import datetime
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.contenttypes.models import ContentType
 from django.db.models import Q
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from ..models import State
-from .base import ActionPermissionMixin
+from ..conf import tasks_settings
+from ..models import State, TaskExecution
+from ..retry import (
+    RETRYABLE,
+    Retried,
+    RetryError,
+    RetryLimitExceeded,
+    RetryPublishFailed,
+    RetryReport,
+    count_selection,
+    limit_message,
+    retry_queryset,
+    retry_run,
+)
+from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
 from .exports import ExecutionExportMixin
 from .filters import StatusFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
@@ -99,7 +119,141 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                            obj=None):
         if obj is not None:
             context.update(execution_context(obj))
+            context.update(self.retry_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # --- Retry: the button on a run's page, and the bulk action -------------------------------
+
+    actions = ["retry_selected"]
+
+    def has_retry_permission(self, request) -> bool:
+        return has_model_permission(request, self.opts, "retry_taskexecution")
+
+    def get_urls(self):
+        name = f"{self.opts.app_label}_{self.opts.model_name}_retry"
+        retry = path("<int:object_id>/retry/", self.admin_site.admin_view(self.retry_view),
+                     name=name)
+        return [retry, *super().get_urls()]
+
+    def retry_context(self, request, obj, new=None, error: str = "") -> dict[str, Any]:
+        """What the retry panel (taskexecution/_retry.html) shows for ``obj``."""
+        retries = list(obj.retries.only("pk", "result_id", "status", "created_at")
+                       .order_by("-pk")[:RETRIES_SHOWN + 1])
+        return {
+            "original": obj,
+            "retry_of": obj.retry_of if obj.retry_of_id else None,
+            "retries": retries[:RETRIES_SHOWN],
+            "more_retries": len(retries) > RETRIES_SHOWN,
+            "can_retry": self.has_retry_permission(request) and obj.status in RETRYABLE,
+            "retry_new": new,
+            "retry_error": error,
+        }
+
+    def retry_view(self, request, object_id):
+        """POST: retry one run. HTMX gets the panel back; a plain POST is redirected."""
+        require(self.has_retry_permission(request))
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        original = get_object_or_404(TaskExecution, pk=object_id)
+        new, error = None, ""
+        try:
+            new = retry_run(original, request.user)
+        except RetryPublishFailed as exc:
+            new, error = exc.execution, str(exc)
+        except RetryError as exc:
+            error = str(exc)
+        if new is not None:
+            audit(request, original, retried_message(new.pk, new.result_id, not error))
+        if request.htmx:
+            original.refresh_from_db()
+            context = {**self.retry_context(request, original, new, error),
+                       "opts": self.opts}
+            return TemplateResponse(request, RETRY_PANEL, context)
+        if error:
+            self.message_user(request, error, messages.ERROR)
+        else:
+            self.message_user(request, f"This run is the retry of {original.result_id}.",
+                              messages.SUCCESS)
+        target = new or original
+        return HttpResponseRedirect(reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[target.pk]))
+
+    @admin.action(permissions=["retry"], description=_("Retry selected runs"))
+    def retry_selected(self, request, queryset):
+        require(self.has_retry_permission(request))
+        limit = tasks_settings.TASKS_ADMIN_RETRY_LIMIT
+        across = request.POST.get("select_across") in ("1", "True")
+        if across and request.POST.get("confirm") != "yes":
+            # "All N matching this filter": say how many, and the cap, before any work.
+            selection = count_selection(queryset, limit)
+            return TemplateResponse(request, RETRY_CONFIRM, page_context(
+                self, request, str(_("Retry runs")),
+                selection=selection,
+                total_label=capped_count(selection.total, limit),
+                retryable_label=capped_count(selection.retryable, limit),
+                limit_label=f"{limit:,}",
+                limit_message=limit_message(limit),
+                selected=request.POST.getlist(ACTION_CHECKBOX_NAME),
+                filters=[(key, value) for key, value in request.GET.items()
+                         if key not in ("p", "o")],
+                changelist_url=request.get_full_path(),
+            ))
+        try:
+            report = retry_queryset(queryset, request.user, limit,
+                                    on_retried=lambda done: self._log_retries(request, done))
+        except RetryLimitExceeded as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        for level, text in report_messages(report, limit):
+            self.message_user(request, text, level)
+        return None
+
+    def _log_retries(self, request, done: list[Retried]) -> None:
+        # One LogEntry per retried run (at most TASKS_ADMIN_RETRY_LIMIT per click).
+        content_type = ContentType.objects.get_for_model(TaskExecution)
+        LogEntry.objects.bulk_create([
+            LogEntry(user_id=request.user.pk, content_type=content_type,
+                     object_id=str(item.original_id), object_repr=item.original_repr[:200],
+                     action_flag=CHANGE,
+                     change_message=retried_message(item.new_id, item.new_result_id,
+                                                    item.published))
+            for item in done
+        ])
+
+
+RETRY_PANEL = "admin/gyrinx_tasks/taskexecution/_retry.html"
+RETRY_CONFIRM = "admin/gyrinx_tasks/taskexecution/retry_confirm.html"
+RETRIES_SHOWN = 20
+
+
+def retried_message(new_id: int, new_result_id: str, published: bool) -> str:
+    message = f"Retried as run {new_id} ({new_result_id})."
+    if not published:
+        message += " Publishing it failed; the new run is FAILED."
+    return message
+
+
+def capped_count(count: int, limit: int) -> str:
+    """A count made with LIMIT limit + 1, as staff read it."""
+    return f"more than {limit:,}" if count > limit else f"{count:,}"
+
+
+def report_messages(report: RetryReport, limit: int) -> list[tuple[int, str]]:
+    """The bulk retry's outcome as admin messages: what was done, then what was not."""
+    out: list[tuple[int, str]] = [
+        (messages.SUCCESS if report.retried else messages.WARNING,
+         f"Retried {report.retried:,} run{'s' if report.retried != 1 else ''} as new runs."),
+    ]
+    if report.not_retryable:
+        count = capped_count(report.not_retryable, limit).capitalize()
+        out.append((messages.INFO, f"{count} selected runs were not failed, rejected or "
+                                   "skipped, and were left alone."))
+    for reason, refused in report.refused.items():
+        out.append((messages.WARNING, f"{refused:,} not retried: {reason}"))
+    if report.publish_failed:
+        out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
+                                    "retries; those new runs are recorded as FAILED."))
+    return out
 
 
 def execution_context(obj: Any) -> dict[str, Any]:

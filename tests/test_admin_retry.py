@@ -1,0 +1,203 @@
+"""The admin's Retry button, its bulk action and confirmation page: permissions and audit."""
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.test import override_settings
+from django.urls import reverse
+
+from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
+from tests.test_admin import CHANGELIST, make_run, staff_user
+
+pytestmark = pytest.mark.django_db
+
+RETRY_PERMS = ("view_taskexecution", "retry_taskexecution")
+
+
+def change_url(run):
+    return reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
+
+
+def retry_url(run):
+    return reverse("admin:gyrinx_tasks_taskexecution_retry", args=[run.pk])
+
+
+def action_post(client, runs, query="", **extra):
+    data = {"action": "retry_selected", "index": "0",
+            "_selected_action": [str(run.pk) for run in runs], **extra}
+    return client.post(reverse(CHANGELIST) + query, data)
+
+
+@pytest.fixture
+def viewer(client):
+    client.force_login(staff_user("viewer", "view_taskexecution"))
+    return client
+
+
+@pytest.fixture
+def retrier(client):
+    user = staff_user("retrier", *RETRY_PERMS)
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+# --- Without the permission -----------------------------------------------------------------
+
+def test_without_permission_no_button_and_a_forged_post_is_refused(viewer, fake_publisher):
+    run = make_run("add", State.FAILED)
+
+    page = viewer.get(change_url(run))
+    assert page.status_code == 200
+    assert "gyrinx-retry-button" not in page.content.decode()
+    assert "retry_selected" not in viewer.get(reverse(CHANGELIST)).content.decode()
+
+    assert viewer.post(retry_url(run)).status_code == 403
+    assert viewer.post(retry_url(run), HTTP_HX_REQUEST="true").status_code == 403
+    assert action_post(viewer, [run]).status_code == 403
+    assert action_post(viewer, [run], select_across="1", confirm="yes").status_code == 403
+
+    assert TaskExecution.objects.count() == 1
+    assert fake_publisher.published == []
+    assert not LogEntry.objects.exists()
+
+
+# --- One run from its page ------------------------------------------------------------------
+
+def test_button_shown_only_for_retryable_runs(retrier):
+    for status in State:
+        run = make_run("add", status)
+        page = retrier.get(change_url(run)).content.decode()
+        assert ("gyrinx-retry-button" in page) == (status in ("FAILED", "REJECTED", "SKIPPED"))
+        if status == State.FAILED:
+            assert f'hx-post="{retry_url(run)}"' in page
+            assert f'action="{retry_url(run)}"' in page  # works without JavaScript too
+
+
+def test_plain_post_retries_and_redirects_to_the_new_run(retrier, fake_publisher):
+    run = make_run("add", State.FAILED, args=[1, 2])
+
+    response = retrier.post(retry_url(run))
+
+    new = TaskExecution.objects.get(retry_of=run)
+    assert response.status_code == 302
+    assert response["Location"] == change_url(new)
+    assert (new.trigger, new.status) == (Trigger.RETRY, State.READY)
+    assert len(fake_publisher.published) == 1
+    [entry] = LogEntry.objects.all()
+    assert (entry.user, entry.object_id) == (retrier.user, str(run.pk))
+    assert entry.change_message == f"Retried as run {new.pk} ({new.result_id})."
+    # The new run's page links back; the original's page lists it.
+    assert change_url(run) in retrier.get(change_url(new)).content.decode()
+    assert change_url(new) in retrier.get(change_url(run)).content.decode()
+
+
+def test_htmx_post_answers_the_panel_with_a_link_to_the_new_run(retrier, fake_publisher):
+    run = make_run("add", State.REJECTED)
+
+    response = retrier.post(retry_url(run), HTTP_HX_REQUEST="true")
+
+    new = TaskExecution.objects.get(retry_of=run)
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert body.lstrip().startswith('<div id="gyrinx-retry"')
+    assert "<html" not in body
+    assert f'href="{change_url(new)}"' in body and "Retried as" in body
+    assert LogEntry.objects.get().object_id == str(run.pk)
+
+
+def test_refusal_is_a_sentence_not_a_500(retrier, fake_publisher):
+    KillSwitch.objects.create(task_name="add", enabled=False)
+    run = make_run("add", State.FAILED)
+
+    fragment = retrier.post(retry_url(run), HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200
+    assert "Kill switch for add is off" in fragment.content.decode()
+
+    plain = retrier.post(retry_url(run), follow=True)
+    assert plain.redirect_chain == [(change_url(run), 302)]
+    assert "Kill switch for add is off" in plain.content.decode()
+
+    assert TaskExecution.objects.count() == 1
+    assert fake_publisher.published == []
+    assert not LogEntry.objects.exists()
+
+
+def test_retrying_a_successful_run_by_a_forged_post_is_refused(retrier, fake_publisher):
+    run = make_run("add", State.SUCCESSFUL)
+    response = retrier.post(retry_url(run), HTTP_HX_REQUEST="true")
+    assert "only failed, rejected or skipped runs can be retried" in response.content.decode()
+    assert TaskExecution.objects.count() == 1
+
+
+def test_get_changes_nothing(retrier, fake_publisher):
+    run = make_run("add", State.FAILED)
+    assert retrier.get(retry_url(run)).status_code == 405
+    assert TaskExecution.objects.count() == 1
+    assert retrier.post(reverse("admin:gyrinx_tasks_taskexecution_retry",
+                                args=[run.pk + 99])).status_code == 404
+
+
+# --- Bulk -----------------------------------------------------------------------------------
+
+def test_retry_selected_retries_those_runs_and_logs_each(retrier, fake_publisher):
+    chosen = [make_run("add", State.FAILED, args=[i, i]) for i in range(3)]
+    other = make_run("add", State.FAILED)
+    done = make_run("add", State.SUCCESSFUL)
+
+    response = action_post(retrier, [*chosen, done])
+
+    assert response.status_code == 302
+    retried = TaskExecution.objects.filter(trigger=Trigger.RETRY)
+    assert sorted(retried.values_list("retry_of_id", flat=True)) == [r.pk for r in chosen]
+    assert not other.retries.exists() and not done.retries.exists()
+    entries = LogEntry.objects.order_by("object_id")
+    assert [e.object_id for e in entries] == [str(r.pk) for r in chosen]
+    assert all(e.change_message.startswith("Retried as run ") for e in entries)
+    page = retrier.get(reverse(CHANGELIST)).content.decode()
+    assert "Retried 3 runs as new runs." in page
+    assert "1 selected runs were not failed, rejected or skipped" in page
+
+
+def test_select_across_asks_first_with_the_count_and_the_cap(retrier, fake_publisher):
+    failed = [make_run("add", State.FAILED) for _ in range(4)]
+    make_run("echo", State.FAILED)
+    make_run("add", State.SUCCESSFUL)
+
+    page = action_post(retrier, failed[:1], query="?task_name=add", select_across="1")
+
+    body = page.content.decode()
+    assert page.status_code == 200
+    assert "Runs matching: 5." in body
+    assert "to be retried as new runs: 4." in body
+    assert "at most 1,000 runs" in body
+    assert "<code>task_name=add</code>" in body
+    assert 'name="confirm" value="yes"' in body
+    assert TaskExecution.objects.count() == 6  # nothing enqueued yet
+    assert fake_publisher.published == []
+
+    confirmed = action_post(retrier, failed[:1], query="?task_name=add", select_across="1",
+                            confirm="yes")
+
+    assert confirmed.status_code == 302
+    assert sorted(TaskExecution.objects.filter(trigger=Trigger.RETRY)
+                  .values_list("retry_of_id", flat=True)) == [r.pk for r in failed]
+    assert LogEntry.objects.count() == 4
+
+
+@override_settings(TASKS_ADMIN_RETRY_LIMIT=2)
+def test_select_across_over_the_cap_says_so_and_enqueues_nothing(retrier, fake_publisher):
+    runs = [make_run("add", State.FAILED) for _ in range(3)]
+
+    page = action_post(retrier, runs[:1], select_across="1").content.decode()
+    assert "to be retried as new runs: more than 2." in page
+    assert "one click may retry at most 2 (the TASKS_ADMIN_RETRY_LIMIT setting)" in page
+    assert 'name="confirm"' not in page
+
+    # A forged confirmation is refused the same way.
+    forged = action_post(retrier, runs[:1], select_across="1", confirm="yes")
+    assert forged.status_code == 302
+    follow = retrier.get(forged["Location"]).content.decode()
+    assert "one click may retry at most 2" in follow
+    assert TaskExecution.objects.count() == 3
+    assert fake_publisher.published == []
+    assert not LogEntry.objects.exists()
