@@ -3,14 +3,28 @@
 A push subscription configured with a service account sends ``Authorization: Bearer <JWT>``,
 a Google-signed ID token whose audience is the push endpoint's URL. google-auth checks the
 signature (against ``TASKS_OIDC_CERTS_URL``), ``iat``/``exp`` and the audience; this module
-adds the issuer, the service account email and ``email_verified``.
+adds the issuer, the service account email and ``email_verified``, and two rules google-auth
+does not have (docs/security.md):
+
+- ``nbf`` (not before), when present, is honoured with the same clock skew as ``iat``.
+  google-auth ignores it; Google's push tokens do not carry it, so this costs nothing.
+- A token may live at most ``max_lifetime_seconds`` (one hour, ``exp - iat``), as Google's
+  push tokens do; google-auth sets no maximum, so a leaked long-lived token would otherwise
+  be accepted until it expires.
+
+Claims of the wrong type (a string ``iat``, a NaN ``exp``, a non-string ``kid``) are refused
+before google-auth sees them, which would otherwise raise TypeError: a 403, never a 500.
 
 This module only verifies. Whether verification is on at all (``TASKS_VERIFY_OIDC``) is
 the push view's decision.
 """
 
+import base64
+import binascii
 import functools
+import json
 import logging
+import time
 from typing import Any
 
 import cachecontrol
@@ -43,6 +57,8 @@ class PushTokenVerifier:
     # Tolerated clock difference with Google for iat/exp; 0 (google-auth's default) rejects
     # tokens minted a moment "in the future" by a clock a little ahead of ours.
     clock_skew_seconds = 10
+    # Google's push tokens live exactly one hour (exp - iat == 3600).
+    max_lifetime_seconds = 3600
 
     @functools.cached_property
     def request(self) -> Request:
@@ -54,14 +70,31 @@ class PushTokenVerifier:
         """Return the claims of the request's token, or raise OIDCVerificationError."""
         audience, service_account = _required_settings()
         token = _bearer_token(authorization)
+        _check_shape(token)
         claims = self._verified_claims(token, audience)
         _check_claims(claims, service_account)
+        self._check_times(claims)
         return claims
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        lifetime = claims["exp"] - claims["iat"]
+        if lifetime > self.max_lifetime_seconds:
+            raise _reject(
+                f"The push token is invalid: it lives {lifetime:.0f} s (exp - iat), longer than "
+                f"the {self.max_lifetime_seconds} s Google's push tokens live."
+            )
+        if lifetime < 0:
+            raise _reject("The push token is invalid: it expires before it was issued.")
+        not_before = claims.get("nbf")
+        if not_before is not None and time.time() + self.clock_skew_seconds < not_before:
+            raise _reject("The push token is invalid: it is not valid yet (nbf is in the future).")
 
     def _verified_claims(self, token: str, audience: str) -> dict[str, Any]:
         certs_url = tasks_settings.TASKS_OIDC_CERTS_URL
+        # TypeError and the like only if _check_shape missed a case: still a bad token.
         invalid: tuple[type[Exception], ...] = (
-            ValueError, google_exceptions.GoogleAuthError, *_pyjwt_errors())
+            ValueError, TypeError, KeyError, OverflowError, RecursionError,
+            google_exceptions.GoogleAuthError, *_pyjwt_errors())
         try:
             claims = id_token.verify_token(
                 token,
@@ -154,6 +187,47 @@ def _bearer_token(authorization: str | None) -> str:
     if len(token.split()) != 1:
         raise _reject("The Authorization header must be 'Bearer <token>' with nothing after it.")
     return token
+
+
+def _segment(part: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+# Claimed times beyond this many seconds either side of 1970 (year ~33,658) are nonsense, and
+# larger integers would overflow google-auth's arithmetic with floats.
+MAX_CLAIM_SECONDS = 10**12
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < MAX_CLAIM_SECONDS  # False for NaN and the infinities too
+
+
+def _check_shape(token: str) -> None:
+    """Refuse, before verifying it, a token whose header or time claims have the wrong type.
+
+    Only ever rejects: nothing read here is trusted, the signature is checked afterwards.
+    """
+    malformed = "it is not a well-formed JWT (three base64url segments holding JSON)."
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise _reject(f"The push token is invalid: {malformed}")
+    try:
+        header, claims = _segment(parts[0]), _segment(parts[1])
+    except (ValueError, binascii.Error, RecursionError) as exc:
+        raise _reject(f"The push token is invalid: {malformed}") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise _reject(f"The push token is invalid: {malformed}")
+    if not isinstance(header.get("kid", ""), str) or not isinstance(header.get("alg", ""), str):
+        raise _reject("The push token is invalid: its header's 'kid' or 'alg' is not a string.")
+    for name in ("iat", "exp", "nbf"):
+        if name in claims and not _is_number(claims[name]):
+            raise _reject(
+                f"The push token is invalid: its {name!r} claim is not a number of seconds.")
+    # Google's tokens carry one audience, a string; google-auth would fail on other types.
+    if not isinstance(claims.get("aud", ""), str):
+        raise _reject("The push token is invalid: its 'aud' claim is not a string.")
 
 
 def _check_claims(claims: dict[str, Any], service_account: str) -> None:

@@ -3,8 +3,10 @@
 import logging
 import time
 
+import hypothesis
 import pytest
 from cachecontrol import CacheControlAdapter
+from hypothesis import strategies as st
 
 from gyrinx_tasks.auth import PushTokenVerifier, get_verifier, reset_verifier, verify_push_token
 from gyrinx_tasks.conf import tasks_settings
@@ -248,3 +250,126 @@ def test_verifier_caches_its_session():
     assert verifier.request is verifier.request
     adapter = verifier.request.session.get_adapter("https://www.googleapis.com/oauth2/v1/certs")
     assert isinstance(adapter, CacheControlAdapter)
+
+
+# Policy beyond google-auth (docs/security.md): nbf honoured, lifetime at most an hour, and
+# claims of the wrong type refused as invalid rather than crashing verification.
+
+
+def _signed(oidc, header: dict, claims: dict) -> str:
+    """A token signed by the served key with an arbitrary header (google-auth adds typ/alg)."""
+    from google.auth import crypt, jwt
+
+    signer = crypt.RSASigner.from_string(oidc.server.key.private_pem, key_id=None)
+    return jwt.encode(signer, claims, header=header).decode()
+
+
+def test_nbf_in_the_future_is_rejected(oidc):
+    with pytest.raises(OIDCVerificationError, match="not valid yet"):
+        verify_push_token(oidc.header(nbf=int(time.time()) + 600))
+
+
+def test_nbf_past_or_within_clock_skew_is_accepted(oidc):
+    verify_push_token(oidc.header(nbf=int(time.time()) - 60))
+    verify_push_token(oidc.header(nbf=int(time.time()) + 5))
+
+
+def test_token_living_an_hour_is_accepted_and_longer_is_rejected(oidc):
+    now = int(time.time())
+    verify_push_token(oidc.header(iat=now, exp=now + 3600))
+    with pytest.raises(OIDCVerificationError, match="lives 3601 s"):
+        verify_push_token(oidc.header(iat=now, exp=now + 3601))
+    with pytest.raises(OIDCVerificationError, match="longer than the 3600 s"):
+        verify_push_token(oidc.header(iat=now - 60, exp=now + 86400 * 365))
+
+
+def test_token_expiring_before_it_was_issued_is_rejected(oidc):
+    now = int(time.time())
+    with pytest.raises(OIDCVerificationError, match="expires before it was issued"):
+        verify_push_token(oidc.header(iat=now + 8, exp=now + 5))
+
+
+def test_max_lifetime_can_be_changed_on_the_verifier(oidc):
+    now = int(time.time())
+    verifier = PushTokenVerifier()
+    verifier.max_lifetime_seconds = 600
+    with pytest.raises(OIDCVerificationError, match="longer than the 600 s"):
+        verifier.verify(oidc.header(iat=now, exp=now + 3600))
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"iat": "yesterday"}, "'iat' claim is not a number"),
+        ({"exp": "soon"}, "'exp' claim is not a number"),
+        ({"iat": None}, "'iat' claim is not a number"),
+        ({"exp": [1]}, "'exp' claim is not a number"),
+        ({"exp": {"at": 1}}, "'exp' claim is not a number"),
+        ({"iat": True}, "'iat' claim is not a number"),
+        ({"exp": float("nan")}, "'exp' claim is not a number"),
+        ({"exp": float("inf")}, "'exp' claim is not a number"),
+        ({"nbf": "later"}, "'nbf' claim is not a number"),
+        ({"aud": 5}, "'aud' claim is not a string"),
+        ({"aud": {"x": 1}}, "'aud' claim is not a string"),
+        ({"aud": [AUDIENCE]}, "'aud' claim is not a string"),
+        ({"email": ["a"]}, "not TASKS_SERVICE_ACCOUNT"),
+        ({"iss": {"a": 1}}, "not Google"),
+        ({"email_verified": {"yes": True}}, "not verified"),
+        ({"iat": 10**400}, "'iat' claim is not a number"),  # overflows a float
+    ],
+)
+def test_signed_claims_of_the_wrong_type_are_rejected_not_crashed(oidc, claims, reason):
+    with pytest.raises(OIDCVerificationError, match=reason):
+        verify_push_token(oidc.header(**claims))
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"kid": {"a": 1}}, {"kid": ["gyrinx-test-key"]}, {"kid": 7}, {"alg": ["RS256"]}],
+    ids=["kid-object", "kid-list", "kid-number", "alg-list"],
+)
+def test_signed_header_of_the_wrong_type_is_rejected_not_crashed(oidc, header):
+    with pytest.raises(OIDCVerificationError, match="is not a string"):
+        verify_push_token(f"Bearer {_signed(oidc, header, oidc.claims())}")
+
+
+def test_list_audience_is_rejected_even_if_it_holds_ours(oidc):
+    with pytest.raises(OIDCVerificationError, match="'aud' claim is not a string"):
+        verify_push_token(oidc.header(aud=["https://other.example.com", AUDIENCE]))
+
+
+_json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
+_json = st.recursive(_json_leaf, lambda children: st.lists(children, max_size=3)
+                     | st.dictionaries(st.text(max_size=5), children, max_size=3), max_leaves=6)
+
+
+def _claim(good):
+    return st.just(good) | st.just(OMIT_CLAIM) | _json
+
+
+OMIT_CLAIM = object()
+
+
+@hypothesis.settings(max_examples=100, deadline=None, database=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(data=st.data())
+def test_any_signed_claims_give_claims_or_a_clear_rejection(oidc, data):
+    now = int(time.time())
+    good = oidc.claims()
+    names = ["iss", "aud", "email", "email_verified", "sub", "iat", "exp", "nbf"]
+    defaults = {**good, "nbf": now - 60}
+    claims = {name: data.draw(_claim(defaults[name]), label=name) for name in names}
+    claims = {name: value for name, value in claims.items() if value is not OMIT_CLAIM}
+    header = data.draw(st.just({}) | st.fixed_dictionaries({"kid": _json}), label="header")
+    token = _signed(oidc, header, claims) if header else oidc.server.key.sign(claims)
+
+    try:
+        verified = verify_push_token(f"Bearer {token}")
+    except OIDCVerificationError as exc:
+        assert str(exc).startswith(("The push token", "The Authorization"))
+    else:
+        # Accepted only when every claim is as Google sends it.
+        assert verified["email"] == SERVICE_ACCOUNT
+        assert verified["iss"] in ("https://accounts.google.com", "accounts.google.com")
+        assert 0 <= verified["exp"] - verified["iat"] <= 3600
+        assert verified["exp"] + 10 >= time.time()
