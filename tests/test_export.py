@@ -368,3 +368,49 @@ def test_command_writes_a_file_with_payload(history, tmp_path):
 def test_command_explains_bad_options(history, args, message):
     with pytest.raises(CommandError, match=message.replace("(", r"\(")):
         run_command(*args)
+
+
+# --- In a browser ----------------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_browser_exports_a_filtered_list_as_csv(admin_page, live_server):
+    from tests.infra.browser import save_screenshot
+
+    page = admin_page
+    failed = [make_run("explode", State.FAILED, created_at=at(i), started_at=at(i),
+                       finished_at=at(i) + timedelta(seconds=1), attempts=1,
+                       errors=[{"exception_class_path": "builtins.RuntimeError"}])
+              for i in range(3)]
+    for i in range(4):
+        make_run("add", State.SUCCESSFUL, created_at=at(10 + i))
+
+    page.goto(f"{live_server.url}{reverse(CHANGELIST)}")
+    page.locator("#changelist-filter").get_by_role("link", name="Failed").click()
+    page.wait_for_url("**/?status=FAILED")
+    page.get_by_role("link", name="Export", exact=True).click()
+    page.wait_for_url(f"**{reverse(EXPORT)}?status=FAILED")
+    assert "filters: status=FAILED" in page.locator(".gyrinx-export-scope").inner_text()
+    # CSV is already chosen: exporting is one click.
+    assert page.locator("#id_format option:checked").inner_text() == "csv"
+    save_screenshot(page, "export")
+    save_screenshot(page, "export", dark=True)
+
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Submit").click()
+    assert download.value.suggested_filename.startswith("task-executions-")
+    with open(download.value.path(), encoding="utf-8", newline="") as file:
+        rows = parse(file.read())
+    assert [row["result_id"] for row in rows] == [run.result_id for run in reversed(failed)]
+    assert {row["last_error_class"] for row in rows} == {"builtins.RuntimeError"}
+
+    # The stream link on the same page carries the same filter.
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Stream CSV", exact=True).click()
+    with open(download.value.path(), encoding="utf-8", newline="") as file:
+        assert [row["result_id"] for row in parse(file.read())] == [
+            run.result_id for run in reversed(failed)]
+    messages = sorted(LogEntry.objects.values_list("change_message", flat=True))
+    assert messages[0].startswith("Completed a streamed CSV export of runs (without payload; "
+                                  "filters: status=FAILED); 3 rows.")
+    assert messages[1].startswith("Exported 3 runs as CSV")
