@@ -1,0 +1,185 @@
+"""The overview: per task over a time window, what ran, what failed, how long it took.
+
+A thin face over ``gyrinx_tasks.stats``. The page polls itself through HTMX while anything
+is queued or running and answers 286 (stop polling) once nothing is.
+"""
+
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+from django_htmx.http import HttpResponseStopPolling
+
+from .. import stats
+from ..models import State
+from .base import has_model_permission, page_context, require
+
+POLL_SECONDS = 5
+# A run READY for longer than this has probably not been delivered: worth a look.
+STUCK_AFTER = timedelta(minutes=5)
+CHART_WIDTH, CHART_HEIGHT = 150, 28
+WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT = 1000, 90
+COUNTED_STATES = (State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED,
+                  State.RUNNING, State.READY)
+
+
+class OverviewAdmin(admin.ModelAdmin):
+    """Only a page: no rows to add, change or delete, and no per-object URLs."""
+
+    page_template = "admin/gyrinx_tasks/overview/page.html"
+    fragment_template = "admin/gyrinx_tasks/overview/_overview.html"
+
+    def has_view_permission(self, request, obj=None):
+        return has_model_permission(request, self.opts, "view_overview")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [path("", self.admin_site.admin_view(self.changelist_view),
+                     name=f"{info[0]}_{info[1]}_changelist")]
+
+    def changelist_view(self, request: HttpRequest,  # type: ignore[override]
+                        extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        require(self.has_view_permission(request))
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        error = ""
+        try:
+            window = stats.get_window(request.GET.get("window"))
+        except stats.UnknownWindow as exc:
+            error, window = str(exc), stats.get_window(None)
+        context = page_context(self, request, str(_("Overview")), error=error,
+                               **overview_context(stats.overview(window), request))
+        if getattr(request, "htmx", False):
+            response = TemplateResponse(request, self.fragment_template, context)
+            if not context["overview"].active:
+                # Nothing queued or running: the last answer to a poll ends the polling.
+                response.render()
+                return HttpResponseStopPolling(response.content)
+            return response
+        return TemplateResponse(request, self.page_template, context,
+                                status=400 if error else 200)
+
+
+def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str, Any]:
+    page_url = reverse("admin:gyrinx_tasks_overview_changelist")
+    runs_url = reverse("admin:gyrinx_tasks_taskexecution_changelist")
+    now = timezone.now()
+    window_params = {"created_at__gte": overview.since.isoformat(),
+                     "created_at__lt": overview.until.isoformat()}
+
+    def runs_link(**params: str) -> str:
+        return f"{runs_url}?{urlencode(params)}"
+
+    rows = []
+    for task in overview.tasks:
+        counts = [
+            {"status": status, "label": State(status).label, "count": task.count(status),
+             "url": runs_link(task_name=task.name, status=status, **window_params)}
+            for status in COUNTED_STATES[:4]
+        ]
+        rows.append({
+            "task": task,
+            "label": task.name or _("(no task name)"),
+            "url": runs_link(task_name=task.name, **window_params),
+            "counts": counts,
+            "failure_rate": format_rate(task.failure_rate),
+            "failing": bool(task.failure_rate),
+            "p50": format_seconds(task.p50),
+            "p95": format_seconds(task.p95),
+            "ready_url": runs_link(task_name=task.name, status=State.READY),
+            "running_url": runs_link(task_name=task.name, status=State.RUNNING),
+            "stuck": bool(task.oldest_ready and now - task.oldest_ready > STUCK_AFTER),
+            "chart": chart(task.per_minute, task.failed_per_minute, overview,
+                           CHART_WIDTH, CHART_HEIGHT),
+        })
+    total = [sum(values) for values in zip(*(t.per_minute for t in overview.tasks), strict=True)]
+    failed = [sum(values) for values in
+              zip(*(t.failed_per_minute for t in overview.tasks), strict=True)]
+    running = [{"run": run, "started": format_seconds((now - run.started_at).total_seconds())
+                if run.started_at else ""} for run in overview.running]
+    poll_query = urlencode({"window": overview.window.key})
+    return {
+        "overview": overview,
+        "rows": rows,
+        "running": running,
+        "windows": [{"key": w.key, "label": w.label, "url": f"{page_url}?window={w.key}",
+                     "current": w.key == overview.window.key} for w in stats.WINDOWS.values()],
+        "poll_url": f"{page_url}?{poll_query}",
+        "poll_seconds": POLL_SECONDS,
+        "page_url": page_url,
+        "runs_url": runs_url,
+        "all_failed_url": runs_link(status=State.FAILED, **window_params),
+        "window_runs_url": runs_link(**window_params),
+        "window_total": sum(t.total for t in overview.tasks),
+        "totals": {status: sum(t.count(status) for t in overview.tasks)
+                   for status in COUNTED_STATES},
+        "running_total": sum(t.running_now for t in overview.tasks),
+        "ready_total": sum(t.ready_now for t in overview.tasks),
+        "wide_chart": chart(total, failed, overview, WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT),
+        "embedded": request.GET.get("embed") == "1",
+    }
+
+
+def chart(values: list[float], failed: list[float], overview: stats.Overview,
+          width: int, height: int) -> dict[str, Any]:
+    """Bars for a server-rendered SVG: every run in grey, the failed part in red on top."""
+    peak = max(values, default=0.0)
+    count = len(values) or 1
+    step = width / count
+    gap = 1 if step >= 3 else 0
+    bucket = overview.window.bucket
+    fmt = "%a %H:%M" if overview.window.length >= timedelta(days=1) else "%H:%M"
+    bars = []
+    for index, value in enumerate(values):
+        if not value:
+            continue
+        high = value / peak * height
+        low = failed[index] / peak * height if failed else 0.0
+        start = timezone.localtime(overview.since + bucket * index)
+        bars.append({
+            "x": f"{index * step:.2f}", "w": f"{max(step - gap, 0.5):.2f}",
+            "y": f"{height - high:.2f}", "h": f"{high:.2f}",
+            "fy": f"{height - low:.2f}", "fh": f"{low:.2f}",
+            "title": f"{start.strftime(fmt)}: {value:.2f} runs/min"
+                     + (f", {failed[index]:.2f} failed" if low else ""),
+        })
+    return {"bars": bars, "width": width, "height": height, "peak": peak,
+            "start": timezone.localtime(overview.since).strftime(fmt),
+            "end": timezone.localtime(overview.until).strftime(fmt)}
+
+
+def format_rate(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.0%}" if value in (0.0, 1.0) else f"{value:.1%}"
+
+
+def format_seconds(value: float | None) -> str:
+    """240 ms, 3.4 s, 2 min 5 s: durations at a glance."""
+    if value is None:
+        return "–"
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
