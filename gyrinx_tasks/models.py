@@ -231,6 +231,13 @@ class KillSwitch(models.Model):
         enabled = cls.objects.filter(task_name=task_name).values_list("enabled", flat=True)
         return next(iter(enabled), True)
 
+    @classmethod
+    def off_mode(cls, task_name: str) -> str:
+        """The task's SwitchMode if the database switches it off, else "" (on), in one query."""
+        modes = cls.objects.filter(task_name=task_name, enabled=False).values_list(
+            "mode", flat=True)
+        return next(iter(modes), "")
+
 
 # Admin pages that are not lists of rows hang off proxy models, so that each appears in the
 # app index, has its own view permission, and carries the permissions of its actions. No

@@ -30,10 +30,10 @@ from django.db import connections
 from django.utils import timezone
 
 from .backend import PubSubBackend, build_message
-from .models import TaskExecution, Trigger
+from .models import SwitchMode, TaskExecution, Trigger
 from .registry import get_routes
 from .routes import TaskRoute
-from .runner import kill_switch_reason
+from .runner import kill_switch_state
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -50,9 +50,16 @@ def fire_scheduled(route: TaskRoute, trigger: str = Trigger.SCHEDULE) -> str:
     """Fire one scheduled run now; return the Pub/Sub message id, or the run's result id."""
     backend = route.task.get_backend()
     if isinstance(backend, PubSubBackend):
-        # The push endpoint records the run when it is delivered, keyed by message id.
+        # The push endpoint records the run when it is delivered, keyed by message id. A
+        # held switch holds the firing in Pub/Sub like any message; it runs when switched on.
         return backend.publish(route.topic_name, scheduled_message(route), trigger=str(trigger))
-    reason = kill_switch_reason(route)
+    mode, reason = kill_switch_state(route)
+    if mode == SwitchMode.HOLD:
+        # Without Pub/Sub there is no queue to hold the firing in; the next one runs once
+        # the switch is on, as with a skip.
+        reason = (f"Kill switch for {route.name} is off in the database (hold), but the "
+                  f"{backend.alias!r} backend has no queue to hold a firing in, so it is "
+                  "skipped.")
     if reason:  # the push endpoint would skip it too
         execution = TaskExecution(
             task_id=route.scheduled_task_id,

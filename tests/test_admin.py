@@ -1,20 +1,18 @@
-"""The admin pages for task runs and kill switches."""
+"""The admin pages for task runs (kill switches: tests/test_killswitches.py)."""
 
 import json
 import re
 
 import pytest
-from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gyrinx_tasks.admin.pagination import EstimatedCountPaginator
-from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
+from gyrinx_tasks.models import State, TaskExecution, Trigger
 
 CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
-SWITCHES = "admin:gyrinx_tasks_killswitch_changelist"
 pytestmark = pytest.mark.django_db
 
 
@@ -323,95 +321,6 @@ def test_only_superusers_delete_runs(client, admin_client):
 def test_staff_without_permission_cannot_see_runs(client):
     client.force_login(staff_user("nobody"))
     assert client.get(reverse(CHANGELIST)).status_code == 403
-
-
-# --- Kill switches -------------------------------------------------------------------------
-
-def post_action(client, action, *switches):
-    return client.post(reverse(SWITCHES),
-                       {"action": action, "_selected_action": [s.pk for s in switches]})
-
-
-def test_turn_off_and_on_flip_the_rows_and_write_log_entries(client):
-    editor = staff_user("editor", "view_killswitch", "change_killswitch")
-    client.force_login(editor)
-    add = KillSwitch.objects.create(task_name="add")
-    echo = KillSwitch.objects.create(task_name="echo")
-    already_off = KillSwitch.objects.create(task_name="flaky", enabled=False)
-
-    response = post_action(client, "turn_off", add, echo, already_off)
-
-    assert response.status_code == 302
-    assert list(KillSwitch.objects.values_list("task_name", "enabled")) == [
-        ("add", False), ("echo", False), ("flaky", False)]
-    entries = LogEntry.objects.order_by("id")
-    # One entry per switch that changed; the one already off is left alone.
-    assert [(e.object_repr, e.action_flag, e.user_id) for e in entries] == [
-        ("add: off", CHANGE, editor.pk), ("echo: off", CHANGE, editor.pk)]
-    assert entries[0].get_change_message() == "Turned off by an admin action."
-
-    post_action(client, "turn_on", echo)
-    echo.refresh_from_db()
-    assert echo.enabled is True
-    last = LogEntry.objects.latest("id")
-    assert (last.object_id, last.get_change_message()) == (
-        str(echo.pk), "Turned on by an admin action.")
-    assert KillSwitch.is_enabled("echo") and not KillSwitch.is_enabled("add")
-
-
-def test_actions_answer_403_to_staff_without_change_permission(client):
-    client.force_login(staff_user("viewer", "view_killswitch"))
-    switch = KillSwitch.objects.create(task_name="add")
-
-    page = client.get(reverse(SWITCHES)).content.decode()
-    assert "turn_off" not in page  # not offered
-
-    for action in ("turn_off", "turn_on", "delete_selected"):
-        assert post_action(client, action, switch).status_code == 403
-    switch.refresh_from_db()
-    assert switch.enabled is True
-    assert not LogEntry.objects.exists()
-
-
-def test_a_kill_switch_is_created_for_a_registry_task_only(admin_client):
-    add_url = reverse("admin:gyrinx_tasks_killswitch_add")
-    form_page = admin_client.get(add_url).content.decode()
-    for name in ("add", "echo", "nightly_cleanup"):
-        assert f'<option value="{name}">' in form_page
-
-    refused = admin_client.post(add_url, {"task_name": "not_a_task", "reason": "x"})
-    assert refused.status_code == 200
-    assert "Select a valid choice" in refused.content.decode()
-    assert not KillSwitch.objects.exists()
-
-    created = admin_client.post(add_url, {"task_name": "echo", "reason": "noisy"})
-    assert created.status_code == 302
-    switch = KillSwitch.objects.get()
-    assert (switch.task_name, switch.enabled, switch.reason) == ("echo", False, "noisy")
-
-    duplicate = admin_client.post(add_url, {"task_name": "echo", "enabled": "on"})
-    assert "Kill switch with this Task name already exists." in duplicate.content.decode()
-    assert KillSwitch.objects.count() == 1
-
-
-def test_a_switch_for_a_task_gone_from_the_registry_stays_editable(admin_client):
-    switch = KillSwitch.objects.create(task_name="retired_task", enabled=False)
-    change = reverse("admin:gyrinx_tasks_killswitch_change", args=[switch.pk])
-    assert "retired_task (not in the registry)" in admin_client.get(change).content.decode()
-    response = admin_client.post(change, {"task_name": "retired_task", "enabled": "on"})
-    assert response.status_code == 302
-    switch.refresh_from_db()
-    assert switch.enabled is True
-
-
-def test_kill_switch_list_shows_the_environment_switch(admin_client, monkeypatch):
-    KillSwitch.objects.create(task_name="echo")
-    KillSwitch.objects.create(task_name="add")
-    monkeypatch.setenv("ENABLE_ECHO", "false")
-    page = admin_client.get(reverse(SWITCHES)).content.decode()
-    assert "ENABLE_ECHO: off" in page
-    monkeypatch.setenv("ENABLE_ECHO", "1")
-    assert "ENABLE_ECHO: on" in admin_client.get(reverse(SWITCHES)).content.decode()
 
 
 # --- In a real browser ---------------------------------------------------------------------
