@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from django.db.models import DurationField, ExpressionWrapper, F, QuerySet
 from django.db.models.fields.json import KT
@@ -138,7 +138,11 @@ def _drain(buffer: io.StringIO) -> str:
     return text
 
 
-def write_csv(out: TextIO, queryset: QuerySet, include_payload: bool = False) -> int:
+class Writable(Protocol):
+    def write(self, text: str, /) -> object: ...
+
+
+def write_csv(out: Writable, queryset: QuerySet, include_payload: bool = False) -> int:
     """Write the CSV export of ``queryset`` to ``out``; return the number of rows."""
     stream = stream_csv(queryset, include_payload)
     while True:

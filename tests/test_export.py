@@ -258,6 +258,21 @@ def test_export_of_chosen_columns_with_payload(client, history):
     assert "with args, kwargs and return value; columns: result_id, kwargs" in message
 
 
+def test_export_through_our_changelist_neither_counts_nor_loads_heavy_columns(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post(f"{reverse(EXPORT)}?status=FAILED", export_form())
+    assert len(parse(response.content.decode())) == 1
+    runs = [q["sql"] for q in captured.captured_queries
+            if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"]]
+    # One read of the rows: no paginator count (capped or estimated), no per-row queries.
+    assert len(runs) == 1, runs
+    assert "COUNT(" not in runs[0].upper() and "reltuples" not in " ".join(
+        q["sql"] for q in captured.captured_queries)
+    assert '"timeline"' not in runs[0] and '"raw_message"' not in runs[0]
+    assert "FAILED" in runs[0]  # the filter is applied in SQL
+
+
 def test_export_with_unknown_filters_explains_instead_of_failing(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     for url in (reverse(EXPORT), reverse(STREAM)):
