@@ -46,13 +46,21 @@ def scheduled_message(route: TaskRoute) -> dict[str, Any]:
     return build_message(route.scheduled_task_id, route.name, [], {})
 
 
-def fire_scheduled(route: TaskRoute, trigger: str = Trigger.SCHEDULE) -> str:
-    """Fire one scheduled run now; return the Pub/Sub message id, or the run's result id."""
+def fire_scheduled(route: TaskRoute, trigger: str = Trigger.SCHEDULE,
+                   requested_by: str = "") -> str:
+    """Fire one scheduled run now; return the Pub/Sub message id, or the run's result id.
+
+    ``requested_by`` (who pressed Run now) travels as a message attribute; the push endpoint
+    writes it into the run's first timeline note.
+    """
     backend = route.task.get_backend()
     if isinstance(backend, PubSubBackend):
         # The push endpoint records the run when it is delivered, keyed by message id. A
         # held switch holds the firing in Pub/Sub like any message; it runs when switched on.
-        return backend.publish(route.topic_name, scheduled_message(route), trigger=str(trigger))
+        attributes = {"trigger": str(trigger)}
+        if requested_by:
+            attributes["requested_by"] = requested_by[:150]
+        return backend.publish(route.topic_name, scheduled_message(route), **attributes)
     mode, reason = kill_switch_state(route)
     if mode == SwitchMode.HOLD:
         # Without Pub/Sub there is no queue to hold the firing in; the next one runs once

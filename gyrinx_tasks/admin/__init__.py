@@ -2,11 +2,23 @@
 
 from django.contrib import admin
 
-from ..models import KillSwitch, TaskExecution
+from ..models import KillSwitch, Overview, ProvisioningStatus, ScheduledJob, TaskExecution
 from .executions import TaskExecutionAdmin
 from .killswitches import KillSwitchAdmin
+from .overview import OverviewAdmin
+from .provisioning import ProvisioningStatusAdmin
+from .schedules import ScheduledJobAdmin
 
 admin.site.register(TaskExecution, TaskExecutionAdmin)
 admin.site.register(KillSwitch, KillSwitchAdmin)
+admin.site.register(Overview, OverviewAdmin)
+admin.site.register(ProvisioningStatus, ProvisioningStatusAdmin)
+admin.site.register(ScheduledJob, ScheduledJobAdmin)
 
-__all__ = ["KillSwitchAdmin", "TaskExecutionAdmin"]
+__all__ = [
+    "KillSwitchAdmin",
+    "OverviewAdmin",
+    "ProvisioningStatusAdmin",
+    "ScheduledJobAdmin",
+    "TaskExecutionAdmin",
+]

@@ -20,7 +20,15 @@ from .config import (
     ProvisioningError,
 )
 from .core import Clients, apply_plan, build_plan, provision
-from .jobs import RunNowResult, job_name, pause_job, resume_job, run_now, uses_cloud_scheduler
+from .jobs import (
+    RunNowResult,
+    get_job,
+    job_name,
+    pause_job,
+    resume_job,
+    run_now,
+    uses_cloud_scheduler,
+)
 from .plan import Action, FieldChange, Kind, Plan, Verb
 
 __all__ = [
@@ -37,6 +45,7 @@ __all__ = [
     "Verb",
     "apply_plan",
     "build_plan",
+    "get_job",
     "job_name",
     "pause_job",
     "provision",

@@ -2,6 +2,7 @@
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -32,6 +33,19 @@ class ProvisioningConfig:
     service_account: str = ""  # "" means no OIDC token (the emulator sends none)
     audience: str = ""
     emulator: bool = False  # True: Pub/Sub only; scheduled routes fire from tasks_scheduler
+    # Seconds one GCP call may take, retries included; None keeps the clients' defaults
+    # (about a minute). The admin sets a few seconds so a page never hangs on GCP.
+    call_timeout: float | None = None
+
+    def call_options(self) -> dict[str, Any]:
+        """``retry`` and ``timeout`` keyword arguments bounding one Google client call."""
+        if self.call_timeout is None:
+            return {}
+        from google.api_core import retry as retries
+
+        retry = retries.Retry(predicate=retries.if_transient_error, initial=0.2, maximum=1.0,
+                              multiplier=2.0, timeout=self.call_timeout)
+        return {"retry": retry, "timeout": self.call_timeout}
 
     @property
     def uses_cloud_scheduler(self) -> bool:

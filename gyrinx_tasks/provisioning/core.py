@@ -95,7 +95,7 @@ def build_plan(publisher: Any = None, subscriber: Any = None, scheduler: Any = N
                                         held.get_subscriber())
         if "scheduler" in parts and config.uses_cloud_scheduler:
             plan.actions += plan_scheduler(config, routes, held.get_scheduler())
-    except api_exceptions.GoogleAPICallError as exc:
+    except api_exceptions.GoogleAPIError as exc:  # RetryError (a timeout) is not a CallError
         held.close()
         message = f"Reading the current state from GCP failed: {_explain(exc)}"
         raise ProvisioningError(message) from exc
@@ -120,7 +120,7 @@ def apply_plan(plan: Plan, progress: Callable[[Action], Any] | None = None) -> P
     for action in todo:
         try:
             action.result = _apply_one(action, held.handler(action.kind, plan.config))
-        except (api_exceptions.GoogleAPICallError, ProvisioningError) as exc:
+        except (api_exceptions.GoogleAPIError, ProvisioningError) as exc:
             action.error = _explain(exc)
             failed.append(action)
             logger.error("Provisioning %s %s failed: %s", action.kind, action.name, action.error)
@@ -191,4 +191,8 @@ def _explain(exc: Exception) -> str:
                 f"in {DOCS}.")
     if isinstance(exc, api_exceptions.GoogleAPICallError):
         return f"{type(exc).__name__}: {exc.message}"
+    if isinstance(exc, api_exceptions.RetryError):
+        last = exc.cause
+        detail = f" The last error was {type(last).__name__}: {last}" if last else ""
+        return f"No answer in time ({exc.message}).{detail}"
     return str(exc)

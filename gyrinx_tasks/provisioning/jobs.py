@@ -41,25 +41,34 @@ def job_name(route: TaskRoute, config: ProvisioningConfig | None = None) -> str:
 
 
 def run_now(route: TaskRoute, *, scheduler: Any = None,
-            config: ProvisioningConfig | None = None) -> RunNowResult:
-    """Fire a scheduled route now: Cloud Scheduler's RunJob, or locally without a Scheduler.
+            config: ProvisioningConfig | None = None, requested_by: str = "") -> RunNowResult:
+    """Fire a scheduled route now, recorded with the run-now trigger and who asked.
 
-    A given ``scheduler`` client is always used; otherwise one is built unless the route
-    runs locally (emulator or non-Pub/Sub backend), where the scheduled message is fired
-    exactly as ``tasks_scheduler`` would, recorded with the run-now trigger.
+    The scheduled message is published straight to the route's topic (or, without Pub/Sub,
+    run through the route's backend) with attributes ``trigger=run_now`` and
+    ``requested_by``. Cloud Scheduler's RunJob is not used by default: it sends the job's
+    fixed message, whose attributes say ``schedule``, so a manual run would be recorded as a
+    scheduled one, with nobody's name on it. Pass a ``scheduler`` client to call RunJob anyway
+    (it exercises the job itself; the run is then recorded as ``schedule``).
     """
     name = job_name(route, config)
-    if scheduler is None and not uses_cloud_scheduler(route):
-        from ..models import Trigger
-        from ..scheduling import fire_scheduled
+    if scheduler is not None:
+        _call(scheduler, "run_job", name, config)
+        return RunNowResult(
+            "cloud-scheduler", name,
+            f"Cloud Scheduler is running job {name.rsplit('/', 1)[-1]} now; the run is "
+            "recorded when Pub/Sub delivers it.",
+        )
+    from ..models import Trigger
+    from ..scheduling import fire_scheduled
 
-        ident = fire_scheduled(route, Trigger.RUN_NOW)
+    ident = fire_scheduled(route, Trigger.RUN_NOW, requested_by=requested_by)
+    if not uses_cloud_scheduler(route):
         return RunNowResult("local", ident, f"Fired {route.name} now, locally ({ident}).")
-    _call(scheduler, "run_job", name)
     return RunNowResult(
-        "cloud-scheduler", name,
-        f"Cloud Scheduler is running job {name.rsplit('/', 1)[-1]} now; the run is recorded "
-        "when Pub/Sub delivers it.",
+        "pubsub", ident,
+        f"Published {route.name}'s scheduled message to its topic now (message {ident}); the "
+        "run is recorded when Pub/Sub delivers it.",
     )
 
 
@@ -84,23 +93,31 @@ def _set_state(route: TaskRoute, method: str, wanted: str, scheduler: Any,
             "locally from `manage.py tasks_scheduler`. Turn the task's kill switch off instead."
         )
     try:
-        return job_state(_call(scheduler, method, name))
+        return job_state(_call(scheduler, method, name, config))
     except ProvisioningError as exc:
         if not isinstance(exc.__cause__, api_exceptions.FailedPrecondition):
             raise
         # The job is not in the state the call expects: fine if it is already where we want.
-        state = job_state(_call(scheduler, "get_job", name))
+        state = job_state(_call(scheduler, "get_job", name, config))
         if state != wanted:
             raise
         return state
 
 
-def _call(scheduler: Any, method: str, name: str) -> Any:
+def get_job(route: TaskRoute, *, scheduler: Any = None,
+            config: ProvisioningConfig | None = None) -> Any:
+    """The route's Cloud Scheduler job as the API returns it (state, last attempt, status)."""
+    return _call(scheduler, "get_job", job_name(route, config), config)
+
+
+def _call(scheduler: Any, method: str, name: str,
+          config: ProvisioningConfig | None = None) -> Any:
     """Call one Scheduler method on a job; errors become ProvisioningError sentences."""
     held = Clients(scheduler=scheduler)
     short = name.rsplit("/", 1)[-1]
+    options = config.call_options() if config is not None else {}
     try:
-        return getattr(held.get_scheduler(), method)(request={"name": name})
+        return getattr(held.get_scheduler(), method)(request={"name": name}, **options)
     except api_exceptions.NotFound as exc:
         raise ProvisioningError(
             f"Cloud Scheduler has no job {short}. Run `manage.py tasks_provision` to create "
@@ -114,6 +131,11 @@ def _call(scheduler: Any, method: str, name: str) -> Any:
     except api_exceptions.GoogleAPICallError as exc:
         raise ProvisioningError(
             f"Cloud Scheduler {method} on {short} failed: {type(exc).__name__}: {exc.message}"
+        ) from exc
+    except api_exceptions.RetryError as exc:
+        raise ProvisioningError(
+            f"Cloud Scheduler did not answer {method} on {short} in time ({exc.message}). "
+            "Check the network, GCP_PROJECT_ID and SCHEDULER_LOCATION."
         ) from exc
     finally:
         held.close()  # only a client built here

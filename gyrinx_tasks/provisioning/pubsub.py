@@ -108,22 +108,22 @@ class TopicHandler:
     def list_all(self) -> dict[str, Any]:
         project = f"projects/{self.config.project}"
         return {topic.name: topic for topic in self.publisher.list_topics(
-            request={"project": project})}
+            request={"project": project}, **self.config.call_options())}
 
     def get(self, name: str) -> Any:
-        return self.publisher.get_topic(request={"topic": name})
+        return self.publisher.get_topic(request={"topic": name}, **self.config.call_options())
 
     def fields(self, actual: Any) -> dict[str, str]:
         return {}  # a topic has nothing we manage besides existing
 
     def create(self, desired: Desired) -> None:
-        self.publisher.create_topic(request=desired.body)
+        self.publisher.create_topic(request=desired.body, **self.config.call_options())
 
     def update(self, desired: Desired, paths: list[str]) -> None:
         raise AssertionError("Topics have no managed fields to update.")
 
     def delete(self, name: str) -> None:
-        self.publisher.delete_topic(request={"topic": name})
+        self.publisher.delete_topic(request={"topic": name}, **self.config.call_options())
 
 
 class SubscriptionHandler:
@@ -136,25 +136,28 @@ class SubscriptionHandler:
     def list_all(self) -> dict[str, Any]:
         project = f"projects/{self.config.project}"
         return {sub.name: sub for sub in self.subscriber.list_subscriptions(
-            request={"project": project})}
+            request={"project": project}, **self.config.call_options())}
 
     def get(self, name: str) -> Any:
-        return self.subscriber.get_subscription(request={"subscription": name})
+        return self.subscriber.get_subscription(request={"subscription": name},
+                                                **self.config.call_options())
 
     def fields(self, actual: Any) -> dict[str, str]:
         return subscription_fields(actual, self.config.emulator)
 
     def create(self, desired: Desired) -> None:
-        self.subscriber.create_subscription(request=desired.body)
+        self.subscriber.create_subscription(request=desired.body, **self.config.call_options())
 
     def update(self, desired: Desired, paths: list[str]) -> None:
         # A path in the mask whose field is absent from the body clears it on the server.
         body = {"name": desired.name, **{k: desired.body[k] for k in paths if k in desired.body}}
         self.subscriber.update_subscription(
-            request={"subscription": body, "update_mask": {"paths": paths}})
+            request={"subscription": body, "update_mask": {"paths": paths}},
+            **self.config.call_options())
 
     def delete(self, name: str) -> None:
-        self.subscriber.delete_subscription(request={"subscription": name})
+        self.subscriber.delete_subscription(request={"subscription": name},
+                                            **self.config.call_options())
 
 
 def conflict_note(desired: Desired, changes: list) -> str:

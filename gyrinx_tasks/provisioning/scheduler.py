@@ -92,25 +92,27 @@ class JobHandler:
 
     def list_all(self) -> dict[str, Any]:
         return {job.name: job for job in self.scheduler.list_jobs(
-            request={"parent": self.config.scheduler_parent})}
+            request={"parent": self.config.scheduler_parent}, **self.config.call_options())}
 
     def get(self, name: str) -> Any:
-        return self.scheduler.get_job(request={"name": name})
+        return self.scheduler.get_job(request={"name": name}, **self.config.call_options())
 
     def fields(self, actual: Any) -> dict[str, str]:
         return job_fields(actual)
 
     def create(self, desired: Desired) -> None:
         self.scheduler.create_job(
-            request={"parent": self.config.scheduler_parent, "job": desired.body})
+            request={"parent": self.config.scheduler_parent, "job": desired.body},
+            **self.config.call_options())
 
     def update(self, desired: Desired, paths: list[str]) -> None:
         # Only the masked fields are sent, so the job's state (a staff pause) is left alone.
         body = {"name": desired.name, **{k: desired.body[k] for k in paths if k in desired.body}}
-        self.scheduler.update_job(request={"job": body, "update_mask": {"paths": paths}})
+        self.scheduler.update_job(request={"job": body, "update_mask": {"paths": paths}},
+                                  **self.config.call_options())
 
     def delete(self, name: str) -> None:
-        self.scheduler.delete_job(request={"name": name})
+        self.scheduler.delete_job(request={"name": name}, **self.config.call_options())
 
 
 def plan_scheduler(config: ProvisioningConfig, routes: Iterable[TaskRoute],

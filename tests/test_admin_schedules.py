@@ -1,0 +1,353 @@
+"""The Scheduled jobs page: next runs, last run, Run now (with polling), Pause and Resume."""
+
+import secrets
+import time
+from datetime import timedelta
+
+import grpc
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.contenttypes.models import ContentType
+from django.urls import reverse
+from django.utils import timezone
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import scheduler_v1
+from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
+    CloudSchedulerGrpcTransport,
+)
+
+from gyrinx_tasks import clients
+from gyrinx_tasks.admin import schedules
+from gyrinx_tasks.models import ScheduledJob, State, TaskExecution, Trigger
+from gyrinx_tasks.provisioning import ProvisioningConfig, apply_plan, build_plan
+from gyrinx_tasks.registry import get_route, get_routes
+from gyrinx_tasks.scheduling import next_fire_time
+from tests.helpers import envelope
+from tests.infra.browser import save_screenshot
+from tests.test_admin import make_run, staff_user
+
+pytest_plugins = ["tests.fakes.scheduler"]  # the scheduler_fake fixture
+pytestmark = pytest.mark.django_db
+
+PAGE = "admin:gyrinx_tasks_scheduledjob_changelist"
+NIGHTLY = "nightly_cleanup"
+# Where the admin looks for jobs: tests/settings.py's project and the default location.
+CONFIG = ProvisioningConfig(project="test-project", location="europe-west2",
+                            push_endpoint="https://tasks-test.example.run.app/tasks/pubsub/")
+
+
+def url(view, task=NIGHTLY):
+    return reverse(f"admin:gyrinx_tasks_scheduledjob_{view}", args=[task])
+
+
+def htmx(client, method, path, **data):
+    return getattr(client, method)(path, data, headers={"HX-Request": "true"})
+
+
+def audit_entries():
+    kind = ContentType.objects.get_for_model(ScheduledJob, for_concrete_model=False)
+    return list(LogEntry.objects.filter(content_type=kind).values_list("change_message",
+                                                                      flat=True))
+
+
+@pytest.fixture
+def on_fake_scheduler(scheduler_fake, monkeypatch):
+    """Clients built by the admin talk to the in-process Cloud Scheduler fake."""
+    def factory(**kwargs):
+        channel = grpc.insecure_channel(scheduler_fake.address)
+        transport = CloudSchedulerGrpcTransport(channel=channel,
+                                                credentials=AnonymousCredentials())
+        return scheduler_v1.CloudSchedulerClient(transport=transport)
+
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(clients, "scheduler_client", factory)
+    return scheduler_fake
+
+
+@pytest.fixture
+def provisioned_job(on_fake_scheduler):
+    apply_plan(build_plan(scheduler=on_fake_scheduler.client, config=CONFIG,
+                          parts=["scheduler"]))
+    return f"{CONFIG.scheduler_parent}/jobs/{get_route(NIGHTLY).scheduler_job_name}"
+
+
+# --- The page ------------------------------------------------------------------------------
+
+def test_page_lists_each_scheduled_route_with_its_schedule_in_words_and_next_runs(
+        admin_client, settings, monkeypatch):
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    settings.TIME_ZONE = "America/New_York"  # the viewer's zone differs from the route's
+    route = get_route(NIGHTLY)
+
+    body = admin_client.get(reverse(PAGE)).content.decode()
+
+    scheduled = [r.name for r in get_routes() if r.is_scheduled]
+    assert body.count('class="gyrinx-schedule-row"') == len(scheduled) == 1
+    assert "<code>0 3 * * *</code>" in body and "At 03:00 AM" in body
+    assert "Europe/London" in body and "America/New_York" in body
+    at = timezone.now()
+    for _ in range(5):
+        at = next_fire_time(route, at)
+        assert f'<time datetime="{at.isoformat()}">' in body
+        # 03:00 in London is 22:00 (EST) the evening before in New York.
+        assert at.astimezone(timezone.get_current_timezone()).strftime("%H:%M %Z") == "22:00 EST"
+    assert body.count("22:00 EST") == 5
+    assert "Never run." in body
+    assert url("job") in body and 'hx-trigger="load"' in body  # state loads after the page
+
+
+def test_last_run_shows_status_time_duration_and_links_to_the_run(admin_client):
+    started = timezone.now() - timedelta(minutes=5)
+    make_run(NIGHTLY, State.READY, trigger=Trigger.SCHEDULE)  # older
+    run = make_run(NIGHTLY, State.SUCCESSFUL, trigger=Trigger.SCHEDULE, started_at=started,
+                   finished_at=started + timedelta(seconds=2.5))
+    make_run("add", State.FAILED)  # another task: not shown
+
+    body = admin_client.get(reverse(PAGE)).content.decode()
+
+    change = reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
+    assert f'href="{change}"' in body
+    assert "gyrinx-status-successful" in body and "took 2.50 s" in body
+    assert "gyrinx-status-failed" not in body
+
+
+def test_emulator_mode_says_the_local_scheduler_fires_it(admin_client, monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+
+    body = admin_client.get(reverse(PAGE)).content.decode()
+
+    assert "Fired by the local scheduler" in body
+    assert url("job") not in body  # no Cloud Scheduler call to make
+
+
+# --- Run now -------------------------------------------------------------------------------
+
+def test_run_now_publishes_with_trigger_and_user_then_the_cell_polls(
+        client, fake_publisher, monkeypatch):
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    client.force_login(staff_user("olivia", "view_scheduledjob", "run_scheduledjob"))
+
+    response = htmx(client, "post", url("run"))
+
+    assert response.status_code == 200
+    [(topic, message, attributes)] = fake_publisher.published
+    route = get_route(NIGHTLY)
+    assert topic.endswith(route.topic_name)
+    assert message["task_id"] == route.scheduled_task_id
+    assert attributes == {"trigger": "run_now", "requested_by": "olivia"}
+    body = response.content.decode()
+    assert 'hx-trigger="every 1s"' in body and "watch=msg-1" in body
+    assert "waiting for Pub/Sub to deliver it" in body
+    [entry] = audit_entries()
+    assert entry.startswith("Run now by olivia: Published nightly_cleanup")
+
+
+def test_a_delivered_run_now_message_records_trigger_and_who(client, settings):
+    settings.TASKS_VERIFY_OIDC = False
+    payload = {"task_id": get_route(NIGHTLY).scheduled_task_id, "task_name": NIGHTLY,
+               "args": [], "kwargs": {}}
+
+    response = client.post("/tasks/pubsub/", envelope(
+        payload, message_id="m-77", attributes={"trigger": "run_now", "requested_by": "olivia"}),
+        content_type="application/json")
+
+    assert response.status_code == 200
+    run = TaskExecution.objects.get(message_id="m-77")
+    assert run.trigger == Trigger.RUN_NOW and run.status == State.SUCCESSFUL
+    assert run.timeline[0]["note"] == "delivered as message m-77; run now by olivia"
+
+
+def test_polling_follows_the_run_and_stops_with_286_once_it_settles(admin_client):
+    poll = f"{url('lastrun')}?watch=m-9&since={int(time.time())}"
+
+    waiting = htmx(admin_client, "get", poll)
+    assert waiting.status_code == 200 and 'hx-trigger="every 1s"' in waiting.content.decode()
+
+    run = make_run(NIGHTLY, State.RUNNING, trigger=Trigger.RUN_NOW, message_id="m-9")
+    running = htmx(admin_client, "get", poll)
+    assert running.status_code == 200
+    assert "gyrinx-status-running" in running.content.decode()
+    assert 'hx-trigger="every 1s"' in running.content.decode()
+
+    TaskExecution.objects.filter(pk=run.pk).update(status=State.SUCCESSFUL)
+    done = htmx(admin_client, "get", poll)
+    assert done.status_code == 286  # htmx stops polling (and still swaps the cell)
+    body = done.content.decode()
+    assert "gyrinx-status-successful" in body and "hx-trigger" not in body
+
+
+def test_polling_gives_up_on_a_run_never_delivered(admin_client):
+    since = int(time.time()) - schedules.WATCH_LIMIT - 5
+    response = htmx(admin_client, "get", f"{url('lastrun')}?watch=m-lost&since={since}")
+
+    assert response.status_code == 286
+    assert "not delivered within 10 minutes" in response.content.decode()
+
+
+def test_run_now_that_cannot_publish_says_why_in_place(admin_client, monkeypatch):
+    from tests.helpers import FakePublisher, use_publisher
+
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    use_publisher(FakePublisher(error=RuntimeError("topic not found")))
+    try:
+        response = htmx(admin_client, "post", url("run"))
+    finally:
+        from django.tasks import task_backends
+        task_backends["default"].__dict__.pop("publisher", None)
+
+    assert response.status_code == 200
+    assert "Run now failed: topic not found" in response.content.decode()
+    assert audit_entries() == ["Run now failed: topic not found"]
+
+
+# --- Cloud Scheduler state, Pause and Resume -----------------------------------------------
+
+def test_job_cell_shows_state_and_pause_then_resume_changes_it(admin_client, provisioned_job,
+                                                               on_fake_scheduler):
+    cell = htmx(admin_client, "get", url("job")).content.decode()
+    assert "enabled" in cell and "Last attempt: none yet" in cell
+    assert url("pause") in cell and url("resume") not in cell
+
+    paused = htmx(admin_client, "post", url("pause")).content.decode()
+    assert on_fake_scheduler.fake.jobs[provisioned_job].state == scheduler_v1.Job.State.PAUSED
+    assert "paused" in paused and url("resume") in paused and url("pause") not in paused
+
+    resumed = htmx(admin_client, "post", url("resume")).content.decode()
+    assert on_fake_scheduler.fake.jobs[provisioned_job].state == scheduler_v1.Job.State.ENABLED
+    assert "it is now ENABLED" in resumed
+    assert audit_entries() == [
+        f"Resumed the Cloud Scheduler job of {NIGHTLY}; it is now ENABLED.",
+        f"Paused the Cloud Scheduler job of {NIGHTLY}; it is now PAUSED.",
+    ]
+
+
+def test_job_cell_shows_the_last_attempt(admin_client, provisioned_job, on_fake_scheduler):
+    on_fake_scheduler.client.run_job(request={"name": provisioned_job})
+
+    cell = htmx(admin_client, "get", url("job")).content.decode()
+
+    assert "Last attempt: none yet" not in cell and "Last attempt: " in cell
+
+
+def test_missing_job_is_explained_in_place(admin_client, on_fake_scheduler):
+    response = htmx(admin_client, "get", url("job"))
+
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Cloud Scheduler has no job" in body and "tasks_provision" in body
+    assert reverse("admin:gyrinx_tasks_provisioningstatus_changelist") in body
+
+
+def test_pause_without_cloud_scheduler_is_an_error_in_place(admin_client, monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+
+    response = admin_client.post(url("pause"))
+
+    assert response.status_code == 302  # without JavaScript: back to the page, with a message
+    page = admin_client.get(reverse(PAGE)).content.decode()
+    assert "Pause failed" in page and "tasks_scheduler" in page
+
+
+# --- Permissions ---------------------------------------------------------------------------
+
+def test_view_only_user_sees_no_buttons_and_gets_403_on_every_action(
+        client, provisioned_job, on_fake_scheduler, fake_publisher):
+    client.force_login(staff_user("viewer", "view_scheduledjob"))
+
+    page = client.get(reverse(PAGE))
+    cell = htmx(client, "get", url("job"))
+
+    assert page.status_code == 200 and cell.status_code == 200
+    assert "Run now</button>" not in page.content.decode()
+    assert "Pause</button>" not in cell.content.decode()
+    for view in ("run", "pause", "resume"):
+        assert client.post(url(view)).status_code == 403
+        assert htmx(client, "post", url(view)).status_code == 403
+    assert fake_publisher.published == []
+    assert on_fake_scheduler.fake.jobs[provisioned_job].state == scheduler_v1.Job.State.ENABLED
+    assert audit_entries() == []
+
+
+def test_run_permission_does_not_allow_pause(client, provisioned_job, on_fake_scheduler):
+    client.force_login(staff_user("runner", "view_scheduledjob", "run_scheduledjob"))
+
+    assert client.post(url("pause")).status_code == 403
+    assert "Pause</button>" not in htmx(client, "get", url("job")).content.decode()
+
+
+def test_without_view_permission_every_page_is_403(client):
+    client.force_login(staff_user("nobody"))
+
+    for path in (reverse(PAGE), url("job"), url("lastrun")):
+        assert client.get(path).status_code == 403
+
+
+def test_get_never_changes_anything(admin_client, provisioned_job, monkeypatch):
+    calls = []
+    for name in ("run_now", "pause_job", "resume_job"):
+        monkeypatch.setattr(schedules, name, lambda *a, _n=name, **k: calls.append(_n))
+
+    for path in (reverse(PAGE), url("job"), f"{url('lastrun')}?watch=x&since=1"):
+        assert htmx(admin_client, "get", path).status_code in (200, 286)
+        assert admin_client.get(path).status_code in (200, 302)
+    for view in ("run", "pause", "resume"):
+        assert admin_client.get(url(view)).status_code == 405
+
+    assert calls == [] and audit_entries() == []
+    assert TaskExecution.objects.count() == 0
+
+
+def test_unknown_or_unscheduled_task_is_404(admin_client):
+    assert admin_client.get(url("job", "no_such_task")).status_code == 404
+    assert admin_client.post(url("run", "add")).status_code == 404
+
+
+# --- In a browser, through the real emulator -----------------------------------------------
+
+@pytest.fixture
+def wired(settings, pubsub_emulator, live_server):
+    """Scheduled routes provisioned on the emulator, pushing to the live server."""
+    from django.tasks import task_backends
+
+    settings.TASKS_ENVIRONMENT = "sj" + secrets.token_hex(4)
+    settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
+    settings.TASKS_EMULATOR_PUSH_ENDPOINT = f"{live_server.url}/tasks/pubsub/"
+    settings.TASKS = {**settings.TASKS, "default": {
+        **settings.TASKS["default"], "OPTIONS": {"project_id": pubsub_emulator.project}}}
+    with build_plan() as plan:
+        apply_plan(plan)
+    yield
+    with build_plan() as plan:
+        for action in plan.actions:
+            if action.kind == "subscription":
+                plan.clients.get_subscriber().delete_subscription(
+                    request={"subscription": action.name})
+        for action in plan.actions:
+            if action.kind == "topic":
+                plan.clients.get_publisher().delete_topic(request={"topic": action.name})
+    task_backends["default"].__dict__.pop("publisher", None)
+
+
+@pytest.mark.browser
+@pytest.mark.emulator
+@pytest.mark.django_db(transaction=True)
+def test_run_now_in_a_browser_reaches_successful_without_a_reload(wired, admin_page,
+                                                                   live_server):
+    page = admin_page
+    page.goto(f"{live_server.url}{reverse(PAGE)}")
+    page.evaluate("window.gyrinxNoReload = true")
+    cell = page.locator(f"#gyrinx-lastrun-{NIGHTLY}")
+    assert "Never run." in cell.inner_text()
+
+    page.click(".gyrinx-run-now")
+    cell.locator(".gyrinx-status-successful").wait_for(timeout=60_000)
+
+    assert page.evaluate("window.gyrinxNoReload") is True  # the row updated in place
+    assert "Run now" in cell.inner_text()
+    assert cell.get_attribute("hx-trigger") is None  # polling stopped
+    run = TaskExecution.objects.get(task_name=NIGHTLY)
+    assert (run.status, run.trigger) == (State.SUCCESSFUL, Trigger.RUN_NOW)
+    assert run.timeline[0]["note"].endswith("run now by admin")
+    assert "Fired by the local scheduler" in page.inner_text(".gyrinx-schedules")
+    save_screenshot(page, "scheduled-jobs")
+    save_screenshot(page, "scheduled-jobs", dark=True)
