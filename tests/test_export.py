@@ -258,19 +258,37 @@ def test_export_of_chosen_columns_with_payload(client, history):
     assert "with args, kwargs and return value; columns: result_id, kwargs" in message
 
 
-def test_export_through_our_changelist_neither_counts_nor_loads_heavy_columns(client, history):
+def test_export_through_our_changelist_reads_once_without_heavy_columns(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     with CaptureQueriesContext(connection) as captured:
         response = client.post(f"{reverse(EXPORT)}?status=FAILED", export_form())
     assert len(parse(response.content.decode())) == 1
     runs = [q["sql"] for q in captured.captured_queries
             if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"]]
-    # One read of the rows: no paginator count (capped or estimated), no per-row queries.
-    assert len(runs) == 1, runs
-    assert "COUNT(" not in runs[0].upper() and "reltuples" not in " ".join(
-        q["sql"] for q in captured.captured_queries)
-    assert '"timeline"' not in runs[0] and '"raw_message"' not in runs[0]
-    assert "FAILED" in runs[0]  # the filter is applied in SQL
+    # The size check counts at most export_max_rows + 1 rows, then one read of the rows: no
+    # paginator count or estimate, no per-row queries.
+    assert len(runs) == 2, runs
+    count, read = runs
+    limit = ExecutionExportMixin.export_max_rows + 1
+    assert "COUNT(" in count.upper() and f"LIMIT {limit}" in count
+    assert "COUNT(" not in read.upper()
+    assert "reltuples" not in " ".join(q["sql"] for q in captured.captured_queries)
+    assert '"timeline"' not in read and '"raw_message"' not in read
+    assert "FAILED" in read  # the filter is applied in SQL
+
+
+def test_export_refuses_more_rows_than_it_builds_in_memory(client, history, monkeypatch):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    monkeypatch.setattr(ExecutionExportMixin, "export_max_rows", 2)
+    refused = client.post(reverse(EXPORT), export_form())  # 4 runs
+    assert refused.status_code == 200
+    assert refused["Content-Type"].startswith("text/html")
+    assert "These filters match more than 2 runs" in refused.content.decode()
+    assert not LogEntry.objects.exists()
+    # At the limit it exports; the stream has no limit.
+    allowed = client.post(f"{reverse(EXPORT)}?task_name=explode", export_form())
+    assert len(parse(allowed.content.decode())) == 2
+    assert len(parse(body(client.get(reverse(STREAM))))) == 4
 
 
 def test_export_with_unknown_filters_explains_instead_of_failing(client, history):

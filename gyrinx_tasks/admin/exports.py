@@ -44,6 +44,8 @@ class ExecutionExportMixin(ExportMixin):
     export_form_class = ExecutionExportForm
     import_export_change_list_template = "admin/gyrinx_tasks/taskexecution/change_list.html"
     export_template_name = "admin/gyrinx_tasks/taskexecution/export.html"
+    # The most runs the in-memory export builds in one request (subclass to change).
+    export_max_rows = 100_000
 
     def has_export_permission(self, request: HttpRequest) -> bool:
         # An export shows what the list shows, so it needs view permission as well.
@@ -76,6 +78,15 @@ class ExecutionExportMixin(ExportMixin):
             return self._bad_filters(request)
 
     def get_data_for_export(self, request: HttpRequest, queryset: Any, **kwargs: Any) -> Any:
+        # import-export builds the whole file in memory (1M runs: minutes and over a GB, see
+        # docs/performance.md), so one click may not ask for more than this; the stream may.
+        # Counting stops one row past the limit, so the check stays cheap at any size.
+        if queryset.order_by()[: self.export_max_rows + 1].count() > self.export_max_rows:
+            # export_action shows a ValueError as an error message above the form.
+            raise ValueError(
+                f"These filters match more than {self.export_max_rows:,} runs, too many to "
+                "build in memory here. Narrow the filters on the run list, or use "
+                "\"Stream CSV\" below, which writes any number of runs row by row.")
         dataset = super().get_data_for_export(request, queryset, **kwargs)
         form = kwargs.get("export_form")
         cleaned = getattr(form, "cleaned_data", None) or {}
