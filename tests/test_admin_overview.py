@@ -154,8 +154,8 @@ def test_query_count_is_bounded(admin_client):
 
     with CaptureQueriesContext(connection) as captured:
         assert admin_client.get(reverse(OVERVIEW)).status_code == 200
-    # Session and user, then the five overview queries; nothing per task or per run.
-    assert len(captured.captured_queries) <= 7
+    # Session and user, then the four overview queries; nothing per task or per run.
+    assert len(captured.captured_queries) <= 6
 
 
 def test_app_index_loads_the_overview_on_top(admin_client):
