@@ -218,6 +218,7 @@ def test_export_page_states_the_filters_and_picks_csv(client, history):
     page = response.content.decode()
     assert "filters: status=FAILED, search &#x27;abc&#x27;" in page
     assert '<option value="0" selected>csv</option>' in page
+    assert "so it takes at most 100,000 runs" in page
     assert f'href="{reverse(STREAM)}?status=FAILED&amp;q=abc"' in page
     assert f'href="{reverse(STREAM_PAYLOAD)}?status=FAILED&amp;q=abc"' in page
 

@@ -106,6 +106,7 @@ class ExecutionExportMixin(ExportMixin):
         context["title"] = _("Export task executions")
         context["export_filters"] = describe_filters(request)
         context["stream_query"] = _query_string(request)
+        context["export_max_rows"] = f"{self.export_max_rows:,}"
         return context
 
     def stream_export_view(self, request: HttpRequest, include_payload: bool) -> Any:
