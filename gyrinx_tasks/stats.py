@@ -281,12 +281,12 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
     # 3. What is queued or running now, whenever it was created.
     active = (TaskExecution.objects.filter(status__in=ACTIVE_STATES).order_by()
               .values("task_name", "status").annotate(n=Count("id"), oldest=Min("created_at")))
-    for group in active:
-        stats = task(group["task_name"])
-        if group["status"] == State.READY:
-            stats.ready_now, stats.oldest_ready = group["n"], group["oldest"]
+    for pending in active:
+        stats = task(pending["task_name"])
+        if pending["status"] == State.READY:
+            stats.ready_now, stats.oldest_ready = pending["n"], pending["oldest"]
         else:
-            stats.running_now = group["n"]
+            stats.running_now = pending["n"]
     for stats in tasks.values():
         if not stats.per_minute:  # first seen in step 3
             stats.per_minute, stats.failed_per_minute = empty_bars(), empty_bars()
