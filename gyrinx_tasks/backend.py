@@ -25,6 +25,7 @@ from django.utils.module_loading import import_string
 from . import clients
 from .conf import tasks_settings
 from .exceptions import TaskPublishError, UnknownTask
+from .push import check_publish_size
 from .registry import get_route
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -62,6 +63,11 @@ def enqueue_context(trigger: str, retry_of_id: int | None = None,
 
 def current_enqueue_context() -> EnqueueContext | None:
     return _enqueue_context.get()
+
+
+def encode_message(message: dict[str, Any]) -> bytes:
+    """A task message's bytes as published."""
+    return json.dumps(message, separators=(",", ":")).encode()
 
 
 def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
@@ -140,7 +146,7 @@ class PubSubBackend(BaseTaskBackend):
 
         Bulk retries start a chunk of these and then wait for them together.
         """
-        data = json.dumps(message, separators=(",", ":")).encode()
+        data = encode_message(message)
         return self.publisher.publish(self.topic_path(topic_name), data, **attributes)
 
     def publish(self, topic_name: str, message: dict[str, Any], **attributes: str) -> str:
@@ -163,12 +169,15 @@ class PubSubBackend(BaseTaskBackend):
             retry_of_id=context.retry_of_id if context else None,
         )
         execution.task_id = execution.result_id
-        execution._log("", execution.status, (context and context.note) or "enqueued")
-        execution.save()
-        result = self.result_from_execution(execution, task=task)
         message = build_message(execution.task_id, route.name, args, kwargs, now)
         # The runner reads the trigger attribute if it has to create the row itself.
         attributes = {"trigger": context.trigger} if context else {}
+        # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
+        check_publish_size(route.name, self.topic_path(route.topic_name),
+                           encode_message(message), attributes)
+        execution._log("", execution.status, (context and context.note) or "enqueued")
+        execution.save()
+        result = self.result_from_execution(execution, task=task)
         send = partial(self._publish_execution, execution, route, message, result, attributes)
         if self.publish_on_commit:
             transaction.on_commit(send, robust=False)

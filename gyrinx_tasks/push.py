@@ -65,6 +65,25 @@ class MessageTooLarge(ValueError):
     """enqueue() was given a task whose message Pub/Sub would refuse as too large."""
 
 
+def check_publish_size(task_name: str, topic_path: str, data: bytes,
+                       attributes: dict[str, str]) -> None:
+    """Raise MessageTooLarge if Pub/Sub would refuse to publish ``data`` to ``topic_path``."""
+    rough = len(data) + len(topic_path) + sum(len(k) + len(v) for k, v in attributes.items())
+    if rough + 1024 <= PUBSUB_MAX_PUBLISH_BYTES:
+        return  # far enough below the limit that protobuf's framing cannot cross it
+    from google.pubsub_v1 import PublishRequest, PubsubMessage
+
+    size = PublishRequest(topic=topic_path, messages=[
+        PubsubMessage(data=data, attributes=attributes)])._pb.ByteSize()
+    if size > PUBSUB_MAX_PUBLISH_BYTES:
+        raise MessageTooLarge(
+            f"Task {task_name!r} was not enqueued: its message is {len(data):,} bytes of JSON "
+            f"and Pub/Sub refuses publish requests over {PUBSUB_MAX_PUBLISH_BYTES:,} bytes "
+            f"(this one would be {size:,}). Pass a reference instead (a database id or a "
+            f"storage path) and load the data inside the task."
+        )
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One push delivery: the task message plus Pub/Sub's metadata."""
