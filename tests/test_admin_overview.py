@@ -11,10 +11,13 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gyrinx_tasks.models import State, TaskExecution, Trigger
+from tests import test_sample_site
 from tests.infra.browser import save_screenshot
 from tests.test_admin import make_run, staff_user
+from tests.test_sample_site import manage, shell
 
 OVERVIEW = "admin:gyrinx_tasks_overview_changelist"
+sample_env = test_sample_site.site_env  # that module's fixture, reused here under this name
 pytestmark = pytest.mark.django_db
 
 
@@ -234,3 +237,36 @@ def test_overview_in_a_browser_shows_the_runs_and_stops_polling(admin_page, live
     page.wait_for_selector('#gyrinx-overview tr[data-task="add"]', timeout=10_000)
     assert page.locator('tr[data-task="add"] td[data-count="total"]').inner_text() == "40"
     save_screenshot(page, "overview-app-index")
+
+
+# --- The sample site ----------------------------------------------------------------------
+
+def test_sample_site_overview_shows_scheduled_runs_and_failures_after_setup(sample_env):
+    """What scripts/sample.sh does before runserver, then the overview as the admin sees it."""
+    manage(sample_env, "migrate", "--verbosity", "0")
+    manage(sample_env, "sample_setup")
+    out = shell(sample_env, """
+        import re
+        from django.test import Client
+        from django.test.utils import setup_test_environment
+
+        setup_test_environment()
+        client = Client()
+        client.login(username="admin", password="admin")
+        html = client.get("/admin/gyrinx_tasks/overview/").content.decode()
+        for task in ("send_welcome_email", "generate_report", "flaky_sync",
+                     "cleanup_old_data", "backfill_statistics"):
+            row = re.search(f'data-task="{task}">(.*?)</tr>', html, re.S).group(1)
+            cells = {name: re.sub(r"<[^>]+>", " ", text).split()[0]
+                     for name, text in re.findall(r'data-count="([^"]+)">(.*?)</td>', row)}
+            print(task, cells["total"], cells["FAILED"])
+        print("index", "gyrinx-overview" in client.get("/admin/gyrinx_tasks/").content.decode())
+    """)
+    assert out.splitlines() == [
+        "send_welcome_email 37 0",
+        "generate_report 13 2",
+        "flaky_sync 19 7",
+        "cleanup_old_data 3 0",
+        "backfill_statistics 37 0",
+        "index True",
+    ]

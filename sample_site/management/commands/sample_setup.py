@@ -1,11 +1,18 @@
-"""Prepare the sample site after ``migrate``: an admin login and a few runs to look at."""
+"""Prepare the sample site after ``migrate``: an admin login and runs to look at.
+
+On a site with no runs yet: one run of each on-demand sample task (``flaky_sync`` fails its
+first attempt), one firing of each scheduled task, and three hours of sample history so the
+admin's overview and scheduled-jobs pages show something from the start.
+"""
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.tasks.exceptions import TaskException
 
 from gyrinx_tasks.models import TaskExecution
-from sample_site.samples import enqueue_sample
+from gyrinx_tasks.registry import get_routes
+from gyrinx_tasks.scheduling import fire_scheduled
+from sample_site.samples import enqueue_sample, record_history
 
 USERNAME = PASSWORD = "admin"
 SAMPLES = ("send_welcome_email", "generate_report", "flaky_sync", "cleanup_old_data")
@@ -14,7 +21,8 @@ SAMPLES = ("send_welcome_email", "generate_report", "flaky_sync", "cleanup_old_d
 class Command(BaseCommand):
     help = (
         "Create the sample site's superuser (admin / admin) if it is missing and, when no "
-        "runs are recorded yet, enqueue a few sample tasks. Safe to run again."
+        "runs are recorded yet, enqueue a few sample tasks, fire the scheduled ones once and "
+        "record three hours of sample history. Safe to run again."
     )
 
     def add_arguments(self, parser):
@@ -45,11 +53,30 @@ class Command(BaseCommand):
                 failures.append(f"{name}: {exc}")
                 continue
             self.stdout.write(f"Enqueued {name}: {result.id} ({result.status}).")
+        if not existing:
+            failures += self.fire_scheduled_tasks()
+            recorded = record_history()
+            self.stdout.write(f"Recorded {recorded} runs of sample history (the last three "
+                              "hours) for the admin's overview.")
         if failures:
             raise CommandError(
                 "Some sample tasks could not be enqueued. With the Pub/Sub emulator, run "
                 "`manage.py tasks_provision` first so the topics exist.\n" + "\n".join(failures)
             )
+
+    def fire_scheduled_tasks(self) -> list[str]:
+        """Fire each scheduled route once, as its schedule would; return what failed."""
+        failures = []
+        for route in get_routes():
+            if not route.is_scheduled:
+                continue
+            try:
+                run_id = fire_scheduled(route)
+            except TaskException as exc:
+                failures.append(f"{route.name}: {exc}")
+                continue
+            self.stdout.write(f"Fired the scheduled task {route.name}: {run_id}.")
+        return failures
 
     def ensure_admin(self):
         User = get_user_model()
