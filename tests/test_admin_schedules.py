@@ -238,6 +238,27 @@ def test_missing_job_is_explained_in_place(admin_client, on_fake_scheduler):
     assert reverse("admin:gyrinx_tasks_provisioningstatus_changelist") in body
 
 
+def test_unreachable_cloud_scheduler_is_explained_in_the_cell(admin_client, monkeypatch):
+    from tests.infra import free_port
+
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+
+    def factory(**kwargs):
+        transport = CloudSchedulerGrpcTransport(channel=grpc.insecure_channel(closed),
+                                                credentials=AnonymousCredentials())
+        return scheduler_v1.CloudSchedulerClient(transport=transport)
+
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    monkeypatch.setattr(clients, "scheduler_client", factory)
+
+    started = time.monotonic()
+    response = htmx(admin_client, "get", url("job"))
+
+    assert response.status_code == 200
+    assert "Cloud Scheduler did not answer get_job" in response.content.decode()
+    assert time.monotonic() - started < 60  # generous; the documented bound is 3 s
+
+
 def test_pause_without_cloud_scheduler_is_an_error_in_place(admin_client, monkeypatch):
     monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
 
