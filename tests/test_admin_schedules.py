@@ -372,3 +372,29 @@ def test_run_now_in_a_browser_reaches_successful_without_a_reload(wired, admin_p
     assert "Fired by the local scheduler" in page.inner_text(".gyrinx-schedules")
     save_screenshot(page, "scheduled-jobs")
     save_screenshot(page, "scheduled-jobs", dark=True)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_pause_and_resume_in_a_browser_on_cloud_scheduler(provisioned_job, on_fake_scheduler,
+                                                          admin_page, live_server):
+    started = timezone.now() - timedelta(hours=1)
+    make_run(NIGHTLY, State.FAILED, trigger=Trigger.SCHEDULE, started_at=started,
+             finished_at=started + timedelta(seconds=4))
+    page = admin_page
+    page.goto(f"{live_server.url}{reverse(PAGE)}")
+    job = page.locator(f"#gyrinx-job-{NIGHTLY}")
+    job.locator(".gyrinx-pause").wait_for(timeout=30_000)
+    assert "enabled" in job.inner_text()
+    save_screenshot(page, "scheduled-jobs-cloud")
+    save_screenshot(page, "scheduled-jobs-cloud", dark=True)
+
+    job.locator(".gyrinx-pause").click()
+    job.locator(".gyrinx-resume").wait_for(timeout=30_000)
+    assert "it is now PAUSED" in job.inner_text()
+    assert on_fake_scheduler.fake.jobs[provisioned_job].state == scheduler_v1.Job.State.PAUSED
+
+    job.locator(".gyrinx-resume").click()
+    job.locator(".gyrinx-pause").wait_for(timeout=30_000)
+    assert on_fake_scheduler.fake.jobs[provisioned_job].state == scheduler_v1.Job.State.ENABLED
+    assert len(audit_entries()) == 2
