@@ -43,8 +43,10 @@ def find_bin(name: str) -> str:
 class PostgresServer:
     """One throwaway PostgreSQL cluster; ``start()`` returns it running."""
 
-    def __init__(self) -> None:
+    def __init__(self, server_settings: dict[str, str] | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="gyrinx-pg-"))
+        # Extra `-c name=value` server settings, e.g. a small max_connections.
+        self.server_settings = dict(server_settings or {})
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.host = "127.0.0.1"
@@ -60,8 +62,8 @@ class PostgresServer:
         )
 
     @classmethod
-    def start(cls) -> "PostgresServer":
-        server = cls()
+    def start(cls, server_settings: dict[str, str] | None = None) -> "PostgresServer":
+        server = cls(server_settings)
         try:
             server._init_and_start()
         except BaseException:
@@ -94,7 +96,7 @@ class PostgresServer:
             options = (
                 f"-h {self.host} -p {self.port} -k {self.root} -F "
                 "-c synchronous_commit=off -c full_page_writes=off"
-            )
+            ) + "".join(f" -c {name}={value}" for name, value in self.server_settings.items())
             done = self._run(
                 pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options,
                 "-w", "-t", str(START_TIMEOUT), "start",
