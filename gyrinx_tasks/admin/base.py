@@ -71,10 +71,13 @@ def audit(request: HttpRequest, obj: Any, message: str, action_flag: int = CHANG
     """
     if model is None:
         model = type(obj)
+    # Admin views only run for logged-in staff (admin_site.admin_view); anonymous is a bug.
+    if not request.user.is_authenticated:
+        raise PermissionDenied
     content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
     object_id = str(getattr(obj, "pk", "") or "")
     return LogEntry.objects.create(
-        user_id=request.user.pk,
+        user=request.user,
         content_type=content_type,
         object_id=object_id or None,
         object_repr=str(obj)[:200],
