@@ -159,14 +159,14 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _loads(text: bytes | str, what: str) -> Any:
+def _loads(text: bytes | str, what: str, kind: str = "JSON") -> Any:
     """Strict JSON: no NaN or Infinity, nothing too deep, every string storable."""
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as exc:
         raise MalformedPush(f"{what} is nested too deeply to parse.") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
-        raise MalformedPush(f"{what} is not JSON ({safe_text(str(exc), 200)}).") from exc
+        raise MalformedPush(f"{what} is not {kind} ({safe_text(str(exc), 200)}).") from exc
     problem = _unstorable(value)
     if problem:
         raise MalformedPush(f"{what} {problem}")
@@ -241,9 +241,9 @@ def parse_envelope(body: bytes) -> Delivery:
     try:
         decoded = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise bad_envelope(f"The message data is not base64 ({exc}).") from exc
+        raise bad_envelope(f"The message data is not base64-encoded JSON ({exc}).") from exc
     try:
-        payload = _loads(decoded, "The message data")
+        payload = _loads(decoded, "The message data", "base64-encoded JSON")
     except MalformedPush as exc:
         raise bad_envelope(exc.reason) from exc
     if not isinstance(payload, dict):
