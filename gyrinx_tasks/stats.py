@@ -133,7 +133,9 @@ class Seconds(Func):
     """Seconds from the second datetime to the first, as a float (PostgreSQL only)."""
 
     arity = 2
-    template = "EXTRACT(EPOCH FROM (%(expressions)s))"
+    # float8 rather than EXTRACT's numeric: percentile_cont sorts these, and numbers sort
+    # several times faster as float8 (same values: durations are whole microseconds).
+    template = "EXTRACT(EPOCH FROM (%(expressions)s))::double precision"
     arg_joiner = " - "
     output_field = FloatField()
 
@@ -164,7 +166,9 @@ class BucketIndex(Func):
         super().__init__(expression, since=int(since), size=int(size))
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
-        template = "FLOOR((EXTRACT(EPOCH FROM %(expressions)s) - %(since)s) / %(size)s)::int"
+        # date_part is float8 (cheaper per row than EXTRACT's numeric) and exact enough here:
+        # at today's epoch its resolution is under a microsecond.
+        template = "FLOOR((date_part('epoch', %(expressions)s) - %(since)s) / %(size)s)::int"
         return self.as_sql(compiler, connection, template=template, **extra)
 
     def as_sql(self, compiler: Any, connection: Any, function: Any = None,
@@ -261,7 +265,7 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
     size = int(window.bucket.total_seconds())
     per_bar = (in_window.order_by()
                .annotate(bar=BucketIndex("created_at", int(since.timestamp()), size))
-               .values("task_name", "status", "bar").annotate(n=Count("id")))
+               .values("task_name", "status", "bar").annotate(n=Count("*")))
     for group in per_bar:
         stats = task(group["task_name"])
         if not stats.per_minute:
@@ -280,7 +284,7 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
 
     # 3. What is queued or running now, whenever it was created.
     active = (TaskExecution.objects.filter(status__in=ACTIVE_STATES).order_by()
-              .values("task_name", "status").annotate(n=Count("id"), oldest=Min("created_at")))
+              .values("task_name", "status").annotate(n=Count("*"), oldest=Min("created_at")))
     for pending in active:
         stats = task(pending["task_name"])
         if pending["status"] == State.READY:
