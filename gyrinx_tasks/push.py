@@ -9,8 +9,10 @@ import base64
 import binascii
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from typing import Any
 
 from django.http import HttpRequest
@@ -159,27 +161,58 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _loads(text: bytes | str, what: str, kind: str = "JSON") -> Any:
-    """Strict JSON: no NaN or Infinity, nothing too deep, every string storable."""
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as infinity, which JSON cannot say again
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def _loads(text: bytes, what: str, kind: str = "JSON") -> Any:
+    """Strict JSON: no NaN, Infinity or numbers too large for a float."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise MalformedPush(f"{what} is nested too deeply to parse.") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
         raise MalformedPush(f"{what} is not {kind} ({safe_text(str(exc), 200)}).") from exc
-    problem = _unstorable(value)
-    if problem:
-        raise MalformedPush(f"{what} {problem}")
-    return value
+
+
+# In valid UTF-8 JSON, a NUL or an unpaired surrogate can only come from a \u escape. Without
+# one, no string needs looking at (an escaped backslash before "u0000" is a false alarm, which
+# only costs the slow check).
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _nesting(text: bytes) -> int:
+    """How deeply valid JSON ``text`` nests arrays and objects (an upper bound when small)."""
+    opening = text.count(b"[") + text.count(b"{")
+    if opening <= MAX_JSON_DEPTH:
+        return opening
+    # Count brackets outside strings, in C: strings removed, the rest reduced to brackets.
+    brackets = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0)
+
+
+def _storage_problem(value: Any, text: bytes) -> str:
+    """Why parsed JSON ``value`` (from ``text``) cannot be stored and run, or "" if it can."""
+    if _SUSPECT_ESCAPE.search(text) is None and _nesting(text) <= MAX_JSON_DEPTH:
+        return ""  # the common case, decided without visiting the parsed value
+    return _unstorable(value)
 
 
 def _unstorable(value: Any) -> str:
     """Why ``value`` (parsed JSON) cannot be stored and run, or "" if it can."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
-        item, path, depth = stack.pop()
+        item, path, depth = stack.pop()  # depth: how many containers hold item
         where = f" at {path or 'the top'}"
-        if depth > MAX_JSON_DEPTH:
+        if depth >= MAX_JSON_DEPTH and isinstance(item, dict | list):
             return f"is nested more than {MAX_JSON_DEPTH} levels deep{where}."
         if isinstance(item, str):
             if "\x00" in item:
@@ -214,6 +247,8 @@ def _message_id(message: dict[str, Any]) -> str:
 def parse_envelope(body: bytes) -> Delivery:
     """Parse a push request body, raising MalformedPush with a reason a person can act on."""
     envelope = _loads(body, "The request body")
+    if _nesting(body) > MAX_JSON_DEPTH:
+        raise MalformedPush(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
     if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
         raise MalformedPush("The envelope has no 'message' object.")
     message = envelope["message"]
@@ -246,6 +281,9 @@ def parse_envelope(body: bytes) -> Delivery:
         payload = _loads(decoded, "The message data", "base64-encoded JSON")
     except MalformedPush as exc:
         raise bad_envelope(exc.reason) from exc
+    problem = _storage_problem(payload, decoded)
+    if problem:
+        raise bad_envelope(f"The message data {problem}")
     if not isinstance(payload, dict):
         raise bad_envelope("The task message is not a JSON object.")
 
@@ -266,9 +304,9 @@ def parse_envelope(body: bytes) -> Delivery:
         raise bad("The task message's 'kwargs' is not an object.")
     enqueued_at = _enqueued_at(payload.get("enqueued_at"), bad)
     # The envelope's other fields are only kept in the raw message of a rejection.
-    problem = _unstorable(envelope)
+    problem = _storage_problem(envelope, body)
     if problem:
-        raise bad(f"The envelope {problem}")
+        raise bad(f"The request body {problem}")
     return Delivery(
         task_id=task_id, task_name=task_name, args=args, kwargs=kwargs,
         message_id=message_id, enqueued_at=enqueued_at, attributes=dict(attributes),

@@ -244,3 +244,18 @@ def test_any_bytes_get_a_defined_answer(client, body):
 
     assert answer["outcome"] == "rejected"
     _check_stored()
+
+
+@pytest.mark.parametrize("suspect", ["", "\\ud83d\\ude00"], ids=["fast check", "full walk"])
+def test_nesting_limit_is_the_same_on_both_checks(suspect):
+    from gyrinx_tasks.push import MAX_JSON_DEPTH, MalformedPush, parse_envelope
+
+    def body(levels: int) -> bytes:
+        # An escaped emoji (a valid surrogate pair) makes the fast check defer to the walk.
+        args = "[" * (levels - 1) + f'"{suspect}"' + "]" * (levels - 1)
+        return wrap(f'{{"task_id": "t", "task_name": "echo", "args": {args}}}'.encode())
+
+    # The task message's object is the first level, its args the second.
+    assert parse_envelope(body(MAX_JSON_DEPTH)).args
+    with pytest.raises(MalformedPush, match=f"nested more than {MAX_JSON_DEPTH} levels deep"):
+        parse_envelope(body(MAX_JSON_DEPTH + 1))
