@@ -40,6 +40,11 @@ def states(html):
                            html))
 
 
+def text(html):
+    """The words of some HTML, without tags and with single spaces."""
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
 def table(html, table_id):
     start = html.index(f'id="{table_id}"')
     return html[start:html.index("</table>", start)]
@@ -93,7 +98,7 @@ def test_page_shows_state_mode_reason_and_who_changed_it(admin_client):
     assert "5 on, 1 held, 1 skipping" in html
     add_row = html[html.index('id="killswitch-add"'):html.index('id="killswitch-echo"')]
     assert "bad input upstream" in add_row and "by <strong>alice</strong>" in add_row
-    assert "off since 23 Nov 2026, 14:02 UTC" in add_row
+    assert "off since 23 Nov 2026, 14:02 UTC" in text(add_row)
     assert "recorded as skipped" in add_row
     flaky_row = html[html.index('id="killswitch-flaky"'):html.index('id="killswitch-in_')]
     assert "payments API down" in flaky_row and "by <strong>bob</strong>" in flaky_row
@@ -102,6 +107,16 @@ def test_page_shows_state_mode_reason_and_who_changed_it(admin_client):
     assert "dropped from <strong>30 Nov 2026, 14:02 UTC</strong>" in flaky_row
     explode_row = html[html.index('id="killswitch-explode"'):html.index('id="killswitch-flaky"')]
     assert "by <strong>carol</strong>" in explode_row  # on, but someone switched it
+
+
+def test_the_counts_reload_as_a_fragment(admin_client):
+    KillSwitch.objects.create(task_name="flaky", enabled=False, mode=SwitchMode.HOLD, reason="r")
+    page = admin_client.get(reverse(PAGE)).content.decode()
+    assert 'hx-trigger="killswitch-changed from:body"' in page
+    fragment = admin_client.get(reverse(PAGE), {"fragment": "summary"}, headers=HTMX)
+    html = fragment.content.decode().strip()
+    assert html.startswith('<p id="switch-summary"') and "<html" not in html
+    assert "6 on, 1 held, 0 skipping" in text(html)
 
 
 def test_a_long_hold_says_messages_are_being_dropped(admin_client):
@@ -186,6 +201,7 @@ def test_turn_off_in_hold_mode_through_htmx_swaps_the_row(client, editor):
                            headers=HTMX)
 
     assert response.status_code == 200
+    assert response["HX-Trigger"] == "killswitch-changed"  # the counts above reload
     html = response.content.decode().strip()
     assert html.startswith('<tr id="killswitch-flaky"')  # the row alone, not the page
     assert "<html" not in html
@@ -525,3 +541,56 @@ def test_held_schedule_on_pubsub_is_published_to_be_held_there(fake_publisher):
     assert len(fake_publisher.published) == 1
     assert not TaskExecution.objects.exists()  # the push endpoint records it, and holds it
 
+
+
+# --- In a real browser ---------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_turn_a_switch_off_in_hold_mode_and_on_again_in_the_browser(admin_page, live_server,
+                                                                     monkeypatch):
+    from tests.infra.browser import save_screenshot
+
+    page = admin_page
+    KillSwitch.objects.create(task_name="add", enabled=False, mode=SwitchMode.SKIP,
+                              reason="bad input upstream (incident 41)", updated_by="alice",
+                              off_since=timezone.now() - timedelta(hours=3))
+    KillSwitch.objects.create(task_name="retired_report", enabled=False, mode=SwitchMode.SKIP,
+                              reason="replaced by nightly_cleanup", updated_by="bob",
+                              off_since=timezone.now() - timedelta(days=40))
+    monkeypatch.setenv("ENABLE_ECHO", "false")  # the live server runs in this process
+
+    page.goto(f"{live_server.url}{reverse(PAGE)}")
+    page.evaluate("window.notReloaded = true")  # gone if the browser loads a new page
+    row = page.locator("#killswitch-flaky")
+    old_row = row.element_handle()
+    assert row.get_attribute("data-state") == "on"
+
+    row.locator("summary", has_text="Turn off").click()
+    row.get_by_label("Reason").fill("payments API down (incident 42)")
+    row.get_by_label("Hold: keep the messages in Pub/Sub until switched on").check()
+    row.get_by_role("button", name="Turn off", exact=True).click()
+
+    page.wait_for_selector('#killswitch-flaky[data-state="hold"]')
+    assert page.evaluate("window.notReloaded") is True  # swapped by htmx, no navigation
+    page.wait_for_function(
+        "document.getElementById('switch-summary').innerText.includes('1 held')")
+    assert old_row.evaluate("element => element.isConnected") is False  # the row was replaced
+    held = page.locator("#killswitch-flaky")
+    assert "payments API down (incident 42)" in held.inner_text()
+    assert "Held since" in held.inner_text()
+    switch = KillSwitch.objects.get(task_name="flaky")
+    assert (switch.enabled, switch.mode, switch.updated_by) == (False, SwitchMode.HOLD, "admin")
+
+    assert page.locator("#killswitch-echo").get_attribute("data-state") == "env"
+    assert "retired_report" in page.locator("#orphan-switches").inner_text()
+    page.mouse.move(0, 0)  # no hover highlight in the picture
+    save_screenshot(page, "kill-switches")
+    save_screenshot(page, "kill-switches", dark=True)
+
+    held.get_by_role("button", name="Turn on").click()
+    page.wait_for_selector('#killswitch-flaky[data-state="on"]')
+    assert page.evaluate("window.notReloaded") is True
+    assert KillSwitch.objects.get(task_name="flaky").enabled is True
+    assert [entry.get_change_message() for entry in LogEntry.objects.order_by("id")] == [
+        "Turned off (hold): payments API down (incident 42)", "Turned on."]

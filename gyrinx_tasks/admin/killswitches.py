@@ -34,6 +34,7 @@ MESSAGE_RETENTION = timedelta(days=7)
 
 PAGE_TEMPLATE = "admin/gyrinx_tasks/killswitch/page.html"
 ROW_TEMPLATE = "admin/gyrinx_tasks/killswitch/_row.html"
+SUMMARY_TEMPLATE = "admin/gyrinx_tasks/killswitch/_summary.html"
 
 
 def registry_task_choices() -> list[tuple[str, str]]:
@@ -244,10 +245,12 @@ class KillSwitchAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         require(self.has_view_permission(request))
+        if getattr(request, "htmx", False) and request.GET.get("fragment") == "summary":
+            return self.render_page(request, template=SUMMARY_TEMPLATE)
         return self.render_page(request)
 
     def render_page(self, request: HttpRequest, failed: SwitchRow | None = None,
-                    status: int = 200) -> TemplateResponse:
+                    status: int = 200, template: str = PAGE_TEMPLATE) -> TemplateResponse:
         switches = {switch.task_name: switch for switch in KillSwitch.objects.all()}
         registry_error = ""
         try:
@@ -264,7 +267,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
             rows=rows, orphans=orphans, registry_error=registry_error, counts=counts,
             retention_days=MESSAGE_RETENTION.days, **self.permissions(request),
         )
-        return TemplateResponse(request, PAGE_TEMPLATE, context, status=status)
+        return TemplateResponse(request, template, context, status=status)
 
     def permissions(self, request: HttpRequest) -> dict[str, bool]:
         return {"can_change": self.has_change_permission(request),
@@ -295,7 +298,10 @@ class KillSwitchAdmin(admin.ModelAdmin):
             assert switch is not None
             self.log_change(request, switch, change)
         if getattr(request, "htmx", False):
-            return self.render_row(request, SwitchRow(route.name, route, switch))
+            response = self.render_row(request, SwitchRow(route.name, route, switch))
+            if change:
+                response["HX-Trigger"] = "killswitch-changed"  # the counts reload themselves
+            return response
         if change:
             self.message_user(request, said, messages.SUCCESS)
         else:
