@@ -206,13 +206,20 @@ def _storage_problem(value: Any, text: bytes) -> str:
     return _unstorable(value)
 
 
-def _unstorable(value: Any) -> str:
+def text_problem(value: Any) -> str:
+    """Why JSON-ready ``value`` holds text no database can store (NUL, unpaired surrogate)."""
+    if _SUSPECT_ESCAPE.search(json.dumps(value).encode()) is None:
+        return ""
+    return _unstorable(value, max_depth=None)
+
+
+def _unstorable(value: Any, max_depth: int | None = MAX_JSON_DEPTH) -> str:
     """Why ``value`` (parsed JSON) cannot be stored and run, or "" if it can."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()  # depth: how many containers hold item
         where = f" at {path or 'the top'}"
-        if depth >= MAX_JSON_DEPTH and isinstance(item, dict | list):
+        if max_depth is not None and depth >= max_depth and isinstance(item, dict | list):
             return f"is nested more than {MAX_JSON_DEPTH} levels deep{where}."
         if isinstance(item, str):
             if "\x00" in item:

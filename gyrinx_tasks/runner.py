@@ -15,7 +15,7 @@ from django.utils.json import normalize_json
 
 from .exceptions import UnknownTask
 from .models import KillSwitch, State, SwitchMode, TaskExecution, Trigger
-from .push import MAX_MESSAGE_ID, Delivery, MalformedPush, safe_text
+from .push import MAX_MESSAGE_ID, Delivery, MalformedPush, safe_text, text_problem
 from .registry import get_route
 from .workers import current_worker_id
 
@@ -217,9 +217,13 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
         else:
             value = route.task.call(*delivery.args, **delivery.kwargs)
         value = normalize_json(value)
+        problem = text_problem(value)
+        if problem:  # PostgreSQL could not record it; SQLite is held to the same rule
+            raise ValueError(f"The task's return value {problem}")
     except Exception as exc:
         path = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        execution.fail(path, "".join(traceback.format_exception(exc)))
+        # The task's own text may hold what no database stores (NUL, unpaired surrogates).
+        execution.fail(path, safe_text("".join(traceback.format_exception(exc))))
         execution.save()
         task_finished.send(sender, task_result=result_from_execution(execution, route.task))
         return Outcome("failed", execution, f"{path}: {exc}")

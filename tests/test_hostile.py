@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+from unittest import mock
 
 import hypothesis
 import pytest
@@ -259,3 +260,33 @@ def test_nesting_limit_is_the_same_on_both_checks(suspect):
     assert parse_envelope(body(MAX_JSON_DEPTH)).args
     with pytest.raises(MalformedPush, match=f"nested more than {MAX_JSON_DEPTH} levels deep"):
         parse_envelope(body(MAX_JSON_DEPTH + 1))
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [({"v": ["a\x00b"]}, "The task's return value carries a NUL character at v[0]"),
+     ({"v": "\ud800"},
+      "The task's return value carries an unpaired UTF-16 surrogate (not Unicode text) at v")],
+    ids=["nul", "surrogate"],
+)
+def test_task_output_that_cannot_be_stored_is_the_task_failing(client, value, detail):
+    # The message is clean; the task itself makes the bad text, as one decoding binary data
+    # might. That is the task failing (500, retried), not a 500 of ours with the run stuck.
+    with mock.patch("django.tasks.base.Task.call", return_value=value):
+        response = post(client, envelope({"task_id": "out-1", "task_name": "echo"}))
+
+    assert response.status_code == 500
+    assert response.json()["outcome"] == "failed"
+    execution = TaskExecution.objects.get(result_id="out-1")
+    assert execution.status == State.FAILED
+    assert detail in execution.errors[0]["traceback"]
+
+
+def test_exception_text_that_cannot_be_stored_is_escaped(client):
+    with mock.patch("django.tasks.base.Task.call", side_effect=RuntimeError("bad \x00 \ud800")):
+        response = post(client, envelope({"task_id": "out-3", "task_name": "explode"}))
+
+    assert response.status_code == 500
+    assert response.json()["outcome"] == "failed"
+    traceback = TaskExecution.objects.get(result_id="out-3").errors[0]["traceback"]
+    assert "RuntimeError: bad \\x00 \\ud800" in traceback
