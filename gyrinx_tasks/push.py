@@ -207,8 +207,12 @@ def _storage_problem(value: Any, text: bytes) -> str:
 
 
 def text_problem(value: Any) -> str:
-    """Why JSON-ready ``value`` holds text no database can store (NUL, unpaired surrogate)."""
-    if _SUSPECT_ESCAPE.search(json.dumps(value).encode()) is None:
+    """Why JSON-ready ``value`` cannot be stored: NUL, unpaired surrogates, NaN, Infinity."""
+    try:
+        text = json.dumps(value, allow_nan=False).encode()
+    except ValueError:
+        return "carries NaN or Infinity, which JSON (and PostgreSQL's jsonb) cannot hold."
+    if _SUSPECT_ESCAPE.search(text) is None:
         return ""
     return _unstorable(value, max_depth=None)
 

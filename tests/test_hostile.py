@@ -266,8 +266,9 @@ def test_nesting_limit_is_the_same_on_both_checks(suspect):
     ("value", "detail"),
     [({"v": ["a\x00b"]}, "The task's return value carries a NUL character at v[0]"),
      ({"v": "\ud800"},
-      "The task's return value carries an unpaired UTF-16 surrogate (not Unicode text) at v")],
-    ids=["nul", "surrogate"],
+      "The task's return value carries an unpaired UTF-16 surrogate (not Unicode text) at v"),
+     ({"v": [1.5, float("nan")]}, "The task's return value carries NaN or Infinity")],
+    ids=["nul", "surrogate", "nan"],
 )
 def test_task_output_that_cannot_be_stored_is_the_task_failing(client, value, detail):
     # The message is clean; the task itself makes the bad text, as one decoding binary data
