@@ -6,7 +6,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
-from tests.test_admin import CHANGELIST, make_run, staff_user
+from tests.test_admin import CHANGELIST, make_run, shown, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -135,6 +135,22 @@ def test_get_changes_nothing(retrier, fake_publisher):
     assert TaskExecution.objects.count() == 1
     assert retrier.post(reverse("admin:gyrinx_tasks_taskexecution_retry",
                                 args=[run.pk + 99])).status_code == 404
+
+
+def test_a_run_with_many_retries_links_to_all_of_them(retrier):
+    run = make_run("add", State.FAILED)
+    retries = [make_run("add", State.FAILED, trigger=Trigger.RETRY, retry_of=run)
+               for _ in range(21)]
+    make_run("add", State.FAILED)  # not a retry of run
+
+    page = retrier.get(change_url(run)).content.decode()
+    assert page.count('class="gyrinx-status gyrinx-status-failed"') >= 20
+    link = f"{reverse(CHANGELIST)}?retry_of={run.pk}"
+    assert link in page
+
+    listed = retrier.get(link)
+    assert listed.status_code == 200
+    assert sorted(shown(listed)) == sorted(r.result_id[:8] for r in retries)
 
 
 # --- Bulk -----------------------------------------------------------------------------------
