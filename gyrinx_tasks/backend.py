@@ -3,7 +3,7 @@
 import json
 import logging
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -12,7 +12,7 @@ from functools import cached_property, partial
 from typing import Any
 
 from django.core import checks
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
@@ -30,7 +30,12 @@ from .registry import get_route
 
 logger = logging.getLogger("gyrinx_tasks")
 
-KNOWN_OPTIONS = {"project_id", "publish_on_commit", "publish_timeout", "client_options"}
+KNOWN_OPTIONS = {"project_id", "publish_on_commit", "publish_timeout", "client_options",
+                 "batch_settings"}
+# Rows inserted per bulk_create and messages awaited together by enqueue_many() and the
+# publish_on_commit flush; 1,000 is also the most messages Pub/Sub takes in one request.
+CHUNK_SIZE = 1000
+PENDING_ATTR = "gyrinx_tasks_pending"  # runs a connection publishes when it commits
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,35 @@ def result_from_execution(execution: Any, task: Any) -> TaskResult:
     return result
 
 
+@dataclass
+class Pending:
+    """A run on its way: the unsaved or saved row, its route, task and message bytes."""
+
+    execution: Any
+    route: Any
+    task: Any
+    data: bytes
+    attributes: dict[str, str]
+    result: TaskResult | None = None
+
+
+def _backend(alias: str) -> "PubSubBackend":
+    from django.tasks import task_backends
+
+    return task_backends[alias]  # type: ignore[return-value]
+
+
+def enqueue_many(task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
+    """Enqueue ``task`` for each ``(args, kwargs)``: in bulk on PubSubBackend, else one by one.
+
+    See PubSubBackend.enqueue_many.
+    """
+    backend = task.get_backend()
+    if isinstance(backend, PubSubBackend):
+        return backend.enqueue_many(task, calls)
+    return [task.enqueue(*args, **kwargs) for args, kwargs in calls]
+
+
 class PubSubBackend(BaseTaskBackend):
     supports_defer = False  # would need Pub/Sub scheduled delivery
     supports_async_task = False  # the push endpoint runs tasks synchronously
@@ -118,7 +152,9 @@ class PubSubBackend(BaseTaskBackend):
 
     @cached_property
     def publisher(self) -> Any:
-        return clients.publisher_client(client_options=self.options.get("client_options"))
+        # Shared by every backend instance (Django makes one per thread) with these options.
+        return clients.shared_publisher(self.options.get("client_options"),
+                                        self.options.get("batch_settings"))
 
     def topic_path(self, topic_name: str) -> str:
         return f"projects/{self.project_id}/topics/{topic_name}"
@@ -150,18 +186,19 @@ class PubSubBackend(BaseTaskBackend):
         return self.publisher.publish(self.topic_path(topic_name), data, **attributes)
 
     def publish(self, topic_name: str, message: dict[str, Any], **attributes: str) -> str:
-        """Publish one JSON message (with string attributes) and wait for its message id."""
-        future = self.publish_future(topic_name, message, **attributes)
-        return str(future.result(timeout=self.publish_timeout))
+        """Publish one JSON message (with string attributes) and wait for its message id.
 
-    def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
+        One request, no batch timer: see clients.publish_now.
+        """
+        return clients.publish_now(self.publisher, self.topic_path(topic_name),
+                                   encode_message(message), attributes, self.publish_timeout)
+
+    def _prepare(self, task: Any, route: Any, args: Any, kwargs: Any, now: Any,
+                 context: EnqueueContext | None) -> "Pending":
+        """An unsaved run and its message, size-checked (nothing is recorded if too large)."""
         from .models import TaskExecution, Trigger
 
-        self.validate_task(task)
-        route = self._route_for(task)
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-        now = timezone.now()
-        context = current_enqueue_context()
         execution = TaskExecution(
             task_name=route.name, task_path=route.path, backend=self.alias,
             args=args, kwargs=kwargs, enqueued_at=now,
@@ -172,46 +209,173 @@ class PubSubBackend(BaseTaskBackend):
         message = build_message(execution.task_id, route.name, args, kwargs, now)
         # The runner reads the trigger attribute if it has to create the row itself.
         attributes = {"trigger": context.trigger} if context else {}
+        data = encode_message(message)
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
-        check_publish_size(route.name, self.topic_path(route.topic_name),
-                           encode_message(message), attributes)
+        check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
         execution._log("", execution.status, (context and context.note) or "enqueued")
-        execution.save()
-        result = self.result_from_execution(execution, task=task)
-        send = partial(self._publish_execution, execution, route, message, result, attributes)
-        if self.publish_on_commit:
-            transaction.on_commit(send, robust=False)
-        else:
-            send()
-        return result
+        return Pending(execution, route, task, data, attributes)
 
-    def _publish_execution(self, execution: Any, route: Any, message: dict[str, Any],
-                           result: TaskResult, attributes: dict[str, str] | None = None) -> None:
+    def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
+        self.validate_task(task)
+        route = self._route_for(task)
+        pending = self._prepare(task, route, args, kwargs, timezone.now(),
+                                current_enqueue_context())
+        # The only write of a successful enqueue: the delivery records the message id
+        # (runner._claim), so there is no follow-up UPDATE.
+        pending.execution.save()
+        pending.result = self.result_from_execution(pending.execution, task=task)
+        using = router.db_for_write(type(pending.execution))
+        if self.publish_on_commit and connections[using].in_atomic_block:
+            self._publish_on_commit(using, [pending])
+        else:
+            self._publish_execution(pending)
+        return pending.result
+
+    def enqueue_many(self, task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
+        """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``: rows inserted with
+        bulk_create and messages published in batches, CHUNK_SIZE at a time.
+
+        Every message is checked before anything is recorded. With ``publish_on_commit``
+        inside a transaction, publishing waits for the commit, as for enqueue(). Raises
+        TaskPublishError naming the runs whose publish failed (recorded FAILED); the others
+        are published and READY.
+        """
+        from .models import TaskExecution
+
+        self.validate_task(task)
+        route = self._route_for(task)
+        now, context = timezone.now(), current_enqueue_context()
+        pendings = [self._prepare(task, route, args, kwargs, now, context)
+                    for args, kwargs in calls]
+        using = router.db_for_write(TaskExecution)
+        with transaction.atomic(using=using):  # all the rows, or none
+            TaskExecution.objects.using(using).bulk_create(
+                [p.execution for p in pendings], batch_size=CHUNK_SIZE)
+        for pending in pendings:
+            pending.result = self.result_from_execution(pending.execution, task=task)
+        if self.publish_on_commit and connections[using].in_atomic_block:
+            self._publish_on_commit(using, pendings)
+        else:
+            self._raise_for(self.publish_executions(pendings))
+        return [p.result for p in pendings if p.result is not None]
+
+    def _publish_execution(self, pending: "Pending") -> None:
+        execution, route = pending.execution, pending.route
         try:
-            message_id = self.publish(route.topic_name, message, **(attributes or {}))
+            message_id = clients.publish_now(
+                self.publisher, self.topic_path(route.topic_name), pending.data,
+                pending.attributes, self.publish_timeout)
         except Exception as exc:
-            logger.exception("Publishing task %s (%s) failed", route.path, execution.result_id)
-            execution.fail_to_enqueue(
-                f"{type(exc).__module__}.{type(exc).__qualname__}",
-                "".join(traceback.format_exception(exc)),
-            )
-            execution.save()
-            object.__setattr__(result, "status", TaskResultStatus.FAILED)
-            result.errors.append(TaskError(
-                exception_class_path=execution.errors[-1]["exception_class_path"],
-                traceback=execution.errors[-1]["traceback"],
-            ))
+            self._mark_failed(pending, exc)
             raise TaskPublishError(
                 f"Could not publish task {route.path!r} to topic "
                 f"{self.topic_path(route.topic_name)!r}: {exc}. The run "
                 f"{execution.result_id} is recorded as FAILED."
             ) from exc
-        # Only update the message id so a delivery that already started is not overwritten.
-        type(execution).objects.filter(pk=execution.pk, message_id__isnull=True).update(
-            message_id=message_id
-        )
+        # Not written: the delivery records it (runner._claim), saving a query per enqueue.
         execution.message_id = message_id
-        task_enqueued.send(type(self), task_result=result)
+        task_enqueued.send(type(self), task_result=pending.result)
+
+    def _mark_failed(self, pending: "Pending", exc: BaseException) -> None:
+        execution = pending.execution
+        logger.error("Publishing task %s (%s) failed: %s", pending.route.path,
+                     execution.result_id, exc)
+        execution.fail_to_enqueue(
+            f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "".join(traceback.format_exception(exc)),
+        )
+        execution.save()
+        if pending.result is not None:
+            object.__setattr__(pending.result, "status", TaskResultStatus.FAILED)
+            pending.result.errors.append(TaskError(
+                exception_class_path=execution.errors[-1]["exception_class_path"],
+                traceback=execution.errors[-1]["traceback"],
+            ))
+
+    def publish_executions(self, pendings: list["Pending"]) -> list["Pending"]:
+        """Publish saved runs' messages through the batching client, CHUNK_SIZE at a time,
+        awaiting each chunk's futures together. Returns the runs whose publish failed, each
+        recorded FAILED (exactly those); the others get task_enqueued.
+        """
+        failed = []
+        for start in range(0, len(pendings), CHUNK_SIZE):
+            chunk = pendings[start:start + CHUNK_SIZE]
+            futures: list[Future | BaseException] = []
+            for pending in chunk:
+                try:
+                    futures.append(self.publisher.publish(
+                        self.topic_path(pending.route.topic_name), pending.data,
+                        **pending.attributes))
+                except Exception as exc:  # noqa: BLE001 - recorded on the run, like a future's
+                    futures.append(exc)
+            for pending, future in zip(chunk, futures, strict=True):
+                error = future if isinstance(future, BaseException) else None
+                if error is None:
+                    try:
+                        pending.execution.message_id = str(
+                            future.result(timeout=self.publish_timeout))  # type: ignore[union-attr]
+                    except Exception as exc:  # noqa: BLE001
+                        error = exc
+                if error is not None:
+                    self._mark_failed(pending, error)
+                    failed.append(pending)
+                elif pending.result is not None:
+                    task_enqueued.send(type(self), task_result=pending.result)
+        return failed
+
+    def _raise_for(self, failed: list["Pending"]) -> None:
+        if not failed:
+            return
+        ids = ", ".join(p.execution.result_id for p in failed[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        first = failed[0]
+        error = first.execution.errors[-1]["exception_class_path"]
+        raise TaskPublishError(
+            f"Could not publish {len(failed)} run(s), the first of {first.route.path!r} to "
+            f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
+            f"FAILED: {ids}{more}."
+        )
+
+    def _publish_on_commit(self, using: str, pendings: list["Pending"]) -> None:
+        """Publish these runs when the transaction commits, together with every other run
+        enqueued in it: the first commit hook to run publishes them all and waits once.
+
+        Each enqueue registers its own hook so Django drops it with a rolled-back savepoint;
+        the flush still publishes only runs whose rows committed (one query per chunk), which
+        also discards runs left over from a transaction that rolled back.
+        """
+        connection = connections[using]
+        # Kept on the connection: Django gives each thread (and async context) its own.
+        queue = getattr(connection, PENDING_ATTR, None)
+        if queue is None:
+            queue = []
+            setattr(connection, PENDING_ATTR, queue)
+        queue.extend(pendings)
+        transaction.on_commit(partial(self._flush_pending, using), using=using, robust=False)
+
+    def _flush_pending(self, using: str) -> None:
+        from .models import TaskExecution
+
+        connection = connections[using]
+        queue = getattr(connection, PENDING_ATTR, None) or []
+        if not queue:
+            return  # an earlier hook of this commit published them
+        setattr(connection, PENDING_ATTR, [])
+        committed: set[str] = set()
+        for start in range(0, len(queue), CHUNK_SIZE):
+            ids = [p.execution.result_id for p in queue[start:start + CHUNK_SIZE]]
+            committed.update(TaskExecution.objects.using(using).filter(
+                result_id__in=ids).values_list("result_id", flat=True))
+        # Runs of other PubSubBackend aliases publish through their own backend.
+        by_backend: dict[str, list[Pending]] = {}
+        for pending in queue:
+            if pending.execution.result_id in committed:
+                by_backend.setdefault(pending.execution.backend, []).append(pending)
+        failed = []
+        for alias, runs in by_backend.items():
+            backend = self if alias == self.alias else _backend(alias)
+            failed += backend.publish_executions(runs)
+        self._raise_for(failed)
 
     def result_from_execution(self, execution: Any, task: Any = None) -> TaskResult:
         return result_from_execution(execution, task or self._task_for_execution(execution))
@@ -233,6 +397,13 @@ class PubSubBackend(BaseTaskBackend):
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         messages = list(super().check(**kwargs))
+        problem = clients.batch_settings_problem(self.options.get("batch_settings", {}))
+        if problem:
+            messages.append(checks.Error(
+                f"TASKS[{self.alias!r}]['OPTIONS']: {problem}",
+                hint="The keys are max_latency (seconds), max_messages and max_bytes.",
+                id="gyrinx_tasks.E014",
+            ))
         unknown = sorted(set(self.options) - KNOWN_OPTIONS)
         if unknown:
             messages.append(checks.Error(

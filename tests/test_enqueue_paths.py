@@ -1,0 +1,331 @@
+"""The enqueue paths: one call (one write, one request), publish_on_commit batches, and
+enqueue_many. Publish failures must surface and mark exactly the runs that failed."""
+
+import json
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+from django.db import connection, transaction
+from django.tasks import TaskResultStatus, task_backends
+from django.test.utils import CaptureQueriesContext
+from google.api_core.exceptions import ServiceUnavailable
+
+from gyrinx_tasks import clients
+from gyrinx_tasks.backend import PubSubBackend, enqueue_many
+from gyrinx_tasks.exceptions import TaskPublishError
+from gyrinx_tasks.models import State, TaskExecution
+from gyrinx_tasks.push import MessageTooLarge
+from gyrinx_tasks.registry import get_route
+from tests import tasks
+from tests.helpers import FakePublisher, use_publisher
+
+
+class PickyPublisher(FakePublisher):
+    """Fails the publish of every message whose first argument is in ``refuse``."""
+
+    def __init__(self, refuse: set[int]) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
+        if json.loads(data)["args"][:1] and json.loads(data)["args"][0] in self.refuse:
+            future: Future = Future()
+            future.set_exception(ServiceUnavailable("pubsub is down for this one"))
+            return future
+        return super().publish(topic, data, **attrs)
+
+
+@pytest.fixture
+def on_commit_backend(settings):
+    """The default backend with publish_on_commit, publishing into a FakePublisher."""
+    settings.TASKS = {
+        **settings.TASKS,
+        "default": {**settings.TASKS["default"],
+                    "OPTIONS": {"project_id": "test-project", "publish_on_commit": True}},
+    }
+    publisher = FakePublisher()
+    use_publisher(publisher)
+    yield publisher
+    task_backends["default"].__dict__.pop("publisher", None)
+
+
+def published_args(publisher: FakePublisher) -> list:
+    return sorted(message["args"][0] for _topic, message, _attrs in publisher.published)
+
+
+def writes(queries) -> list[str]:
+    return [q["sql"].split()[0] for q in queries
+            if q["sql"].split()[0] in ("INSERT", "UPDATE", "DELETE")]
+
+
+# -- one call ------------------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_single_enqueue_writes_once_and_leaves_the_message_id_to_the_delivery(fake_publisher):
+    with CaptureQueriesContext(connection) as queries:
+        result = tasks.add.enqueue(1, 2)
+
+    assert writes(queries.captured_queries) == ["INSERT"]
+    execution = TaskExecution.objects.get(result_id=result.id)
+    assert (execution.status, execution.message_id) == (State.READY, None)
+    assert len(fake_publisher.published) == 1
+
+
+@pytest.mark.django_db
+def test_single_enqueue_publish_failure_still_raises_and_fails_the_run(fake_publisher):
+    fake_publisher.error = ServiceUnavailable("down")
+
+    with pytest.raises(TaskPublishError, match="recorded as FAILED"):
+        tasks.add.enqueue(1, 2)
+
+    [execution] = TaskExecution.objects.all()
+    assert execution.status == State.FAILED
+    assert execution.errors[-1]["exception_class_path"].endswith("ServiceUnavailable")
+
+
+def test_every_backend_instance_shares_one_publisher_per_settings(monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")  # built, never called
+    seen = []
+
+    def build():
+        # Django makes a backend per thread; each must get the same client.
+        seen.append(PubSubBackend("x", {"OPTIONS": {"project_id": "p"}}).publisher)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other = PubSubBackend("y", {"OPTIONS": {"batch_settings": {"max_messages": 10}}}).publisher
+
+    assert len({id(client) for client in seen}) == 1
+    assert other is not seen[0]
+    assert other.batch_settings.max_messages == 10
+    assert seen[0].batch_settings.max_messages == clients.DEFAULT_BATCH_SETTINGS["max_messages"]
+
+
+@pytest.mark.parametrize(("value", "fix"), [
+    ({"max_latency": -1}, "number of seconds from 0 to 60"),
+    ({"max_messages": 5000}, "whole number from 1 to 1000"),
+    ({"max_messages": 1.5}, "whole number"),
+    ({"max_latancy": 0.01}, "unknown keys: max_latancy"),
+    ("fast", "set it to a dict"),
+])
+def test_bad_batch_settings_are_a_check_error_naming_the_fix(settings, value, fix):
+    settings.TASKS = {**settings.TASKS, "default": {
+        **settings.TASKS["default"], "OPTIONS": {"project_id": "p", "batch_settings": value}}}
+
+    messages = task_backends["default"].check()
+
+    assert [m.id for m in messages] == ["gyrinx_tasks.E014"]
+    assert fix in messages[0].msg
+
+
+def test_valid_batch_settings_pass_the_checks(settings):
+    settings.TASKS = {**settings.TASKS, "default": {**settings.TASKS["default"], "OPTIONS": {
+        "project_id": "p", "batch_settings": {"max_latency": 0, "max_messages": 500}}}}
+
+    assert task_backends["default"].check() == []
+
+
+# -- publish_on_commit ---------------------------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_publishes_all_its_runs_together_on_commit(on_commit_backend):
+    with transaction.atomic():
+        results = [tasks.add.enqueue(n, 0) for n in range(5)]
+        assert on_commit_backend.published == []
+
+    assert published_args(on_commit_backend) == [0, 1, 2, 3, 4]
+    assert {r.status for r in results} == {TaskResultStatus.READY}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_transaction_publishes_nothing_even_later(on_commit_backend):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.add.enqueue(1, 0)
+        raise RuntimeError("roll back")
+    assert on_commit_backend.published == []
+
+    # The next transaction must not carry the rolled-back run along.
+    with transaction.atomic():
+        tasks.add.enqueue(2, 0)
+
+    assert published_args(on_commit_backend) == [2]
+    assert TaskExecution.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rolled_back_savepoint_drops_only_its_runs(on_commit_backend):
+    with transaction.atomic():
+        tasks.add.enqueue(1, 0)
+        with pytest.raises(RuntimeError), transaction.atomic():
+            tasks.add.enqueue(2, 0)
+            raise RuntimeError("roll back the savepoint")
+        tasks.add.enqueue(3, 0)
+
+    assert published_args(on_commit_backend) == [1, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_all_enqueues_in_a_rolled_back_savepoint_publish_nothing(on_commit_backend):
+    with transaction.atomic():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            tasks.add.enqueue(1, 0)
+            raise RuntimeError("roll back the savepoint")
+        TaskExecution.objects.count()  # the outer transaction goes on and commits
+
+    assert on_commit_backend.published == []
+    with transaction.atomic():
+        tasks.add.enqueue(2, 0)
+    assert published_args(on_commit_backend) == [2]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_publish_on_commit_raises_and_marks_exactly_those_runs(on_commit_backend):
+    picky = PickyPublisher(refuse={2, 4})
+    use_publisher(picky)
+
+    with pytest.raises(TaskPublishError) as raised, transaction.atomic():
+        results = {n: tasks.add.enqueue(n, 0) for n in range(6)}
+
+    failed = set(TaskExecution.objects.filter(status=State.FAILED)
+                 .values_list("result_id", flat=True))
+    assert failed == {results[2].id, results[4].id}
+    assert TaskExecution.objects.filter(status=State.READY).count() == 4
+    assert published_args(picky) == [0, 1, 3, 5]
+    assert "2 run(s)" in str(raised.value)
+    assert results[2].id in str(raised.value) and results[4].id in str(raised.value)
+    assert results[2].status == TaskResultStatus.FAILED
+    assert results[0].status == TaskResultStatus.READY
+
+
+# -- enqueue_many --------------------------------------------------------------------------
+
+@pytest.mark.django_db
+def test_enqueue_many_records_and_publishes_every_call(fake_publisher):
+    calls = [((n,), {"y": 1}) for n in range(2500)]  # more than two chunks
+
+    with CaptureQueriesContext(connection) as queries:
+        results = enqueue_many(tasks.add, calls)
+
+    assert len(results) == 2500
+    assert TaskExecution.objects.filter(status=State.READY).count() == 2500
+    assert published_args(fake_publisher) == list(range(2500))
+    assert writes(queries.captured_queries) == ["INSERT"] * 3  # bulk_create, 1,000 a time
+    [(_topic, message, _attrs)] = fake_publisher.published[:1]
+    assert message["task_id"] == results[0].id and message["kwargs"] == {"y": 1}
+
+
+@pytest.mark.django_db
+def test_enqueue_many_partial_failure_marks_exactly_the_failed_runs(fake_publisher):
+    picky = PickyPublisher(refuse={3, 1500})
+    use_publisher(picky)
+
+    with pytest.raises(TaskPublishError, match=r"2 run\(s\).*recorded as FAILED"):
+        enqueue_many(tasks.add, [((n, 0), {}) for n in range(2000)])
+
+    failed = TaskExecution.objects.filter(status=State.FAILED)
+    assert sorted(e.args[0] for e in failed) == [3, 1500]
+    assert TaskExecution.objects.filter(status=State.READY).count() == 1998
+    assert len(picky.published) == 1998
+
+
+@pytest.mark.django_db
+def test_enqueue_many_refuses_an_oversized_message_before_recording_any(fake_publisher):
+    calls = [((1, 2), {}), (("x" * 11_000_000, 2), {})]
+
+    with pytest.raises(MessageTooLarge):
+        enqueue_many(tasks.add, calls)
+
+    assert TaskExecution.objects.count() == 0
+    assert fake_publisher.published == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_in_a_rolled_back_transaction_publishes_nothing(on_commit_backend):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        enqueue_many(tasks.add, [((n, 0), {}) for n in range(10)])
+        raise RuntimeError("roll back")
+
+    assert on_commit_backend.published == []
+    assert TaskExecution.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_many_on_commit_publishes_with_the_transaction(on_commit_backend):
+    with transaction.atomic():
+        enqueue_many(tasks.add, [((n, 0), {}) for n in range(10)])
+        tasks.add.enqueue(10, 0)
+        assert on_commit_backend.published == []
+
+    assert published_args(on_commit_backend) == list(range(11))
+
+
+@pytest.mark.django_db
+def test_enqueue_many_on_another_backend_enqueues_one_by_one():
+    results = enqueue_many(tasks.add.using(backend="immediate"), [((1, 2), {}), ((3, 4), {})])
+
+    assert [r.return_value for r in results] == [3, 7]
+
+
+# -- against the real emulator -------------------------------------------------------------
+
+@pytest.fixture
+def pull_topic(pubsub_emulator):
+    """The add task's topic with a pull subscription on the emulator; yields a pull()."""
+    route = get_route("add")
+    backend = task_backends["default"]
+    backend.__dict__.pop("publisher", None)  # the shared client for the emulator's host
+    topic = backend.topic_path(route.topic_name)
+    subscription = pubsub_emulator.subscription_path(f"pull-{time.monotonic_ns()}")
+    publisher, subscriber = clients.publisher_client(), clients.subscriber_client()
+    publisher.create_topic(name=topic)
+    subscriber.create_subscription(name=subscription, topic=topic)
+
+    def pull(expected: int) -> list[dict]:
+        got: list[dict] = []
+        deadline = time.monotonic() + 30
+        while len(got) < expected and time.monotonic() < deadline:
+            response = subscriber.pull(subscription=subscription, max_messages=1000, timeout=10)
+            got += [json.loads(m.message.data) for m in response.received_messages]
+            if response.received_messages:
+                subscriber.acknowledge(subscription=subscription,
+                                       ack_ids=[m.ack_id for m in response.received_messages])
+        return got
+
+    yield pull
+    subscriber.delete_subscription(subscription=subscription)
+    publisher.delete_topic(topic=topic)
+    publisher.stop()
+    backend.__dict__.pop("publisher", None)
+
+
+@pytest.mark.django_db
+def test_emulator_single_and_bulk_enqueues_arrive(pull_topic):
+    one = tasks.add.enqueue(1, 2)
+    many = enqueue_many(tasks.add, [((n, 0), {}) for n in range(300)])
+
+    got = pull_topic(301)
+    assert sorted(m["task_id"] for m in got) == sorted([one.id] + [r.id for r in many])
+    assert TaskExecution.objects.filter(status=State.READY).count() == 301
+
+
+@pytest.mark.django_db
+def test_emulator_publish_to_a_missing_topic_fails_the_run(pubsub_emulator):
+    backend = task_backends["default"]
+    backend.__dict__.pop("publisher", None)
+    try:
+        # No topic exists for echo: the single request fails at once (NotFound, not retried).
+        with pytest.raises(TaskPublishError, match="recorded as FAILED"):
+            tasks.echo.enqueue(1)
+        with pytest.raises(TaskPublishError, match=r"3 run\(s\)"):
+            enqueue_many(tasks.echo, [((n,), {}) for n in range(3)])
+    finally:
+        backend.__dict__.pop("publisher", None)
+
+    errors = [e.errors[-1]["exception_class_path"] for e in TaskExecution.objects.all()]
+    assert errors == ["google.api_core.exceptions.NotFound"] * 4
+    assert set(TaskExecution.objects.values_list("status", flat=True)) == {State.FAILED}
