@@ -213,7 +213,6 @@ class KillSwitchForm(forms.ModelForm):
 
 class KillSwitchAdmin(admin.ModelAdmin):
     form = KillSwitchForm
-    list_display = ("task_name", "enabled", "mode", "reason", "updated_by", "updated_at")
     readonly_fields = ("updated_by", "updated_at", "off_since")
     actions = None  # the page below replaces the changelist and its actions
 
