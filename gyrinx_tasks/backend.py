@@ -27,6 +27,7 @@ from .conf import tasks_settings
 from .exceptions import TaskPublishError, UnknownTask
 from .push import check_publish_size
 from .registry import get_route
+from .runner import RECORDED_ATTRIBUTE
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -86,6 +87,15 @@ def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
     if enqueued_at is not None:
         message["enqueued_at"] = enqueued_at.isoformat()
     return message
+
+
+def publish_unconfirmed(exc: BaseException) -> bool:
+    """Whether a failed publish may still have reached Pub/Sub (it timed out), rather than
+    having been refused."""
+    from google.api_core import exceptions as api_exceptions
+
+    return isinstance(exc, TimeoutError | api_exceptions.DeadlineExceeded
+                      | api_exceptions.RetryError)
 
 
 def result_from_execution(execution: Any, task: Any) -> TaskResult:
@@ -251,6 +261,10 @@ class PubSubBackend(BaseTaskBackend):
         message = build_message(execution.task_id, route.name, args, kwargs, now)
         # The runner reads the trigger attribute if it has to create the row itself.
         attributes = {"trigger": context.trigger} if context else {}
+        # The row is recorded before the publish: a delivery finding no row waits for the
+        # enqueue's commit instead of creating it (runner._claim), and a rolled-back enqueue
+        # is never run.
+        attributes[RECORDED_ATTRIBUTE] = "1"
         data = encode_message(message)
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
         check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
@@ -311,7 +325,9 @@ class PubSubBackend(BaseTaskBackend):
             raise TaskPublishError(
                 f"Could not publish task {route.path!r} to topic "
                 f"{self.topic_path(route.topic_name)!r}: {exc}. The run "
-                f"{execution.result_id} is recorded as FAILED."
+                f"{execution.result_id} is recorded as "
+                + ("READY, publish unconfirmed: it runs if Pub/Sub delivers it after all."
+                   if execution.status == "READY" else "FAILED.")
             ) from exc
         # Not written: the delivery records it (runner._claim), saving a query per enqueue.
         execution.message_id = message_id
@@ -323,15 +339,21 @@ class PubSubBackend(BaseTaskBackend):
             execution.pk = type(execution).objects.values_list("pk", flat=True).get(
                 result_id=execution.result_id)
             execution._state.adding = False
-        logger.error("Publishing task %s (%s) failed: %s", pending.route.path,
-                     execution.result_id, exc)
-        execution.fail_to_enqueue(
-            f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "".join(traceback.format_exception(exc)),
-        )
+        path = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        if publish_unconfirmed(exc):
+            # Pub/Sub may have the message and deliver it: the run stays READY, marked
+            # unconfirmed, and the delivery (if any) starts it as usual.
+            logger.error("Publishing task %s (%s) was not confirmed in time: %s",
+                         pending.route.path, execution.result_id, exc)
+            execution.publish_unconfirmed(path, "".join(traceback.format_exception(exc)))
+        else:
+            logger.error("Publishing task %s (%s) failed: %s", pending.route.path,
+                         execution.result_id, exc)
+            execution.fail_to_enqueue(path, "".join(traceback.format_exception(exc)))
         execution.save()
         if pending.result is not None:
-            object.__setattr__(pending.result, "status", TaskResultStatus.FAILED)
+            if execution.status != "READY":
+                object.__setattr__(pending.result, "status", TaskResultStatus.FAILED)
             pending.result.errors.append(TaskError(
                 exception_class_path=execution.errors[-1]["exception_class_path"],
                 traceback=execution.errors[-1]["traceback"],

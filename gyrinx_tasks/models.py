@@ -25,6 +25,13 @@ class Trigger(models.TextChoices):
     RUN_NOW = "run_now", _("Run now")
 
 
+# status_detail of a READY run whose publish timed out: Pub/Sub may still deliver it.
+PUBLISH_UNCONFIRMED = ("Publishing was not confirmed in time: Pub/Sub may still deliver the "
+                       "task, and the run starts if it does.")
+
+# A redelivery of a run in one of these states changes nothing (FAILED runs that gave up too).
+SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)
+
 # Our states in the terms of Django's TaskResultStatus. SKIPPED and REJECTED runs never
 # started, which Django calls FAILED ("unable to start").
 DJANGO_STATUS = {
@@ -39,6 +46,22 @@ DJANGO_STATUS = {
 
 def new_result_id() -> str:
     return str(uuid.uuid4())
+
+
+# A run redelivered for Pub/Sub's seven days gathers about a thousand attempts; its errors and
+# timeline keep the first HISTORY_HEAD and the last HISTORY_TAIL entries and count the rest
+# (errors_omitted, timeline_omitted), so a row and each rewrite of it stay small.
+HISTORY_HEAD = 5
+HISTORY_TAIL = 45
+
+
+def capped(entries: list, entry: object, omitted: int) -> tuple[list, int]:
+    """``entries`` with ``entry`` appended, cut to the head and the tail; the new count."""
+    entries = [*entries, entry]
+    extra = len(entries) - HISTORY_HEAD - HISTORY_TAIL
+    if extra <= 0:
+        return entries, omitted
+    return entries[:HISTORY_HEAD] + entries[HISTORY_HEAD + extra:], omitted + extra
 
 
 class TaskExecutionQuerySet(models.QuerySet):
@@ -99,6 +122,18 @@ class TaskExecution(models.Model):
         _("timeline"), default=list, blank=True,
         help_text=_("Every state change: when, from, to, and a note."),
     )
+    timeline_omitted = models.PositiveIntegerField(
+        _("timeline entries omitted"), default=0,
+        help_text=_("Entries dropped between the first and the last ones kept."),
+    )
+    errors_omitted = models.PositiveIntegerField(
+        _("errors omitted"), default=0,
+        help_text=_("Errors dropped between the first and the last ones kept."),
+    )
+    gave_up = models.BooleanField(
+        _("gave up"), default=False,
+        help_text=_("FAILED for good: the route's max_attempts was reached; not retried."),
+    )
 
     objects = TaskExecutionQuerySet.as_manager()
 
@@ -123,6 +158,9 @@ class TaskExecution(models.Model):
         permissions = [
             ("retry_taskexecution", _("Can retry task executions")),
             ("export_taskexecution", _("Can export task executions")),
+            # Payload of routes with redact=True (gyrinx_tasks/redaction.py).
+            ("view_payload_taskexecution",
+             _("Can see arguments and results of redacted tasks")),
         ]
 
     def __str__(self) -> str:
@@ -136,7 +174,22 @@ class TaskExecution(models.Model):
         entry = {"at": timezone.now().isoformat(), "from": source, "to": target}
         if note:
             entry["note"] = note
-        self.timeline = [*self.timeline, entry]
+        self.timeline, self.timeline_omitted = capped(self.timeline, entry,
+                                                      self.timeline_omitted)
+
+    def _add_error(self, exception_class_path: str, traceback: str) -> None:
+        self.errors, self.errors_omitted = capped(
+            self.errors, self._error_entry(exception_class_path, traceback),
+            self.errors_omitted)
+
+    @property
+    def settled(self) -> bool:
+        """Whether a redelivery must change nothing: the run ended for good."""
+        return self.status in SETTLED or (self.status == State.FAILED and self.gave_up)
+
+    def note(self, text: str) -> None:
+        """A timeline entry that changes no state (e.g. an attempt that lost a race)."""
+        self._log(self.status, self.status, text)
 
     def _error_entry(self, exception_class_path: str, traceback: str) -> dict:
         return {
@@ -154,8 +207,11 @@ class TaskExecution(models.Model):
         now = timezone.now()
         # A run found RUNNING again was cut off (crash, or the ack deadline passed).
         self.attempts = max(self.attempts + 1, delivery_attempt or 0)
-        self.worker_ids = [*self.worker_ids, worker_id]
+        # Capped like the timeline; attempts keeps the true count.
+        self.worker_ids = capped(self.worker_ids, worker_id, 0)[0]
         self.delivery_attempt = delivery_attempt
+        if self.status_detail == PUBLISH_UNCONFIRMED:
+            self.status_detail = ""  # the delivery confirms the publish
         self.started_at = self.started_at or now
         self.last_attempted_at = now
         self.finished_at = None
@@ -169,16 +225,31 @@ class TaskExecution(models.Model):
 
     @transition(field=status, source=State.RUNNING, target=State.FAILED)
     def fail(self, exception_class_path: str, traceback: str) -> None:
-        self.errors = [*self.errors, self._error_entry(exception_class_path, traceback)]
+        self._add_error(exception_class_path, traceback)
         self.finished_at = timezone.now()
         self._log(State.RUNNING, State.FAILED, f"attempt {self.attempts}: {exception_class_path}")
 
+    def publish_unconfirmed(self, exception_class_path: str, traceback: str) -> None:
+        """The publish timed out: the message may still arrive, so the run stays READY."""
+        self._add_error(exception_class_path, traceback)
+        self.status_detail = PUBLISH_UNCONFIRMED
+        self.note(f"publish not confirmed ({exception_class_path}); waiting for a delivery")
+
     @transition(field=status, source=State.READY, target=State.FAILED)
     def fail_to_enqueue(self, exception_class_path: str, traceback: str) -> None:
-        self.errors = [*self.errors, self._error_entry(exception_class_path, traceback)]
+        self._add_error(exception_class_path, traceback)
         self.status_detail = "Publishing to Pub/Sub failed; the task was never delivered."
         self.finished_at = timezone.now()
         self._log(State.READY, State.FAILED, "publish failed")
+
+    @transition(field=status, source=[State.READY, State.FAILED, State.RUNNING],
+                target=State.FAILED)
+    def give_up(self, reason: str) -> None:
+        """FAILED for good (max_attempts reached): redeliveries are acknowledged unrun."""
+        self.gave_up = True
+        self.status_detail = reason
+        self.finished_at = timezone.now()
+        self._log(self.status, State.FAILED, reason)
 
     @transition(field=status, source=[State.READY, State.FAILED], target=State.SKIPPED)
     def skip(self, reason: str) -> None:

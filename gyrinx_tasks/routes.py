@@ -33,6 +33,13 @@ class TaskRoute:
     dead_letter_topic: str | None = None  # topic id in the same project
     max_delivery_attempts: int = 5  # only used with dead_letter_topic (Pub/Sub allows 5-100)
     schedule_retry_count: int = 0  # Cloud Scheduler retries of a failed publish
+    # Attempts before the run is given up (FAILED for good, delivery acknowledged); None
+    # retries for as long as Pub/Sub keeps the message. Counts Pub/Sub's deliveryAttempt when
+    # the subscription has a dead-letter policy, else the runs' own attempts.
+    max_attempts: int | None = None
+    # The task carries personal data: its args, kwargs and return value are stored for the
+    # run but shown as redacted in the admin and exports (gyrinx_tasks/redaction.py).
+    redact: bool = False
 
     @property
     def task(self) -> Any:

@@ -2,12 +2,23 @@
 
 import inspect
 import logging
+import threading
 import traceback
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.tasks import TaskContext
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
@@ -20,6 +31,23 @@ from .registry import get_route
 from .workers import current_worker_id
 
 logger = logging.getLogger("gyrinx_tasks")
+
+# Message attribute our backend sets when it recorded the run before publishing: a delivery
+# of such a message never creates the run's row itself (that could run a rolled-back enqueue).
+RECORDED_ATTRIBUTE = "gyrinx_recorded"
+# How long a claim waits on PostgreSQL for a row lock or for another transaction's insert of
+# the same run (an enqueue not committed yet) before answering "busy". Claims hold their locks
+# for a few queries only, so this is only reached when some other transaction stays open.
+LOCK_TIMEOUT_MS = 2000
+# A message our backend published after recording its run, whose row is still not visible
+# this long after enqueued_at, came from a transaction that rolled back: it is not run.
+UNCOMMITTED_GRACE = timedelta(hours=1)
+# Outcomes of tasks that ran but could not be recorded (the database failed), by (run pk,
+# attempt): a redelivery to this process records them instead of running the task again.
+UNRECORDED_LIMIT = 1000
+_unrecorded: "OrderedDict[tuple[int, int], tuple[str, Callable[[TaskExecution], None]]]" = (
+    OrderedDict())
+_unrecorded_lock = threading.Lock()
 
 
 # django-stubs declares TaskContext unfrozen; at run time it is frozen, as this must be.
@@ -38,14 +66,27 @@ class PushTaskContext(TaskContext):  # type: ignore[misc]
 class Outcome:
     """What happened to a delivery; the view maps it to an HTTP status."""
 
-    kind: str  # ran, failed, rejected, skipped, held, duplicate, busy (and start, internally)
+    # ran, failed, gave_up, rejected, skipped, held, duplicate, busy, superseded, unrecorded
+    # (and start, internally)
+    kind: str
     execution: TaskExecution | None
     detail: str = ""
 
 
+def _db() -> str:
+    # Every query of a delivery goes to the database the routers pick for writing runs, so
+    # its locks, transactions and writes are all on one connection.
+    return router.db_for_write(TaskExecution)
+
+
 def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = None,
-                     delivery: Delivery | None = None) -> TaskExecution:
-    """Keep a rejected delivery as a REJECTED run, with the raw message, and log it."""
+                     delivery: Delivery | None = None,
+                     fresh_row: bool = False) -> TaskExecution:
+    """Keep a rejected delivery as a REJECTED run, with the raw message, and log it.
+
+    ``fresh_row``: never settle the run the message's task id names (its enqueue rolled back;
+    a row of that id appearing later must stay free to commit).
+    """
     payload = exc.payload if exc else {}
     message_id = (delivery.message_id if delivery else None) or (exc.message_id if exc else None)
     # Whatever the message held, what is stored must be storable: text without NUL or
@@ -58,22 +99,23 @@ def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = 
     if message_id is not None and safe_text(message_id, MAX_MESSAGE_ID) != message_id:
         message_id = None  # an altered id could collide with another run's
     logger.error("Rejected Pub/Sub delivery %s: %s", message_id or "?", reason)
-    with transaction.atomic():
+    using = _db()
+    with transaction.atomic(using=using):
+        runs = TaskExecution.objects.using(using).select_for_update()
         execution = None
-        if task_id and not task_id.startswith("scheduled-"):
-            execution = TaskExecution.objects.select_for_update().filter(result_id=task_id).first()
+        if task_id and not task_id.startswith("scheduled-") and not fresh_row:
+            execution = runs.filter(result_id=task_id).first()
         if execution is None and message_id:
-            execution = TaskExecution.objects.select_for_update().filter(
-                message_id=message_id).first()
+            execution = runs.filter(message_id=message_id).first()
         if execution is None:
             execution = TaskExecution(task_id=task_id, task_name=task_name,
                                       message_id=message_id, trigger=_trigger(delivery))
             if delivery:
                 execution.args, execution.kwargs = delivery.args, delivery.kwargs
-        if execution.status in (State.SUCCESSFUL, State.SKIPPED, State.REJECTED):
+        if execution.settled:
             return execution  # already settled; a duplicate delivery changes nothing
         execution.reject(reason, raw_message)
-        execution.save()
+        execution.save(using=using)
     return execution
 
 
@@ -106,15 +148,21 @@ def _trigger(delivery: Delivery | None) -> str:
     return Trigger.SCHEDULE if delivery and delivery.is_scheduled else Trigger.ENQUEUE
 
 
-def _claim(delivery: Delivery, route: Any) -> TaskExecution:
-    """Find (or create) the run this delivery belongs to, locked for the transaction."""
-    runs = TaskExecution.objects.select_for_update()
+def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
+    """Find (or create) the run this delivery belongs to, locked for the transaction.
+
+    None when the message says its run was recorded before publishing (our backend's
+    enqueue) but no such row is visible: that enqueue has not committed, or rolled back.
+    """
+    runs = TaskExecution.objects.using(using).select_for_update()
     execution = None
     if not delivery.is_scheduled:
         execution = runs.filter(result_id=delivery.task_id).first()
     if execution is None:
         # Scheduled messages share a task id per job: each delivery is its own run.
         execution = runs.filter(message_id=delivery.message_id).first()
+    if execution is None and delivery.attributes.get(RECORDED_ATTRIBUTE):
+        return None  # never insert it ourselves: that would run a rolled-back enqueue
     if execution is None:
         execution = TaskExecution(
             task_id=delivery.task_id, task_name=route.name, task_path=route.path,
@@ -129,7 +177,9 @@ def _claim(delivery: Delivery, route: Any) -> TaskExecution:
         if requested_by:  # Run now from the admin: say who, since the run has no user field
             note += f"; run now by {requested_by}"
         execution._log("", State.READY, note)
-        execution.save()
+        # On PostgreSQL this insert waits (LOCK_TIMEOUT_MS at most) while another transaction
+        # holds an uncommitted row of the same id; then IntegrityError or LockNotAvailable.
+        execution.save(using=using)
     elif not execution.message_id:
         execution.message_id = delivery.message_id
     return execution
@@ -147,18 +197,68 @@ def _arguments_problem(task: Any, args: list, kwargs: dict) -> str:
     return ""
 
 
-def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: str) -> Outcome:
+def _bound_lock_waits(using: str) -> None:
+    """On PostgreSQL, let this transaction wait LOCK_TIMEOUT_MS at most for any lock."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)",
+                           [f"{LOCK_TIMEOUT_MS}ms"])
+
+
+def _lock_not_available(exc: BaseException) -> bool:
+    # PostgreSQL's lock_not_available (55P03), raised when lock_timeout expires.
+    return getattr(exc.__cause__, "sqlstate", None) == "55P03"
+
+
+def _lost_attempt_note(execution: TaskExecution, route: Any) -> str:
+    return (f"attempt {execution.attempts} recorded no outcome within the ack deadline "
+            f"({route.ack_deadline} s): its worker stopped, was cut off, or could not reach "
+            "the database; presumed lost")
+
+
+def _uncommitted(delivery: Delivery, raw_message: str) -> Outcome:
+    """The delivery's recorded run is not visible: wait for its commit, or give up on it."""
+    enqueued_at = delivery.enqueued_at
+    if enqueued_at is not None and timezone.now() - enqueued_at < UNCOMMITTED_GRACE:
+        return Outcome("busy", None, (
+            "The run's row is not committed yet (the enqueue's transaction is still open); "
+            "retry later."))
+    reason = (f"The run {delivery.task_id} was never committed: the transaction that enqueued "
+              f"it rolled back (no row {UNCOMMITTED_GRACE} after enqueued_at), so it is not "
+              "run.")
+    return Outcome("rejected", record_rejection(reason, raw_message, delivery=delivery,
+                                                fresh_row=True), reason)
+
+
+def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: str,
+                     using: str) -> Outcome:
     """Inside a transaction: settle the delivery without running it, or mark it RUNNING."""
-    execution = _claim(delivery, route)
-    if execution.status in (State.SUCCESSFUL, State.SKIPPED, State.REJECTED):
+    _bound_lock_waits(using)
+    execution = _claim(delivery, route, using)
+    if execution is None:
+        return Outcome("uncommitted", None)
+    if execution.settled:
         return Outcome("duplicate", execution, f"Run already {execution.status}.")
+    if execution.status == State.RUNNING:
+        with _unrecorded_lock:
+            late = _unrecorded.pop((execution.pk, execution.attempts), None)
+        if late is not None:
+            # This process ran the attempt but the database refused its outcome: record it
+            # now rather than run the task again.
+            kind, apply = late
+            apply(execution)
+            execution.note(f"attempt {execution.attempts}'s outcome recorded late, on a "
+                           "redelivery, after a database failure")
+            execution.save(using=using)
+            return Outcome(kind, execution, "The outcome of an earlier attempt, recorded late.")
     if execution.status == State.RUNNING and execution.last_attempted_at and (
         timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
     ):
         return Outcome("busy", execution, "This run is still running on another worker.")
     if problem:
         execution.reject(problem, raw_message)
-        execution.save()
+        execution.save(using=using)
         logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
         return Outcome("rejected", execution, problem)
     mode, reason = kill_switch_state(route)
@@ -168,21 +268,112 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
         # grow its row. Not acknowledging is what keeps the message in Pub/Sub.
         logger.info("Held %s (%s): %s", route.name, execution.result_id, reason)
         return Outcome("held", execution, reason)
-    if reason:
+    next_attempt = max(execution.attempts + 1, delivery.delivery_attempt or 0)
+    if reason or (route.max_attempts and next_attempt > route.max_attempts):
         if execution.status == State.RUNNING:
             # The attempt's worker stopped without an outcome (the busy check above let this
-            # delivery through): record that attempt as lost, so the run can be skipped.
+            # delivery through): record that attempt as lost before settling the run.
             execution.fail("builtins.TimeoutError", (
                 f"Attempt {execution.attempts} did not finish within the ack deadline "
                 f"({route.ack_deadline} s); its worker stopped or was cut off. It is not run "
-                "again because the kill switch is off."))
-        execution.skip(reason)
-        execution.save()
-        logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
-        return Outcome("skipped", execution, reason)
+                "again because " + ("the kill switch is off." if reason else
+                                    "the route's max_attempts is reached.")))
+        if reason:
+            execution.skip(reason)
+            execution.save(using=using)
+            logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
+            return Outcome("skipped", execution, reason)
+        gave_up = _give_up_reason(execution.attempts, route)
+        execution.give_up(gave_up)
+        execution.save(using=using)
+        logger.error("Gave up %s (%s): %s", route.name, execution.result_id, gave_up)
+        return Outcome("gave_up", execution, gave_up)
+    if execution.status == State.RUNNING:
+        execution.note(_lost_attempt_note(execution, route))
     execution.start(current_worker_id(), delivery.delivery_attempt)
-    execution.save()
+    execution.save(using=using)
     return Outcome("start", execution)
+
+
+def _give_up_reason(attempts: int, route: Any) -> str:
+    return (f"Gave up after {attempts} attempt{'s' if attempts != 1 else ''} "
+            f"(the route's max_attempts is {route.max_attempts}); Pub/Sub is not asked to "
+            "deliver it again. Retry it from the admin once the cause is fixed.")
+
+
+def _remember_unrecorded(key: tuple[int, int], kind: str,
+                         apply: Callable[[TaskExecution], None]) -> None:
+    with _unrecorded_lock:
+        _unrecorded[key] = (kind, apply)
+        while len(_unrecorded) > UNRECORDED_LIMIT:
+            _unrecorded.popitem(last=False)
+
+
+def _finish(execution: TaskExecution, using: str, kind: str,
+            apply: Callable[[TaskExecution], None], what: str) -> tuple[TaskExecution, bool]:
+    """Record this attempt's outcome if the run is still this attempt's; return (row, won).
+
+    A compare-and-set under a row lock: a slower attempt whose run was started again by a
+    newer delivery (the ack deadline passed) must not overwrite the newer attempt's record.
+    Its outcome is kept as a timeline note instead.
+    """
+    attempt = execution.attempts
+    with transaction.atomic(using=using):
+        current = TaskExecution.objects.using(using).select_for_update().filter(
+            pk=execution.pk).first()
+        if current is None:  # deleted meanwhile (by staff): nothing to record
+            return execution, False
+        if current.status == State.RUNNING and current.attempts == attempt:
+            apply(current)
+            current.save(using=using)
+            return current, True
+        current.note(f"attempt {attempt} {what} after it was superseded (the run is now "
+                     f"{current.status}, attempt {current.attempts}); its outcome is not the "
+                     "run's")
+        current.save(using=using, update_fields=["timeline", "timeline_omitted"])
+        return current, False
+
+
+def _record_outcome(execution: TaskExecution, route: Any, using: str, kind: str,
+                    apply: Callable[[TaskExecution], None], what: str,
+                    detail: str) -> Outcome:
+    attempt = execution.attempts
+    try:
+        try:
+            current, won = _finish(execution, using, kind, apply, what)
+        except (OperationalError, InterfaceError):
+            raise
+        except DatabaseError as exc:
+            # The outcome itself cannot be stored (a value the database refuses): record the
+            # attempt as failed with that reason, which can always be stored.
+            path = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            reason = safe_text(f"The task {what}, but its outcome could not be stored: {exc}")
+            kind, detail, what = "failed", reason, f"{what} (outcome not storable)"
+
+            def apply(run: TaskExecution) -> None:
+                run.fail(path, reason)
+
+            current, won = _finish(execution, using, kind, apply, what)
+    except (OperationalError, InterfaceError) as exc:
+        # The task ran but its outcome could not be written. At-least-once: the run stays
+        # RUNNING; a redelivery to this process records the outcome remembered here, and
+        # elsewhere the task runs again once the ack deadline has passed.
+        _remember_unrecorded((execution.pk, attempt), kind, apply)
+        logger.error("Task %s (%s) attempt %s %s, but the database refused its outcome: %s",
+                     route.name, execution.result_id, attempt, what, exc)
+        apply(execution)  # in memory only, for task_finished
+        return Outcome("unrecorded", execution, (
+            f"The task ran and {what}, but its outcome could not be recorded (the database "
+            f"failed: {safe_text(str(exc), 300)}). The run stays RUNNING: a redelivery "
+            f"records the outcome if it reaches this instance, else the task runs again after "
+            f"the ack deadline ({route.ack_deadline} s)."))
+    if not won:
+        apply(execution)  # in memory only, for task_finished
+        return Outcome("superseded", current, (
+            f"Attempt {attempt} {what}, but the run was started again meanwhile (attempt "
+            f"{current.attempts}, now {current.status}); the newer attempt's record stands and "
+            "this outcome is noted in its timeline."))
+    return Outcome(kind, current, detail)
 
 
 def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
@@ -194,13 +385,22 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
         return Outcome("rejected", record_rejection(str(exc), raw_message, delivery=delivery))
     problem = _arguments_problem(route.task, delivery.args, delivery.kwargs)
 
+    using = _db()
     try:
-        with transaction.atomic():
-            outcome = _settle_or_start(delivery, route, problem, raw_message)
+        with transaction.atomic(using=using):
+            outcome = _settle_or_start(delivery, route, problem, raw_message, using)
     except IntegrityError:
-        # Another transaction holds an uncommitted row for this run: an enqueue whose
-        # transaction has not committed yet, or a duplicate delivery racing this one.
+        # Another transaction inserted this run first: an enqueue that committed while this
+        # claim waited, or a duplicate delivery racing this one. Pub/Sub retries.
         return Outcome("busy", None, "This run is being recorded elsewhere; retry later.")
+    except OperationalError as exc:
+        if not _lock_not_available(exc):
+            raise
+        return Outcome("busy", None, (
+            "Another transaction holds this run (an enqueue not committed yet, or a duplicate "
+            "delivery); retry later."))
+    if outcome.kind == "uncommitted":
+        return _uncommitted(delivery, raw_message)
     if outcome.kind != "start":
         return outcome
     execution = outcome.execution
@@ -208,8 +408,9 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
 
     backend = route.task.get_backend()
     sender = type(backend) if isinstance(backend, PubSubBackend) else PubSubBackend
-    task_started.send(sender, task_result=result_from_execution(execution, route.task))
     try:
+        # Inside the try: once the run is RUNNING, whatever happens is recorded on it.
+        task_started.send(sender, task_result=result_from_execution(execution, route.task))
         if route.task.takes_context:
             context = PushTaskContext(task_result=result_from_execution(execution, route.task),
                                       delivery_attempt=execution.attempts)
@@ -220,15 +421,36 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
         problem = text_problem(value)
         if problem:  # PostgreSQL could not record it; SQLite is held to the same rule
             raise ValueError(f"The task's return value {problem}")
-    except Exception as exc:
+    except BaseException as exc:  # as Django's ImmediateBackend: SystemExit, cancellation...
         path = f"{type(exc).__module__}.{type(exc).__qualname__}"
         # The task's own text may hold what no database stores (NUL, unpaired surrogates).
-        execution.fail(path, safe_text("".join(traceback.format_exception(exc))))
-        execution.save()
-        task_finished.send(sender, task_result=result_from_execution(execution, route.task))
-        return Outcome("failed", execution, f"{path}: {exc}")
-    execution.succeed(value)
-    execution.save()
-    task_finished.send(sender, task_result=result_from_execution(execution, route.task))
-    return Outcome("ran", execution)
+        trace = safe_text("".join(traceback.format_exception(exc)))
+        attempts = execution.attempts
+        give_up = bool(route.max_attempts and attempts >= route.max_attempts)
 
+        def failed(run: TaskExecution) -> None:
+            run.fail(path, trace)
+            if give_up:
+                run.give_up(_give_up_reason(attempts, route))
+
+        outcome = _record_outcome(
+            execution, route, using, "gave_up" if give_up else "failed", failed,
+            f"failed ({path})", f"{path}: {safe_text(str(exc), 2000)}")
+        task_finished.send(sender, task_result=result_from_execution(
+            _finished_run(outcome, execution), route.task))
+        if isinstance(exc, KeyboardInterrupt):
+            raise  # recorded; let whoever stops the process stop it
+        return outcome
+    outcome = _record_outcome(execution, route, using, "ran",
+                              lambda run: run.succeed(value), "succeeded", "")
+    task_finished.send(sender, task_result=result_from_execution(
+        _finished_run(outcome, execution), route.task))
+    return outcome
+
+
+def _finished_run(outcome: Outcome, attempt: TaskExecution) -> TaskExecution:
+    """The run task_finished reports: as recorded, or this attempt's own outcome when the
+    record is another attempt's (superseded) or could not be written (unrecorded)."""
+    if outcome.kind in ("superseded", "unrecorded") or outcome.execution is None:
+        return attempt
+    return outcome.execution

@@ -5,7 +5,7 @@ PubSubBackend records its own runs as they happen, so its signals are ignored he
 
 import logging
 
-from django.db import DatabaseError
+from django.db import DatabaseError, router, transaction
 from django.dispatch import receiver
 from django.tasks import TaskResultStatus
 from django.tasks.signals import task_enqueued, task_finished, task_started
@@ -21,12 +21,17 @@ def _recorded_elsewhere(sender: type) -> bool:
 
 
 def _safely(func):
-    # Recording is best effort: a database hiccup must not break the caller's task.
+    # Recording is best effort: a database hiccup must not break the caller's task, nor touch
+    # the caller's transaction. The savepoint (a transaction of its own outside one) is what
+    # keeps a failed write from marking the caller's atomic() for rollback.
     def wrapper(sender, task_result, **kwargs):
         if _recorded_elsewhere(sender):
             return
+        from .models import TaskExecution
+
         try:
-            func(sender, task_result)
+            with transaction.atomic(using=router.db_for_write(TaskExecution)):
+                func(sender, task_result)
         except DatabaseError:
             logger.exception("Could not record task run %s", task_result.id)
 

@@ -36,6 +36,14 @@ STATUS_FOR = {
     "duplicate": ACK,  # ack: the run already settled
     "busy": 429,  # retry later: another worker is still running this delivery
     "failed": 500,  # retry with backoff
+    # ack: the route's max_attempts is reached; the run is FAILED for good (gave_up)
+    "gave_up": ACK,
+    # Not acknowledged: this attempt outlived its ack deadline and the run was started again;
+    # a redelivery is settled by the run's current state (duplicate, busy, or a new attempt).
+    "superseded": 409,
+    # The task ran but the database refused its outcome: at-least-once, so Pub/Sub redelivers
+    # (see docs/delivery.md).
+    "unrecorded": 429,
 }
 
 

@@ -291,17 +291,5 @@ def test_redelivery_while_the_run_is_still_running_asks_for_a_retry(client):
     assert (execution.status, execution.attempts) == (State.SUCCESSFUL, 2)
 
 
-def test_a_row_another_transaction_is_still_writing_asks_for_a_retry(client, monkeypatch):
-    # An enqueue inside an uncommitted transaction: our insert of the same run collides.
-    from django.db import IntegrityError
-
-    def collide(self, *args, **kwargs):
-        raise IntegrityError("duplicate key value violates unique constraint")
-
-    monkeypatch.setattr(TaskExecution, "save", collide)
-    response = push(client, envelope(message()))
-    monkeypatch.undo()
-
-    assert response.status_code == 429
-    assert response.json()["outcome"] == "busy"
-    assert push(client, envelope(message())).status_code == 200
+# A row another transaction is still writing: tests/test_races.py races two real
+# transactions (test_a_push_for_an_uncommitted_enqueue_is_busy_and_then_runs).

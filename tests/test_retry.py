@@ -56,7 +56,7 @@ def test_retry_run_publishes_a_new_linked_run(fake_publisher, admin_user, status
     [(topic, message, attrs)] = fake_publisher.published
     assert topic.endswith("--tests.tasks.add")
     assert message["task_id"] == new.result_id and message["args"] == [2]
-    assert attrs == {"trigger": "retry"}
+    assert attrs == {"trigger": "retry", "gyrinx_recorded": "1"}
     # The original keeps its history and state.
     original.refresh_from_db()
     assert (original.status, original.timeline) == (status, timeline_before)
