@@ -258,6 +258,22 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
             "outside the 5-100 Pub/Sub allows with a dead_letter_topic.",
             "Set max_delivery_attempts to a number from 5 to 100.",
         )
+    if (route.dead_letter_topic and route.max_attempts is not None
+            and route.max_attempts != route.max_delivery_attempts):
+        # Whichever limit is lower wins, and the other never applies: a lower max_attempts
+        # acknowledges before Pub/Sub dead-letters; a higher one is never reached.
+        fate = ("is acknowledged as given up before Pub/Sub forwards it, so nothing reaches "
+                "the dead-letter topic" if _number(route.max_attempts) is not None
+                and route.max_attempts < route.max_delivery_attempts else
+                "is forwarded to the dead-letter topic first and never recorded as given up")
+        messages.append(Warning(
+            f"The route's max_attempts ({route.max_attempts!r}) differs from "
+            f"max_delivery_attempts ({route.max_delivery_attempts!r}) with a "
+            f"dead_letter_topic: a run that keeps failing {fate}.",
+            hint="Set max_attempts equal to max_delivery_attempts, or leave max_attempts "
+                 "unset to let the dead-letter policy decide.",
+            obj=label, id="gyrinx_tasks.W015",
+        ))
     return messages
 
 

@@ -1,6 +1,7 @@
 """Opt-in provisioning when a Cloud Run instance starts (TASKS_PROVISION_ON_STARTUP).
 
-Called from ``AppConfig.ready()``. It runs only on Cloud Run (``K_SERVICE`` is set), never
+Armed from ``AppConfig.ready()`` and started by the first request the process serves, so
+management commands never start it. It runs only on Cloud Run (``K_SERVICE`` is set), never
 under tests or with DEBUG on, in a background thread so start-up is never delayed, and it
 never raises: a failure is logged and the instance serves as usual. Several instances starting
 at once is safe, because applying a plan tolerates resources that others create or change.
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import request_started
 
 from .conf import tasks_settings
 
@@ -38,14 +40,25 @@ def skip_reason(environ: Mapping[str, str] | None = None,
     return ""
 
 
-def maybe_provision_on_startup() -> threading.Thread | None:
-    """Start provisioning in a background thread if it should run; return the thread."""
+def maybe_provision_on_startup() -> None:
+    """Provision in a background thread once this process serves its first request, if it
+    should run at all.
+
+    Waiting for a request keeps management commands (migrate, shell, a Cloud Run job), which
+    load the apps too but serve nothing, from starting network calls they do not need.
+    """
     reason = skip_reason()
     if reason:
         logger.debug("Not provisioning on start-up: %s.", reason)
-        return None
+        return
+    request_started.connect(_on_first_request, dispatch_uid="gyrinx_tasks.provision_on_startup")
+
+
+def _on_first_request(sender: Any = None, **kwargs: Any) -> threading.Thread | None:
+    """Start provisioning for the process's first request; later requests do nothing."""
     if not _started.acquire(blocking=False):
-        return None  # ready() ran twice in this process
+        return None  # already started by an earlier request
+    request_started.disconnect(dispatch_uid="gyrinx_tasks.provision_on_startup")
     return start_in_background()
 
 
