@@ -168,6 +168,13 @@ def _required_settings() -> tuple[str, str]:
     return audience, service_account
 
 
+# HTTP authentication schemes (IANA registry) that rejections may name.
+KNOWN_SCHEMES = frozenset({
+    "basic", "digest", "negotiate", "ntlm", "hoba", "mutual", "token", "dpop", "gnap",
+    "privatetoken", "vapid", "concordium", "scram-sha-1", "scram-sha-256", "aws4-hmac-sha256",
+})
+
+
 def _bearer_token(authorization: str | None) -> str:
     if not authorization or not authorization.strip():
         raise _reject(
@@ -176,10 +183,11 @@ def _bearer_token(authorization: str | None) -> str:
         )
     scheme, *rest = authorization.split(None, 1)
     if scheme.lower() != "bearer":
-        # Only the scheme is quoted: whatever follows may be a credential.
+        # Only a known scheme's name is quoted: the first word may itself be a credential
+        # (a token sent without "Bearer "), and this message is logged.
+        named = f"the {scheme!r}" if scheme.lower() in KNOWN_SCHEMES else "an unrecognised"
         raise _reject(
-            f"The Authorization header uses the {scheme[:20]!r} scheme; it must be "
-            f"'Bearer <token>'."
+            f"The Authorization header uses {named} scheme; it must be 'Bearer <token>'."
         )
     token = rest[0].strip() if rest else ""
     if not token:

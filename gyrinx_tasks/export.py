@@ -26,6 +26,7 @@ from import_export.resources import ModelResource
 from import_export.widgets import Widget
 
 from .models import State, TaskExecution
+from .redaction import REDACTED, redacted_task_names
 
 # Rows fetched from the database per round trip (a server-side cursor on PostgreSQL).
 CHUNK_SIZE = 2000
@@ -102,27 +103,57 @@ def raw_rows(queryset: QuerySet, cols: Sequence[Column],
         chunk_size=chunk_size)
 
 
+class _RedactedCell(str):
+    """A payload cell of a redacted run: written as REDACTED, not rendered as JSON."""
+
+
+REDACTED_CELL = _RedactedCell(REDACTED)
+
+
+def redacted_rows(cols: Sequence[Column], values: Iterable[tuple],
+                  reveal_redacted: bool = False) -> Iterator[tuple]:
+    """``values`` with the payload cells of redacted routes' runs replaced by REDACTED_CELL.
+
+    ``reveal_redacted`` (the user holds view_payload_taskexecution) passes them through.
+    """
+    payload = [i for i, column in enumerate(cols) if column.payload]
+    names = set() if reveal_redacted or not payload else redacted_task_names()
+    if not names:
+        yield from values
+        return
+    name_at = [column.name for column in cols].index("task_name")
+    for row in values:
+        if row[name_at] in names:
+            row = tuple(REDACTED_CELL if i in payload else value
+                        for i, value in enumerate(row))
+        yield row
+
+
 def rows(queryset: QuerySet, include_payload: bool = False,
-         chunk_size: int = CHUNK_SIZE) -> Iterator[list[str]]:
+         chunk_size: int = CHUNK_SIZE, reveal_redacted: bool = False) -> Iterator[list[str]]:
     """Rendered CSV cells for each run in ``queryset``, in its order."""
     cols = columns(include_payload)
     renderers = [column.render for column in cols]
-    for values in raw_rows(queryset, cols, chunk_size):
-        yield [render(value) for render, value in zip(renderers, values, strict=True)]
+    for values in redacted_rows(cols, raw_rows(queryset, cols, chunk_size), reveal_redacted):
+        # A redacted cell is written as is, not as the JSON string "[redacted]".
+        yield [value if isinstance(value, _RedactedCell) else render(value)
+               for render, value in zip(renderers, values, strict=True)]
 
 
 def stream_csv(queryset: QuerySet, include_payload: bool = False,
-               chunk_size: int = CHUNK_SIZE) -> Generator[str, None, int]:
+               chunk_size: int = CHUNK_SIZE,
+               reveal_redacted: bool = False) -> Generator[str, None, int]:
     """CSV text in pieces of a few hundred rows: the header, then every run in ``queryset``.
 
     A generator whose return value (``count = yield from stream_csv(...)``) is the number of
     rows written. Memory stays flat: one chunk of database rows and one buffer at a time.
+    Payload cells of routes with ``redact=True`` read REDACTED unless ``reveal_redacted``.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(headers(include_payload))
     count = 0
-    for row in rows(queryset, include_payload, chunk_size):
+    for row in rows(queryset, include_payload, chunk_size, reveal_redacted):
         writer.writerow(row)
         count += 1
         if count % ROWS_PER_WRITE == 0:
@@ -142,9 +173,10 @@ class Writable(Protocol):
     def write(self, text: str, /) -> object: ...
 
 
-def write_csv(out: Writable, queryset: QuerySet, include_payload: bool = False) -> int:
+def write_csv(out: Writable, queryset: QuerySet, include_payload: bool = False,
+              reveal_redacted: bool = False) -> int:
     """Write the CSV export of ``queryset`` to ``out``; return the number of rows."""
-    stream = stream_csv(queryset, include_payload)
+    stream = stream_csv(queryset, include_payload, reveal_redacted=reveal_redacted)
     while True:
         try:
             out.write(next(stream))
@@ -211,7 +243,7 @@ class _CellWidget(Widget):
         self._render = render
 
     def render(self, value: Any, obj: Any = None, **kwargs: Any) -> str:
-        return self._render(value)
+        return value if isinstance(value, _RedactedCell) else self._render(value)
 
 
 class TaskExecutionResource(ModelResource):
@@ -225,8 +257,10 @@ class TaskExecutionResource(ModelResource):
         fields: tuple[str, ...] = ()  # the columns come from COLUMNS, not the model
         chunk_size = CHUNK_SIZE
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, reveal_redacted: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Payload of redacted routes' runs is shown only to users allowed to see it.
+        self.reveal_redacted = reveal_redacted
         self.fields = {
             column.name: Field(attribute=column.name, column_name=column.name,
                                widget=_CellWidget(column.render), readonly=True)
@@ -241,8 +275,9 @@ class TaskExecutionResource(ModelResource):
             return
         names = [column.name for column in columns(self.include_payload)]
         cols = columns(self.include_payload)
-        for values in raw_rows(queryset, cols, self.get_chunk_size()):
-            yield dict(zip(names, values, strict=True))
+        values = raw_rows(queryset, cols, self.get_chunk_size())
+        for row in redacted_rows(cols, values, self.reveal_redacted):
+            yield dict(zip(names, row, strict=True))
 
 
 class TaskExecutionPayloadResource(TaskExecutionResource):

@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..conf import tasks_settings
 from ..models import State, TaskExecution
+from ..redaction import REDACTED_NOTE, is_redacted
 from ..retry import (
     RETRYABLE,
     Retried,
@@ -135,7 +136,8 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     def render_change_form(self, request, context, add=False, change=False, form_url="",
                            obj=None):
         if obj is not None:
-            context.update(execution_context(obj))
+            context.update(execution_context(obj, redact=is_redacted(obj.task_name,
+                                                                     request.user)))
             context.update(self.retry_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
@@ -273,17 +275,25 @@ def report_messages(report: RetryReport, limit: int) -> list[tuple[int, str]]:
     return out
 
 
-def execution_context(obj: Any) -> dict[str, Any]:
-    """What the detail page shows below the fields: payload, errors, timeline."""
-    payload = [(_("Args"), _pretty(obj.args)), (_("Kwargs"), _pretty(obj.kwargs))]
+def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
+    """What the detail page shows below the fields: payload, errors, timeline.
+
+    ``redact`` (gyrinx_tasks/redaction.py) hides the args, kwargs, return value, and what
+    holds them too: the raw message and the tracebacks.
+    """
+    def shown(value: Any) -> str:
+        return REDACTED_NOTE if redact else _pretty(value)
+
+    payload = [(_("Args"), shown(obj.args)), (_("Kwargs"), shown(obj.kwargs))]
     if obj.return_value is not None or obj.status == State.SUCCESSFUL:
-        payload.append((_("Return value"), _pretty(obj.return_value)))
+        payload.append((_("Return value"), shown(obj.return_value)))
     errors = [
         {
             "attempt": error.get("attempt"),
             "at": _when(error.get("at")),
             "exception_class_path": error.get("exception_class_path", ""),
-            "traceback": error.get("traceback", ""),
+            # The exception's message often quotes the arguments; its class stays visible.
+            "traceback": REDACTED_NOTE if redact else error.get("traceback", ""),
         }
         for error in obj.errors or []
         if isinstance(error, dict)
@@ -298,7 +308,8 @@ def execution_context(obj: Any) -> dict[str, Any]:
         "execution_payload": payload,
         "execution_errors": errors,
         "execution_timeline": timeline,
-        "execution_raw_message": _pretty_text(obj.raw_message),
+        "execution_raw_message": (REDACTED_NOTE if redact and obj.raw_message
+                                  else _pretty_text(obj.raw_message)),
     }
 
 

@@ -21,6 +21,7 @@ from import_export.forms import SelectableFieldsExportForm
 
 from ..export import TaskExecutionPayloadResource, TaskExecutionResource, stream_csv
 from ..models import TaskExecution
+from ..redaction import can_view_payload
 from .base import audit, has_model_permission, require
 
 # Query parameters of the changelist that are not filters.
@@ -51,6 +52,12 @@ class ExecutionExportMixin(ExportMixin):
         # An export shows what the list shows, so it needs view permission as well.
         return self.has_view_permission(request) and has_model_permission(
             request, TaskExecution._meta, "export_taskexecution")
+
+    def get_export_resource_kwargs(self, request: HttpRequest, **kwargs: Any) -> dict[str, Any]:
+        # Runs of redact=True routes keep their payload out of the file for users without
+        # view_payload_taskexecution (gyrinx_tasks/redaction.py).
+        return {**super().get_export_resource_kwargs(request, **kwargs),
+                "reveal_redacted": can_view_payload(request.user)}
 
     def get_export_formats(self) -> list:
         formats = super().get_export_formats()
@@ -120,7 +127,8 @@ class ExecutionExportMixin(ExportMixin):
         entry = self._audit(request, f"Started a streamed CSV export of runs ({what}; "
                                      f"{describe_filters(request)}).")
         response = StreamingHttpResponse(
-            _audited(stream_csv(queryset, include_payload), entry),
+            _audited(stream_csv(queryset, include_payload,
+                                reveal_redacted=can_view_payload(request.user)), entry),
             content_type="text/csv; charset=utf-8",
         )
         filename = self.get_export_filename(request, queryset, CSV())

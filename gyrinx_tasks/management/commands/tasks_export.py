@@ -11,7 +11,8 @@ class Command(BaseCommand):
     help = (
         "Write task runs as CSV, newest first, row by row from the database so memory stays "
         "flat at any size. Args, kwargs and return values are left out unless "
-        "--include-payload is given (they can hold personal data)."
+        "--include-payload is given (they can hold personal data); for tasks whose route "
+        "has redact=True they read [redacted] unless --include-redacted is given too."
     )
 
     def add_arguments(self, parser):
@@ -21,6 +22,10 @@ class Command(BaseCommand):
                  "for standard output.")
         parser.add_argument("--include-payload", action="store_true",
                             help="Add the args, kwargs and return_value columns.")
+        parser.add_argument(
+            "--include-redacted", action="store_true",
+            help="With --include-payload: also write the payload of tasks whose route has "
+                 "redact=True (personal data) instead of [redacted].")
         parser.add_argument("--status", action="append", default=[], metavar="STATUS",
                             help="Only runs in this status (e.g. FAILED); repeat for several.")
         parser.add_argument("--task", action="append", default=[], metavar="NAME",
@@ -30,7 +35,13 @@ class Command(BaseCommand):
         parser.add_argument("--until", metavar="WHEN",
                             help="Only runs created before this ISO date or date-time.")
 
-    def handle(self, *args, output, include_payload, status, task, since, until, **options):
+    def handle(self, *args, output, include_payload, include_redacted, status, task, since,
+               until, **options):
+        if include_redacted and not include_payload:
+            raise CommandError(
+                "--include-redacted only applies to the payload columns; add --include-payload "
+                "as well, or leave --include-redacted out.")
+        self.reveal_redacted = include_redacted
         try:
             queryset = filter_runs(
                 statuses=status, tasks=task,
@@ -42,7 +53,7 @@ class Command(BaseCommand):
 
         if output == "-":
             self.stdout.ending = ""  # the CSV brings its own line endings
-            count = write_csv(self.stdout, queryset, include_payload)
+            count = write_csv(self.stdout, queryset, include_payload, include_redacted)
             where = "standard output"
         else:
             count = self._write_file(output, queryset, include_payload)
@@ -59,7 +70,7 @@ class Command(BaseCommand):
         try:
             # newline="" keeps csv's own \r\n line endings, as RFC 4180 wants.
             with open(partial, "w", newline="", encoding="utf-8") as out:
-                count = write_csv(out, queryset, include_payload)
+                count = write_csv(out, queryset, include_payload, self.reveal_redacted)
             os.replace(partial, output)
         except OSError as exc:
             raise CommandError(f"Could not write {output}: {exc.strerror or exc}.") from exc
