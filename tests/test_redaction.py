@@ -349,3 +349,31 @@ def test_expired_and_badly_signed_tokens_are_not_logged(client, settings, oidc, 
         assert response.status_code == 403
         assert token not in all_logs.text and token.split(".")[2] not in all_logs.text
     assert len(all_logs.records) >= len(tokens)
+
+
+# --- In the browser ------------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_browser_run_page_of_a_redacted_task(page, live_server):
+    from tests.infra.browser import log_in, save_screenshot
+
+    run = make_run(
+        "close_account", State.FAILED, args=[EMAIL], kwargs={"reason": SECRET_NAME},
+        attempts=1, message_id="2001",
+        errors=[{"exception_class_path": "builtins.LookupError", "attempt": 1,
+                 "at": "2026-11-23T10:00:01+00:00",
+                 "traceback": f"Traceback ...\nLookupError: no account for {EMAIL}"}])
+    staff_user("support", "view_taskexecution", "retry_taskexecution")
+    log_in(page, live_server.url, "support", "pw")
+    page.goto(f"{live_server.url}{reverse(CHANGE, args=[run.pk])}")
+    text = page.inner_text("#content")
+    assert not leaks(text)
+    assert text.count(REDACTED) >= 3 and "builtins.LookupError" in text
+    assert page.locator(".gyrinx-retry-button").count() == 1  # retrying needs no payload
+    # Nothing is cut off at 1400 px: the redaction note wraps inside its box.
+    overflow = page.evaluate("""() => [...document.querySelectorAll('.gyrinx-pre')]
+        .filter(el => el.scrollWidth > el.clientWidth + 1).length""")
+    assert overflow == 0
+    save_screenshot(page, "run-detail-redacted")
+    save_screenshot(page, "run-detail-redacted", dark=True)
