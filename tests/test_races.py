@@ -415,3 +415,33 @@ def test_an_impossible_enqueued_at_is_rejected_and_acknowledged(client):
 
     assert (response.status_code, response.json()["outcome"]) == (200, "rejected")
     assert "enqueued_at" in TaskExecution.objects.get().status_detail
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_enqueue_rolled_back_after_publishing_never_runs(client, calls, fake_publisher):
+    # The real sequence: enqueue() inside the caller's transaction inserts the row and
+    # publishes at once; Pub/Sub delivers; then the caller's transaction rolls back.
+    held = calls()
+    delivered = []
+
+    class RollBack(Exception):
+        pass
+
+    with pytest.raises(RollBack), transaction.atomic():
+        result = tasks.echo.enqueue("hi")
+        [(_topic, payload, attributes)] = fake_publisher.published
+        assert attributes == {RECORDED_ATTRIBUTE: "1"}
+        body = envelope(payload, message_id="m-real", attributes=attributes)
+        thread, answers = in_thread(lambda: push(client.__class__(), body))
+        thread.join(WAIT)
+        delivered.extend(answers)
+        raise RollBack
+
+    late = dict(payload, enqueued_at=(timezone.now() - runner.UNCOMMITTED_GRACE).isoformat())
+    settled = push(client, envelope(late, message_id="m-real", attributes=attributes))
+
+    [during] = delivered
+    assert (during.status_code, during.json()["outcome"]) == (429, _busy_outcome())
+    assert (settled.status_code, settled.json()["outcome"]) == (200, "rejected")
+    assert not TaskExecution.objects.filter(result_id=result.id).exists()
+    assert held == []
