@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run every benchmark and write docs/benchmarks.md. Arguments go to benchmarks/run.py
+# (--quick for small sizes, --only NAME to pick, --out PATH). Run from anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec .venv/bin/python -m benchmarks.run "$@"
