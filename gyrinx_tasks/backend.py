@@ -391,10 +391,14 @@ class PubSubBackend(BaseTaskBackend):
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         first = failed[0]
         error = first.execution.errors[-1]["exception_class_path"]
+        unconfirmed = sum(1 for p in failed if p.execution.status == "READY")
+        state = (f"FAILED, or READY with the publish unconfirmed after a timeout "
+                 f"({unconfirmed}; they run if Pub/Sub delivers them after all)"
+                 if unconfirmed else "FAILED")
         raise TaskPublishError(
             f"Could not publish {len(failed)} run(s), the first of {first.route.path!r} to "
             f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
-            f"FAILED: {ids}{more}."
+            f"{state}: {ids}{more}."
         )
 
     def _publish_on_commit(self, using: str, pendings: list["Pending"]) -> None:
