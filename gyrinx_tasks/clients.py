@@ -12,10 +12,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-# The batch settings a PubSubBackend uses unless its OPTIONS say otherwise. They only govern
-# the batched paths (enqueue_many, publish_on_commit, bulk retries): a single enqueue does not
-# go through the batcher (see publish_now). 5 ms lets a loop of publishes fill batches of up
-# to 1,000 messages (Pub/Sub's limit per request) instead of paying 10 ms per small batch.
+# The batch settings of the shared client's batching publish(), used by
+# PubSubBackend.publish_future (bulk retries, retry.py) unless OPTIONS' batch_settings say
+# otherwise. enqueue(), enqueue_many() and publish_on_commit do not batch through it: they
+# send their own Publish requests (publish_now, publish_many). 5 ms and 1,000 messages (Pub/Sub's
+# limit per request) fill batches from a loop instead of paying 10 ms per small batch.
 DEFAULT_BATCH_SETTINGS: dict[str, float | int] = {
     "max_latency": 0.005, "max_messages": 1000, "max_bytes": 1_000_000,
 }
