@@ -210,3 +210,31 @@ def test_startup_provisioning_starts_with_the_first_request_only(monkeypatch):
         request_started.disconnect(dispatch_uid="gyrinx_tasks.provision_on_startup")
 
     assert started == [1]
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_run_page_of_a_given_up_run_in_a_browser(admin_page, live_server):
+    from tests.infra.browser import save_screenshot
+
+    run = TaskExecution.objects.create(task_name="explode", task_path="tests.tasks.explode",
+                                       message_id="m-browser", args=["kaboom"])
+    for attempt in range(1, 61):
+        run.start("rev-00042/instance-7", attempt)
+        run.fail("builtins.RuntimeError", "Traceback (most recent call last):\n"
+                 f"RuntimeError: kaboom (attempt {attempt})")
+    run.give_up("Gave up after 60 attempts (the route's max_attempts is 60); Pub/Sub is not "
+                "asked to deliver it again. Retry it from the admin once the cause is fixed.")
+    run.save()
+
+    admin_page.goto(f"{live_server.url}/admin/gyrinx_tasks/taskexecution/{run.pk}/change/")
+
+    state = admin_page.locator(".gyrinx-retry-state")
+    assert state.inner_text().startswith("Gave up after 60 attempts")
+    gap = admin_page.locator(".gyrinx-timeline tr.gyrinx-omitted")
+    assert gap.inner_text().startswith(f"{run.timeline_omitted} earlier entries not shown")
+    # The gap sits after the first kept entries.
+    rows = admin_page.locator(".gyrinx-timeline tbody tr")
+    assert "gyrinx-omitted" in (rows.nth(HISTORY_HEAD).get_attribute("class") or "")
+    save_screenshot(admin_page, "run-gave-up")
+    save_screenshot(admin_page, "run-gave-up", dark=True)
