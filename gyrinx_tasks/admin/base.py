@@ -35,6 +35,23 @@ class ActionPermissionMixin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
 
+class PageAdmin(admin.ModelAdmin):
+    """The admin of a proxy model that is only a page: nobody adds, changes or deletes rows.
+
+    Its view permission decides whether the page shows in the app index and may be opened;
+    its own actions check their permissions in their views.
+    """
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def has_model_permission(request: HttpRequest, opts: Any, codename: str) -> bool:
     """Whether the user holds ``app_label.codename`` (always checked on the server)."""
     user = request.user

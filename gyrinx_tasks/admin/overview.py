@@ -8,7 +8,6 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from django.contrib import admin
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -18,7 +17,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from .. import stats
 from ..models import State
-from .base import has_model_permission, page_context, require
+from .base import PageAdmin, has_model_permission, page_context, require
 
 POLL_SECONDS = 5
 # A run READY for longer than this has probably not been delivered: worth a look.
@@ -29,7 +28,7 @@ COUNTED_STATES = (State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED,
                   State.RUNNING, State.READY)
 
 
-class OverviewAdmin(admin.ModelAdmin):
+class OverviewAdmin(PageAdmin):
     """Only a page: no rows to add, change or delete, and no per-object URLs."""
 
     page_template = "admin/gyrinx_tasks/overview/page.html"
@@ -38,14 +37,8 @@ class OverviewAdmin(admin.ModelAdmin):
     def has_view_permission(self, request, obj=None):
         return has_model_permission(request, self.opts, "view_overview")
 
-    def has_add_permission(self, request):
-        return False
 
-    def has_change_permission(self, request, obj=None):
-        return False
 
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name

@@ -10,7 +10,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -32,7 +32,7 @@ from ..provisioning import (
     build_plan,
 )
 from ..registry import get_routes
-from .base import audit, has_model_permission, page_context, require
+from .base import PageAdmin, audit, has_model_permission, page_context, require
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -129,17 +129,11 @@ def fingerprint(plan: Plan) -> str:
     return hashlib.sha256("\n".join(plan.lines()).encode()).hexdigest()[:16]
 
 
-class ProvisioningStatusAdmin(admin.ModelAdmin):
+class ProvisioningStatusAdmin(PageAdmin):
     """The page of ProvisioningStatus (a proxy with no rows of its own)."""
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_provision_permission(self, request: HttpRequest) -> bool:
         return has_model_permission(request, self.opts, "provision_provisioningstatus")

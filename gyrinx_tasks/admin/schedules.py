@@ -9,7 +9,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.core.exceptions import ImproperlyConfigured
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -34,7 +34,7 @@ from ..provisioning.config import default_project
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
 from ..scheduling import describe_schedule, next_fire_time, schedule_zone
-from .base import audit, has_model_permission, page_context, require
+from .base import PageAdmin, audit, has_model_permission, page_context, require
 
 TEMPLATES = "admin/gyrinx_tasks/scheduledjob"
 CALL_TIMEOUT = 3.0  # seconds for one Cloud Scheduler call, retries included
@@ -80,17 +80,11 @@ def last_run(route: TaskRoute) -> TaskExecution | None:
                                                                        "-id").first()
 
 
-class ScheduledJobAdmin(admin.ModelAdmin):
+class ScheduledJobAdmin(PageAdmin):
     """The page of ScheduledJob (a proxy with no rows of its own)."""
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_run_permission(self, request: HttpRequest) -> bool:
         return has_model_permission(request, self.opts, "run_scheduledjob")
