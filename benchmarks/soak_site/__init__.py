@@ -1,0 +1,1 @@
+"""A tiny Django site for benchmarks/soak.py: its own settings, registry and task."""
