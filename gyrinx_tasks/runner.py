@@ -79,6 +79,21 @@ def _db() -> str:
     return router.db_for_write(TaskExecution)
 
 
+# What a delivery changes on an existing run. Saving only these keeps each attempt from
+# rewriting the run's arguments (up to 10 MB) along with its state.
+PROGRESS_FIELDS = ["status", "attempts", "worker_ids", "delivery_attempt", "started_at",
+                   "last_attempted_at", "finished_at", "timeline", "timeline_omitted", "errors",
+                   "errors_omitted", "status_detail", "return_value", "gave_up", "message_id",
+                   "raw_message"]
+
+
+def _save(execution: TaskExecution, using: str) -> None:
+    if execution._state.adding:
+        execution.save(using=using)
+    else:
+        execution.save(using=using, update_fields=PROGRESS_FIELDS)
+
+
 def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = None,
                      delivery: Delivery | None = None,
                      fresh_row: bool = False) -> TaskExecution:
@@ -115,7 +130,7 @@ def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = 
         if execution.settled:
             return execution  # already settled; a duplicate delivery changes nothing
         execution.reject(reason, raw_message)
-        execution.save(using=using)
+        _save(execution, using)
     return execution
 
 
@@ -179,7 +194,7 @@ def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
         execution._log("", State.READY, note)
         # On PostgreSQL this insert waits (LOCK_TIMEOUT_MS at most) while another transaction
         # holds an uncommitted row of the same id; then IntegrityError or LockNotAvailable.
-        execution.save(using=using)
+        _save(execution, using)
     elif not execution.message_id:
         execution.message_id = delivery.message_id
     return execution
@@ -250,7 +265,7 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
             apply(execution)
             execution.note(f"attempt {execution.attempts}'s outcome recorded late, on a "
                            "redelivery, after a database failure")
-            execution.save(using=using)
+            _save(execution, using)
             return Outcome(kind, execution, "The outcome of an earlier attempt, recorded late.")
     if execution.status == State.RUNNING and execution.last_attempted_at and (
         timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
@@ -258,7 +273,7 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
         return Outcome("busy", execution, "This run is still running on another worker.")
     if problem:
         execution.reject(problem, raw_message)
-        execution.save(using=using)
+        _save(execution, using)
         logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
         return Outcome("rejected", execution, problem)
     mode, reason = kill_switch_state(route)
@@ -280,18 +295,18 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
                                     "the route's max_attempts is reached.")))
         if reason:
             execution.skip(reason)
-            execution.save(using=using)
+            _save(execution, using)
             logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
             return Outcome("skipped", execution, reason)
         gave_up = _give_up_reason(execution.attempts, route)
         execution.give_up(gave_up)
-        execution.save(using=using)
+        _save(execution, using)
         logger.error("Gave up %s (%s): %s", route.name, execution.result_id, gave_up)
         return Outcome("gave_up", execution, gave_up)
     if execution.status == State.RUNNING:
         execution.note(_lost_attempt_note(execution, route))
     execution.start(current_worker_id(), delivery.delivery_attempt)
-    execution.save(using=using)
+    _save(execution, using)
     return Outcome("start", execution)
 
 
@@ -325,7 +340,7 @@ def _finish(execution: TaskExecution, using: str, kind: str,
             return execution, False
         if current.status == State.RUNNING and current.attempts == attempt:
             apply(current)
-            current.save(using=using)
+            _save(current, using)
             return current, True
         current.note(f"attempt {attempt} {what} after it was superseded (the run is now "
                      f"{current.status}, attempt {current.attempts}); its outcome is not the "

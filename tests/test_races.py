@@ -445,3 +445,26 @@ def test_an_enqueue_rolled_back_after_publishing_never_runs(client, calls, fake_
     assert (settled.status_code, settled.json()["outcome"]) == (200, "rejected")
     assert not TaskExecution.objects.filter(result_id=result.id).exists()
     assert held == []
+
+
+# Unbounded rows, the write side: each attempt writes the run's state, not its arguments
+# (which can be megabytes), however many times Pub/Sub redelivers it.
+@pytest.mark.django_db
+def test_attempts_never_rewrite_the_runs_arguments(client):
+    from django.db import connection as default_connection
+    from django.test.utils import CaptureQueriesContext
+
+    run = TaskExecution.objects.create(result_id="t-big", task_id="t-big", task_name="explode",
+                                       task_path="tests.tasks.explode", args=["x" * 100_000])
+    body = envelope({"task_id": "t-big", "task_name": "explode", "args": ["x" * 100_000],
+                     "kwargs": {}}, message_id="m-big")
+
+    with CaptureQueriesContext(default_connection) as queries:
+        assert push(client, body).status_code == 500
+        assert push(client, body).status_code == 500
+
+    updates = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 4  # start and outcome, twice
+    assert not any('"args" =' in sql or '"kwargs" =' in sql for sql in updates)
+    run.refresh_from_db()
+    assert (run.status, run.attempts, run.message_id) == (State.FAILED, 2, "m-big")
