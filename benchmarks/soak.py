@@ -73,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _has_setting(name: str) -> bool:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return any(setting.name == name for setting in KNOWN_SETTINGS)
+
+
 class Gunicorn:
     """gunicorn serving the soak site; its arbiter restarts a killed worker."""
 
@@ -89,9 +95,10 @@ class Gunicorn:
             # status, method and path: the delivery count is read from here
             "--access-logformat", "%(s)s %(m)s %(U)s",
             "--error-logfile", str(self.error_log),
-            # Its default control socket is one path for every gunicorn on the machine.
-            "--no-control-socket",
         ]
+        if _has_setting("control_socket_disable"):
+            # gunicorn 25+: its default control socket is one path for every gunicorn here.
+            command.append("--no-control-socket")
         self.app_log = logdir / "app.log"  # the site's own logging (warnings and errors)
         with open(self.app_log, "wb") as out:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
@@ -155,12 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks < 1 or not 0 <= args.fail_share <= 1 or not 0 <= args.duplicate_share <= 1:
         sys.exit("--tasks must be at least 1; the shares must be between 0 and 1.")
     try:
-        import gunicorn  # noqa: F401
+        import gunicorn
     except ImportError:
         sys.exit("gunicorn is not installed: run `.cache/tools/bin/uv sync` (dev group).")
 
     machine = machine_lines({"postgresql": "throwaway cluster (tests/infra/postgres.py)",
                              "pubsub": "official emulator (gcloud beta emulators)",
+                             "gunicorn": gunicorn.__version__,
                              "command": "python -m benchmarks.soak " + " ".join(
                                  sys.argv[1:] if argv is None else argv)})
     postgres = start_postgres()
