@@ -239,9 +239,9 @@ def _uncommitted(delivery: Delivery, raw_message: str) -> Outcome:
         return Outcome("busy", None, (
             "The run's row is not committed yet (the enqueue's transaction is still open); "
             "retry later."))
-    reason = (f"The run {delivery.task_id} was never committed: the transaction that enqueued "
-              f"it rolled back (no row {UNCOMMITTED_GRACE} after enqueued_at), so it is not "
-              "run.")
+    reason = (f"The run {delivery.task_id} does not exist {UNCOMMITTED_GRACE} after "
+              "enqueued_at: the transaction that enqueued it rolled back (or the run was "
+              "deleted), so it is not run.")
     return Outcome("rejected", record_rejection(reason, raw_message, delivery=delivery,
                                                 fresh_row=True), reason)
 
