@@ -337,10 +337,17 @@ def test_startup_runs_only_when_opted_in_on_cloud_run_outside_tests_and_debug(se
     assert startup.skip_reason(CLOUD_RUN, no_pytest) == "running under tests"
 
 
+@pytest.mark.django_db  # request_started also runs Django's close_old_connections
 def test_startup_never_runs_under_tests(settings, monkeypatch):
+    from django.core.signals import request_started
+
     settings.TASKS_PROVISION_ON_STARTUP = True
     monkeypatch.setenv("K_SERVICE", "web")
-    assert startup.maybe_provision_on_startup() is None
+    started = []
+    monkeypatch.setattr(startup, "start_in_background", lambda: started.append(1))
+    startup.maybe_provision_on_startup()
+    request_started.send(sender=None)  # not even a request starts it
+    assert started == []
 
 
 def test_startup_runs_in_the_background_and_never_raises(caplog):
