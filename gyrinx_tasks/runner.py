@@ -44,7 +44,7 @@ LOCK_TIMEOUT_MS = 2000
 UNCOMMITTED_GRACE = timedelta(hours=1)
 # Outcomes of tasks that ran but could not be recorded (the database failed), by (run pk,
 # attempt): a redelivery to this process records them instead of running the task again.
-UNRECORDED_LIMIT = 1000
+UNRECORDED_LIMIT = 200  # each holds a return value, so a bounded few
 _unrecorded: "OrderedDict[tuple[int, int], tuple[str, Callable[[TaskExecution], None]]]" = (
     OrderedDict())
 _unrecorded_lock = threading.Lock()
