@@ -22,7 +22,7 @@ from .backend import PubSubBackend, build_message, enqueue_context, result_from_
 from .exceptions import TaskPublishError, UnknownTask
 from .models import State, TaskExecution, Trigger
 from .registry import get_route
-from .runner import kill_switch_reason
+from .runner import RECORDED_ATTRIBUTE, kill_switch_reason
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -236,8 +236,11 @@ def _publish_chunk(bulk: list[tuple[TaskExecution, Any, Any, str]],
         message = build_message(execution.task_id, route.name, execution.args,
                                 execution.kwargs, execution.enqueued_at)
         try:
-            futures.append(backend.publish_future(route.topic_name, message,
-                                                  trigger=Trigger.RETRY.value))
+            # The rows exist before the publish, like an enqueue's: the delivery must wait
+            # for them rather than create one (runner._claim).
+            futures.append(backend.publish_future(
+                route.topic_name, message,
+                **{"trigger": Trigger.RETRY.value, RECORDED_ATTRIBUTE: "1"}))
         except Exception as exc:  # noqa: BLE001 - recorded on the run, like a failed future
             futures.append(exc)
     done = []

@@ -176,6 +176,8 @@ def test_retry_queryset_retries_each_retryable_run_once(fake_publisher):
     assert not ok.retries.exists()
     assert len(fake_publisher.published) == 6
     assert {attrs["trigger"] for _t, _m, attrs in fake_publisher.published} == {"retry"}
+    # The rows exist before the publish, so a delivery waits for them instead of making one.
+    assert {attrs.get("gyrinx_recorded") for _t, _m, attrs in fake_publisher.published} == {"1"}
     published_ids = {message["task_id"] for _t, message, _a in fake_publisher.published}
     assert published_ids == set(retries.values_list("result_id", flat=True))
     assert {r.original_id for r in seen} == {run.pk for run in [*failed, rejected]}
