@@ -290,8 +290,9 @@ def main() -> None:
     args.single = args.single or (500 if args.quick else 2000)
     args.rounds = args.rounds or (2 if args.quick else 3)
     result = run(args)
-    print("\n".join(machine_lines({"database": "PostgreSQL (throwaway cluster)",
-                                   "pubsub": "official emulator (gcloud beta emulators)"})))
+    machine = machine_lines({"database": "PostgreSQL (throwaway cluster)",
+                             "pubsub": "official emulator (gcloud beta emulators)"})
+    print("\n".join(f"- {line}" for line in machine))
     print()
     print(report(result))
     if args.json:

@@ -55,6 +55,8 @@ GUNICORN = str(REPO_ROOT / ".venv" / "bin" / "gunicorn")
 CONFIGS = [
     ("sync, 2 workers (gunicorn's default worker)", ["-w", "2", "-k", "sync"]),
     ("sync, 2 workers, --keep-alive 5", ["-w", "2", "-k", "sync", "--keep-alive", "5"]),
+    # One thread per worker: a kept-alive connection is the only thing that could hold it.
+    ("gthread, 2 workers x 1 thread", ["-w", "2", "-k", "gthread", "--threads", "1"]),
     ("gthread, 2 workers x 4 threads", ["-w", "2", "-k", "gthread", "--threads", "4"]),
 ]
 RECOMMENDED = CONFIGS[-1]
@@ -322,7 +324,8 @@ def main() -> None:
         certs.stop()
         emulator.stop()
         server.stop()
-    print("\n".join(machine_lines({"server": "gunicorn 23.0.0", "database": "PostgreSQL"})))
+    machine = machine_lines({"server": "gunicorn 23.0.0", "database": "PostgreSQL"})
+    print("\n".join(f"- {line}" for line in machine))
     print()
     print(report(result))
     if args.json:
