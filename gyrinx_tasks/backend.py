@@ -33,8 +33,8 @@ logger = logging.getLogger("gyrinx_tasks")
 
 KNOWN_OPTIONS = {"project_id", "publish_on_commit", "publish_timeout", "client_options",
                  "batch_settings"}
-# Rows inserted per bulk_create and messages awaited together by enqueue_many() and the
-# publish_on_commit flush; 1,000 is also the most messages Pub/Sub takes in one request.
+# Rows per bulk_create statement (off PostgreSQL) and per existence check in the
+# publish_on_commit flush.
 CHUNK_SIZE = 1000
 # Messages published together (their requests all in flight) before waiting.
 PUBLISH_WINDOW = 10_000
@@ -288,8 +288,9 @@ class PubSubBackend(BaseTaskBackend):
         return pending.result
 
     def enqueue_many(self, task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
-        """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``: rows inserted with
-        bulk_create and messages published in batches, CHUNK_SIZE at a time.
+        """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``: the rows inserted in one
+        transaction (insert_runs: COPY on PostgreSQL, else bulk_create), then the messages
+        published together (publish_executions).
 
         Every message is checked before anything is recorded. With ``publish_on_commit``
         inside a transaction, publishing waits for the commit, as for enqueue(). Raises
