@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="share of messages published a second time")
     parser.add_argument("--kill-at", type=float, default=0.4,
                         help="SIGKILL a worker when this share of tasks is done")
+    parser.add_argument("--kill-after-side-effect", action="store_true",
+                        help="kill the worker after a task's side effect, before the task "
+                             "returns (shows what at-least-once delivery does then)")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--time-limit", type=float, default=900,
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         except (EmulatorStartError, OSError) as exc:
             sys.exit(f"The Pub/Sub emulator did not start: {exc}")
         os.environ.update(DJANGO_SETTINGS_MODULE=SETTINGS, SOAK_PG_PORT=str(postgres.port),
-                          PUBSUB_EMULATOR_HOST=emulator.host)
+                          PUBSUB_EMULATOR_HOST=emulator.host,
+                          SOAK_WORK_AFTER_EFFECT="1" if args.kill_after_side_effect else "0")
         import django
 
         django.setup()
@@ -246,8 +250,12 @@ def effect_counts() -> dict[str, int]:
         return dict(cursor.fetchall())
 
 
-def kill_a_busy_worker(server: Gunicorn, deadline: float) -> tuple[int, int]:
-    """SIGKILL a worker while it is inside a long task; (pid, tasks it had in hand)."""
+def kill_a_busy_worker(server: Gunicorn, deadline: float,
+                       after_effect: bool = False) -> tuple[int, int]:
+    """SIGKILL a worker while it is inside a long task; (pid, tasks it had in hand).
+
+    ``after_effect``: while the long task works after its side effect, before it returns.
+    """
     from django.db import connection
 
     from benchmarks.soak_site.tasks import LONG_EVERY, LONG_SECONDS
@@ -257,10 +265,11 @@ def kill_a_busy_worker(server: Gunicorn, deadline: float) -> tuple[int, int]:
             # A long task that started less than a second ago has at least half a second of
             # work left, so the kill lands inside it, before its side effect.
             cursor.execute(
-                "SELECT s.pid FROM soak_effect s WHERE s.kind = 'start' AND s.n %% %s = 0 "
+                "SELECT s.pid FROM soak_effect s WHERE s.kind = %s AND s.n %% %s = 0 "
                 "AND s.at > clock_timestamp() - %s * interval '1 second' AND NOT EXISTS ("
                 "SELECT 1 FROM soak_effect o WHERE o.n = s.n AND o.attempt = s.attempt "
-                "AND o.kind <> 'start') LIMIT 1", [LONG_EVERY, LONG_SECONDS - 0.5])
+                "AND o.id > s.id) LIMIT 1",
+                ["done" if after_effect else "start", LONG_EVERY, LONG_SECONDS - 0.5])
             row = cursor.fetchone()
             if row and row[0] in server.worker_pids():
                 os.kill(row[0], signal.SIGKILL)
@@ -295,7 +304,8 @@ def soak(args: argparse.Namespace, server: Gunicorn, topic: str, machine: list[s
     def maybe_kill() -> None:
         nonlocal killed_pid, in_hand
         if not killed_pid and effect_counts().get("done", 0) >= kill_after:
-            killed_pid, in_hand = kill_a_busy_worker(server, deadline)
+            killed_pid, in_hand = kill_a_busy_worker(server, deadline,
+                                                     args.kill_after_side_effect)
             if killed_pid:
                 print(f"  SIGKILLed worker {killed_pid} with {in_hand} task(s) in hand "
                       f"at {time.monotonic() - start:.1f} s", flush=True)
@@ -430,7 +440,8 @@ def figures(args, statuses: Counter, published: int, duplicates: int, killed_pid
             attempts == args.tasks + raises + cut_off + before_task
             and 0 <= before_task <= args.threads and cut_off <= in_hand
             and mismatched <= before_task,
-        "a worker was killed mid-task": bool(killed_pid) and cut_off + before_task >= 1,
+        "a worker was killed mid-task": bool(killed_pid) and (
+            cut_off + before_task >= 1 or args.kill_after_side_effect),
         "lost = 0": lost == 0,
         "double-run = 0": double_run == 0,
     }

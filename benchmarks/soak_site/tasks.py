@@ -12,7 +12,9 @@ from django.db import connection
 from django.tasks import task
 
 # The task's work. Every LONG_EVERY-th task works for LONG_SECONDS instead, so that the soak
-# can SIGKILL a worker while it is surely inside a task, before the task's side effect.
+# can SIGKILL a worker while it is surely inside a task, before the task's side effect. With
+# SOAK_WORK_AFTER_EFFECT=1 (soak.py --kill-after-side-effect) that long work comes after the
+# side effect instead, as in a task that sends an e-mail and then does something slow.
 WORK_SECONDS = 0.05
 LONG_EVERY = 50
 LONG_SECONDS = 1.5
@@ -28,10 +30,14 @@ def _effect(n: int, attempt: int, kind: str) -> None:
 
 @task(takes_context=True)
 def soak_step(context, n: int, fail_first: bool) -> int:
+    long = n % LONG_EVERY == 0
+    after = long and os.environ.get("SOAK_WORK_AFTER_EFFECT") == "1"
     _effect(n, context.attempt, "start")
-    time.sleep(LONG_SECONDS if n % LONG_EVERY == 0 else WORK_SECONDS)
+    time.sleep(LONG_SECONDS if long and not after else WORK_SECONDS)
     if fail_first and context.attempt == 1:
         _effect(n, context.attempt, "raise")
         raise RuntimeError(f"soak task {n} fails its first attempt on purpose")
     _effect(n, context.attempt, "done")
+    if after:
+        time.sleep(LONG_SECONDS)
     return n
