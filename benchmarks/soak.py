@@ -453,6 +453,7 @@ def figures(args, statuses: Counter, published: int, duplicates: int, killed_pid
         ["duration (first enqueue to last ack)", f"{duration:.1f} s"],
         ["push requests answered", f"{deliveries} " + ", ".join(
             f"{status}: {n}" for status, n in sorted(statuses.items()))],
+        # Requests cut off by the kill got no answer, so they are not in the access log.
         ["redeliveries (answered - published)", deliveries - published],
         ["worker SIGKILLed mid-run", f"pid {killed_pid}, {in_hand} task(s) in hand"],
         ["attempts cut off by the kill", f"{cut_off} in the task, {before_task} before it"],
