@@ -14,13 +14,29 @@ from tests.helpers import use_publisher
 pytestmark = pytest.mark.django_db
 
 
-def test_capability_flags_tell_the_truth():
-    backend = task_backends["default"]
-    assert isinstance(backend, PubSubBackend)
-    assert backend.supports_get_result is True
-    assert backend.supports_defer is False
-    assert backend.supports_async_task is False
-    assert backend.supports_priority is False
+def test_what_the_backend_cannot_do_is_refused_at_enqueue(fake_publisher):
+    # The capability flags say no to defer, priority and async tasks; Django's validate_task
+    # must then refuse them before anything is recorded or published.
+    from datetime import timedelta
+
+    from django.tasks import task
+    from django.tasks.exceptions import InvalidTask
+    from django.utils import timezone
+
+    async def coroutine_task():
+        return None
+
+    attempts = [
+        lambda: tasks.add.using(run_after=timezone.now() + timedelta(minutes=5)).enqueue(1, 2),
+        lambda: tasks.add.using(priority=10).enqueue(1, 2),
+        lambda: task(coroutine_task).enqueue(),
+    ]
+    for attempt in attempts:
+        with pytest.raises(InvalidTask):
+            attempt()
+    assert TaskExecution.objects.count() == 0
+    assert fake_publisher.published == []
+    assert isinstance(task_backends["default"], PubSubBackend)
 
 
 def test_enqueue_records_then_publishes_the_seed_message(fake_publisher):

@@ -7,7 +7,6 @@ from django.db import OperationalError, connection
 from django.tasks.signals import task_finished, task_started
 
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
-from gyrinx_tasks.runner import PushTaskContext
 from tests import tasks
 from tests.helpers import envelope
 
@@ -206,12 +205,6 @@ def test_retry_after_failure_succeeds_and_keeps_the_first_error(client):
     assert execution.return_value == {"key": "k", "attempt": 2}
     assert len(execution.errors) == 1
     assert "first attempt" in execution.errors[0]["traceback"]
-
-
-def test_push_context_is_a_task_context():
-    from django.tasks import TaskContext
-
-    assert issubclass(PushTaskContext, TaskContext)
 
 
 def test_scheduled_deliveries_are_separate_runs_keyed_by_message_id(client):
