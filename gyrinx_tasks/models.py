@@ -123,17 +123,20 @@ class TaskExecution(models.Model):
         help_text=_("Every state change: when, from, to, and a note."),
     )
     timeline_omitted = models.PositiveIntegerField(
-        _("timeline entries omitted"), default=0,
+        _("timeline entries omitted"), default=0, db_default=0,
         help_text=_("Entries dropped between the first and the last ones kept."),
     )
     errors_omitted = models.PositiveIntegerField(
-        _("errors omitted"), default=0,
+        _("errors omitted"), default=0, db_default=0,
         help_text=_("Errors dropped between the first and the last ones kept."),
     )
     gave_up = models.BooleanField(
-        _("gave up"), default=False,
+        _("gave up"), default=False, db_default=False,
         help_text=_("FAILED for good: the route's max_attempts was reached; not retried."),
     )
+
+    # The three columns above have database defaults too, so rows inserted by raw SQL (bulk
+    # loads, COPY) that predate them need not name them.
 
     objects = TaskExecutionQuerySet.as_manager()
     # For templates: where the omitted entries sit in the timeline.

@@ -13,16 +13,16 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='taskexecution',
             name='errors_omitted',
-            field=models.PositiveIntegerField(default=0, help_text='Errors dropped between the first and the last ones kept.', verbose_name='errors omitted'),
+            field=models.PositiveIntegerField(db_default=0, default=0, help_text='Errors dropped between the first and the last ones kept.', verbose_name='errors omitted'),
         ),
         migrations.AddField(
             model_name='taskexecution',
             name='gave_up',
-            field=models.BooleanField(default=False, help_text="FAILED for good: the route's max_attempts was reached; not retried.", verbose_name='gave up'),
+            field=models.BooleanField(db_default=False, default=False, help_text="FAILED for good: the route's max_attempts was reached; not retried.", verbose_name='gave up'),
         ),
         migrations.AddField(
             model_name='taskexecution',
             name='timeline_omitted',
-            field=models.PositiveIntegerField(default=0, help_text='Entries dropped between the first and the last ones kept.', verbose_name='timeline entries omitted'),
+            field=models.PositiveIntegerField(db_default=0, default=0, help_text='Entries dropped between the first and the last ones kept.', verbose_name='timeline entries omitted'),
         ),
     ]
