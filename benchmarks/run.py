@@ -54,6 +54,10 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str], int]] = {
     "retry_all": (
         "Retry-all: the chunked retry against a naive loop.",
         ["--rows", "200000", "--small", "10000"], ["--quick"], 2400),
+    "soak": (
+        "Soak: thousands of tasks through the emulator and gunicorn on PostgreSQL, with "
+        "failures, duplicate publishes and a worker killed mid-run; nothing lost or run twice.",
+        ["--tasks", "5000"], ["--tasks", "500"], 1200),
 }
 
 
