@@ -28,7 +28,6 @@ BATCH_SETTING_LIMITS: dict[str, tuple[type, float, float]] = {
 }
 
 
-
 def _transient() -> tuple[type[Exception], ...]:
     from google.api_core import exceptions
 
@@ -139,7 +138,9 @@ def _send(client: Any, topic: str, request: Any, deadline: float,
     while True:
         try:
             if first is not None:
-                response, first = first.result(), None
+                # Clear it before waiting: a failed call is sent again, not re-read.
+                started, first = first, None
+                response = started.result()
             else:
                 response = call(request, timeout=max(0.01, deadline - time.monotonic()),
                                 metadata=metadata)

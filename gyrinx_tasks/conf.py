@@ -68,37 +68,31 @@ class TasksSettings:
     def TASKS_PROVISION_ON_STARTUP(self) -> bool:
         return _truthy(self._get("TASKS_PROVISION_ON_STARTUP", False))
 
+    def _positive_int(self, name: str, default: int, example: str) -> int:
+        value = self._get(name, default)
+        try:
+            number = int(str(value))
+        except ValueError:
+            number = 0
+        if number < 1:
+            raise ImproperlyConfigured(f"{name} is {value!r}; set it to {example}.")
+        return number
+
     @property
     def TASKS_ADMIN_RETRY_LIMIT(self) -> int:
         """The most runs one admin click may retry (a bulk retry of more is refused)."""
-        value = self._get("TASKS_ADMIN_RETRY_LIMIT", 1000)
-        try:
-            limit = int(str(value))
-        except ValueError:
-            limit = 0
-        if limit < 1:
-            raise ImproperlyConfigured(
-                f"TASKS_ADMIN_RETRY_LIMIT is {value!r}; set it to a positive whole number "
-                "such as 1000."
-            )
-        return limit
+        return self._positive_int("TASKS_ADMIN_RETRY_LIMIT", 1000,
+                                  "a positive whole number such as 1000")
 
     @property
     def TASKS_PUSH_MAX_BODY_BYTES(self) -> int:
         """The largest push request body read; larger ones are acknowledged and rejected."""
         from .push import DEFAULT_MAX_BODY_BYTES
 
-        value = self._get("TASKS_PUSH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)
-        try:
-            limit = int(str(value))
-        except ValueError:
-            limit = 0
-        if limit < 1:
-            raise ImproperlyConfigured(
-                f"TASKS_PUSH_MAX_BODY_BYTES is {value!r}; set it to a positive number of bytes "
-                f"such as {DEFAULT_MAX_BODY_BYTES} (15 MiB, just above Pub/Sub's largest push)."
-            )
-        return limit
+        return self._positive_int(
+            "TASKS_PUSH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
+            f"a positive number of bytes such as {DEFAULT_MAX_BODY_BYTES} (15 MiB, just above "
+            "Pub/Sub's largest push)")
 
     @property
     def push_endpoint(self) -> str:

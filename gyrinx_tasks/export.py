@@ -117,7 +117,10 @@ def redacted_rows(cols: Sequence[Column], values: Iterable[tuple],
     ``reveal_redacted`` (the user holds view_payload_taskexecution) passes them through.
     """
     payload = [i for i, column in enumerate(cols) if column.payload]
-    names = set() if reveal_redacted or not payload else redacted_task_names()
+    if reveal_redacted or not payload:
+        yield from values
+        return
+    names = redacted_task_names()
     if not names:
         yield from values
         return

@@ -26,6 +26,9 @@ class _Everything(frozenset):
     def __contains__(self, item: object) -> bool:
         return True
 
+    def __bool__(self) -> bool:  # an empty frozenset underneath, but it holds every name
+        return True
+
 
 def redacted_routes() -> tuple[Any, ...] | None:
     """The routes with ``redact=True``, or None if the registry cannot be loaded."""

@@ -19,7 +19,7 @@ from django.tasks.signals import task_enqueued
 from django.utils import timezone
 
 from .backend import PubSubBackend, build_message, enqueue_context, result_from_execution
-from .exceptions import TaskPublishError, UnknownTask
+from .exceptions import RegistryError, TaskPublishError, UnknownTask
 from .models import State, TaskExecution, Trigger
 from .registry import get_route
 from .runner import RECORDED_ATTRIBUTE, kill_switch_reason
@@ -66,6 +66,8 @@ def route_refusal(task_name: str) -> tuple[Any, str]:
     except UnknownTask:
         return None, (f"Task {task_name!r} is no longer in TASKS_REGISTRY, so it cannot be "
                       "retried; add its TaskRoute back to the registry first.")
+    except RegistryError as exc:
+        return None, f"Nothing can be retried while the registry cannot be loaded: {exc}"
     reason = kill_switch_reason(route)
     if reason:
         return None, f"{reason} Turn it on before retrying {task_name}."

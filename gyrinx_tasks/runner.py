@@ -397,7 +397,8 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
     try:
         route = get_route(delivery.task_name)
     except UnknownTask as exc:
-        return Outcome("rejected", record_rejection(str(exc), raw_message, delivery=delivery))
+        return Outcome("rejected", record_rejection(str(exc), raw_message, delivery=delivery),
+                       str(exc))
     problem = _arguments_problem(route.task, delivery.args, delivery.kwargs)
 
     using = _db()

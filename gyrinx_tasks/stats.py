@@ -122,10 +122,6 @@ class Overview:
         """Whether anything is queued or running, i.e. whether the page should keep polling."""
         return any(task.ready_now or task.running_now for task in self.tasks)
 
-    @property
-    def peak_per_minute(self) -> float:
-        return max((value for task in self.tasks for value in task.per_minute), default=0.0)
-
 
 # --- SQL building blocks -----------------------------------------------------------------
 

@@ -379,3 +379,58 @@ def test_emulator_publish_to_a_missing_topic_fails_the_run(pubsub_emulator):
     errors = [e.errors[-1]["exception_class_path"] for e in TaskExecution.objects.all()]
     assert errors == ["google.api_core.exceptions.NotFound"] * 4
     assert set(TaskExecution.objects.values_list("status", flat=True)) == {State.FAILED}
+
+
+def test_a_transient_failure_of_a_started_publish_is_sent_again():
+    """clients._send: a started call that fails transiently is resent, not re-read."""
+    import time
+    from types import SimpleNamespace
+
+    import grpc
+
+    from gyrinx_tasks import clients
+
+    class Unavailable(grpc.RpcError, grpc.Call):  # type: ignore[misc]
+        def code(self):
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self):
+            return "try again"
+
+        def initial_metadata(self):
+            return None
+
+        def trailing_metadata(self):
+            return None
+
+        def is_active(self):
+            return False
+
+        def time_remaining(self):
+            return None
+
+        def cancel(self):
+            return False
+
+        def add_callback(self, callback):
+            return False
+
+    class FailedOnce:
+        reads = 0
+
+        def result(self):
+            FailedOnce.reads += 1
+            raise Unavailable()
+
+    sent = []
+
+    def publish(request, timeout=None, metadata=None):
+        sent.append(request)
+        return SimpleNamespace(message_ids=["m-9"])
+
+    client = SimpleNamespace(transport=SimpleNamespace(publish=publish))
+    ids = clients._send(client, "projects/p/topics/t", "request", time.monotonic() + 5,
+                        first=FailedOnce())
+
+    assert ids == ["m-9"]
+    assert FailedOnce.reads == 1 and sent == ["request"]

@@ -103,6 +103,7 @@ def test_unknown_task_is_rejected(client):
     execution = TaskExecution.objects.get()
     assert execution.status == State.REJECTED
     assert "no_such_task" in execution.status_detail
+    assert "no_such_task" in response.json()["detail"]  # the body says why
     assert execution.message_id == "m-1"
 
 

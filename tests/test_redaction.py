@@ -377,3 +377,30 @@ def test_browser_run_page_of_a_redacted_task(page, live_server):
     assert overflow == 0
     save_screenshot(page, "run-detail-redacted")
     save_screenshot(page, "run-detail-redacted", dark=True)
+
+
+def test_an_unreadable_registry_redacts_every_export(settings):
+    # The exports must fail closed too, not only the run page.
+    redacted_run()
+    public_run()
+    settings.TASKS_REGISTRY = "tests.no_such_registry_module"
+    clear_cache()
+    streamed = "".join(stream_csv(TaskExecution.objects.all(), include_payload=True))
+    assert not leaks(streamed)
+    assert payload_cells(parse(streamed), "public_add") == [(REDACTED, REDACTED, REDACTED)]
+
+
+@pytest.mark.parametrize("lookup", [
+    f"kwargs__name={SECRET_NAME}", "args__icontains=example", "return_value__contains=x",
+    "raw_message__icontains=a", "errors__icontains=Error", "timeline__icontains=enqueued",
+])
+def test_payload_columns_cannot_be_filtered_through_the_url(client, lookup):
+    # Otherwise staff without the permission could test a redacted value guess by guess.
+    redacted_run()
+    viewer(client, "export_taskexecution")
+    changelist = reverse("admin:gyrinx_tasks_taskexecution_changelist")
+    for url in (changelist, reverse(STREAM_PAYLOAD)):
+        response = client.get(f"{url}?{lookup}")
+        assert response.status_code in (302, 400), (url, response.status_code)
+        body = b"".join(response.streaming_content) if response.streaming else response.content
+        assert not leaks(body.decode())

@@ -95,6 +95,16 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     def get_changelist(self, request, **kwargs):
         return ExecutionChangeList
 
+    def lookup_allowed(self, lookup, value, request=None):
+        # Django allows any lookup on the model's own fields in the URL. The payload and
+        # history columns are refused: filtering by them (?kwargs__email=...,
+        # ?args__icontains=...) would let staff test values of redacted tasks one guess at a
+        # time, and would scan JSON across millions of rows. The run list, the export and the
+        # stream all go through this.
+        if lookup.split("__", 1)[0] in HEAVY_FIELDS:
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
     def get_search_results(self, request, queryset, search_term):
         # Django's "=" prefix means a case-insensitive match, which cannot use the unique
         # indexes on PostgreSQL; these ids are matched exactly instead.

@@ -37,9 +37,6 @@ class OverviewAdmin(PageAdmin):
     def has_view_permission(self, request, obj=None):
         return has_model_permission(request, self.opts, "view_overview")
 
-
-
-
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         return [path("", self.admin_site.admin_view(self.changelist_view),

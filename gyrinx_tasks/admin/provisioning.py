@@ -132,9 +132,6 @@ def fingerprint(plan: Plan) -> str:
 class ProvisioningStatusAdmin(PageAdmin):
     """The page of ProvisioningStatus (a proxy with no rows of its own)."""
 
-
-
-
     def has_provision_permission(self, request: HttpRequest) -> bool:
         return has_model_permission(request, self.opts, "provision_provisioningstatus")
 

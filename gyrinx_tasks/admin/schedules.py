@@ -83,9 +83,6 @@ def last_run(route: TaskRoute) -> TaskExecution | None:
 class ScheduledJobAdmin(PageAdmin):
     """The page of ScheduledJob (a proxy with no rows of its own)."""
 
-
-
-
     def has_run_permission(self, request: HttpRequest) -> bool:
         return has_model_permission(request, self.opts, "run_scheduledjob")
 
@@ -115,6 +112,9 @@ class ScheduledJobAdmin(PageAdmin):
         try:
             route = get_route(task)
         except UnknownTask as exc:
+            raise Http404(str(exc)) from exc
+        except RegistryError as exc:
+            # Shown as Django's 404 page with the registry's sentence, not a 500.
             raise Http404(str(exc)) from exc
         if not route.is_scheduled:
             raise Http404(f"{task} has no schedule.")
