@@ -285,3 +285,17 @@ def test_retry_queryset_on_the_immediate_backend_goes_one_by_one():
             State.SUCCESSFUL, i + 1, Trigger.RETRY)
     assert sorted(r.new_id for r in seen) == sorted(
         TaskExecution.objects.filter(trigger=Trigger.RETRY).values_list("pk", flat=True))
+
+
+def test_a_registry_that_cannot_be_loaded_refuses_with_a_sentence(settings):
+    from gyrinx_tasks.registry import clear_cache
+    from gyrinx_tasks.retry import route_refusal
+
+    settings.TASKS_REGISTRY = "tests.no_such_registry_module"
+    clear_cache()
+    try:
+        route, reason = route_refusal("add")
+    finally:
+        clear_cache()
+    assert route is None
+    assert "registry cannot be loaded" in reason and "no_such_registry_module" in reason
