@@ -258,7 +258,19 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
             "outside the 5-100 Pub/Sub allows with a dead_letter_topic.",
             "Set max_delivery_attempts to a number from 5 to 100.",
         )
-    if (route.dead_letter_topic and route.max_attempts is not None
+    if route.max_attempts is not None and (
+        isinstance(route.max_attempts, bool) or not isinstance(route.max_attempts, int)
+        or route.max_attempts < 1
+    ):
+        # Checked here because the runner compares it on every delivery: a bad value would
+        # answer 500 to each of them until retention runs out.
+        error(
+            "gyrinx_tasks.E015",
+            f"max_attempts {route.max_attempts!r} is not a whole number of at least 1.",
+            "Set max_attempts to a whole number such as 5, or leave it unset (None) to retry "
+            "until the message's retention ends.",
+        )
+    elif (route.dead_letter_topic and route.max_attempts is not None
             and route.max_attempts != route.max_delivery_attempts):
         # Whichever limit is lower wins, and the other never applies: a lower max_attempts
         # acknowledges before Pub/Sub dead-letters; a higher one is never reached.

@@ -198,6 +198,14 @@ def test_e013_dead_letter_attempts_out_of_range(settings):
     assert message.obj == "tests.tasks.add"
 
 
+def test_e015_max_attempts_not_a_whole_number_of_at_least_one(settings):
+    use_registry(settings, "bad_max_attempts")
+    messages = ours()
+    assert [m.id for m in messages] == ["gyrinx_tasks.E015"] * 3
+    assert {m.obj for m in messages} == {"tests.tasks.add", "tests.tasks.echo",
+                                         "tests.tasks.explode"}
+
+
 # --- deploy checks --------------------------------------------------------------------------
 
 
