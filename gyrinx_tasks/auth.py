@@ -24,7 +24,9 @@ import binascii
 import functools
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 import cachecontrol
@@ -59,6 +61,15 @@ class PushTokenVerifier:
     clock_skew_seconds = 10
     # Google's push tokens live exactly one hour (exp - iat == 3600).
     max_lifetime_seconds = 3600
+    # Tokens whose signature and audience were verified, kept until they expire: Pub/Sub
+    # sends the same token with every push for up to an hour, and checking its RS256
+    # signature again (with google-auth parsing the certificates each time) cost most of a
+    # push's CPU. A token is looked up by its exact text, so any change to it misses.
+    verified_cache_size = 64
+
+    def __init__(self) -> None:
+        self._verified: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+        self._verified_lock = threading.Lock()
 
     @functools.cached_property
     def request(self) -> Request:
@@ -70,11 +81,31 @@ class PushTokenVerifier:
         """Return the claims of the request's token, or raise OIDCVerificationError."""
         audience, service_account = _required_settings()
         token = _bearer_token(authorization)
-        _check_shape(token)
-        claims = self._verified_claims(token, audience)
+        key = (token, audience, tasks_settings.TASKS_OIDC_CERTS_URL)
+        with self._verified_lock:
+            cached = self._verified.get(key)
+            if cached is not None:
+                self._verified.move_to_end(key)
+        if cached is None:
+            _check_shape(token)
+            claims = self._verified_claims(token, audience)
+        else:
+            claims = dict(cached)
+            self._check_expiry(claims)  # google-auth checked it when the token was first seen
         _check_claims(claims, service_account)
         self._check_times(claims)
+        if cached is None:
+            with self._verified_lock:
+                self._verified[key] = dict(claims)
+                while len(self._verified) > self.verified_cache_size:
+                    self._verified.popitem(last=False)
         return claims
+
+    def _check_expiry(self, claims: dict[str, Any]) -> None:
+        now = time.time()
+        if now - self.clock_skew_seconds > claims["exp"]:
+            raise _reject(f"The push token is invalid: Token expired, {claims['exp']} < "
+                          f"{int(now - self.clock_skew_seconds)}.")
 
     def _check_times(self, claims: dict[str, Any]) -> None:
         lifetime = claims["exp"] - claims["iat"]

@@ -28,6 +28,7 @@ from .exceptions import TaskPublishError, UnknownTask
 from .push import check_publish_size
 from .registry import get_route
 from .runner import RECORDED_ATTRIBUTE
+from .statements import insert_run
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -278,9 +279,9 @@ class PubSubBackend(BaseTaskBackend):
                                 current_enqueue_context())
         # The only write of a successful enqueue: the delivery records the message id
         # (runner._claim), so there is no follow-up UPDATE.
-        pending.execution.save()
+        using = router.db_for_write(type(pending.execution), instance=pending.execution)
+        insert_run(using, pending.execution)
         pending.result = self.result_from_execution(pending.execution, task=task)
-        using = router.db_for_write(type(pending.execution))
         if self.publish_on_commit and connections[using].in_atomic_block:
             self._publish_on_commit(using, [pending])
         else:

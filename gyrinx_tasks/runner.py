@@ -1,5 +1,6 @@
 """Run one push delivery: claim its TaskExecution, apply kill switches, run, record."""
 
+import copy
 import inspect
 import logging
 import threading
@@ -25,9 +26,10 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 
 from .exceptions import UnknownTask
-from .models import KillSwitch, State, SwitchMode, TaskExecution, Trigger
+from .models import State, SwitchMode, TaskExecution, Trigger
 from .push import MAX_MESSAGE_ID, Delivery, MalformedPush, safe_text, text_problem
 from .registry import get_route
+from .statements import insert_run, off_mode, select_run, update_run
 from .workers import current_worker_id
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -87,11 +89,30 @@ PROGRESS_FIELDS = ["status", "attempts", "worker_ids", "delivery_attempt", "star
                    "raw_message"]
 
 
+def _loaded(execution: TaskExecution) -> TaskExecution:
+    """Remember the progress fields as read, so _save writes only what changes."""
+    execution.__dict__["_gyrinx_progress"] = {name: getattr(execution, name)
+                                              for name in PROGRESS_FIELDS}
+    return execution
+
+
+def _changed(execution: TaskExecution) -> list[str]:
+    # Transitions assign new values (lists are rebuilt, never mutated in place), so a
+    # comparison with what was read finds exactly the fields they set.
+    read = execution.__dict__.get("_gyrinx_progress")
+    if read is None:
+        return PROGRESS_FIELDS
+    return [name for name in PROGRESS_FIELDS if getattr(execution, name) != read[name]]
+
+
 def _save(execution: TaskExecution, using: str) -> None:
     if execution._state.adding:
-        execution.save(using=using)
+        insert_run(using, execution)
     else:
-        execution.save(using=using, update_fields=PROGRESS_FIELDS)
+        changed = _changed(execution)
+        if changed:
+            update_run(using, execution, changed)
+    _loaded(execution)
 
 
 def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = None,
@@ -142,7 +163,7 @@ def kill_switch_state(route: Any) -> tuple[str, str]:
     """
     if not route.env_switch_enabled():
         return SwitchMode.SKIP, f"Kill switch {route.enabled_env_var} is off."
-    mode = KillSwitch.off_mode(route.name)
+    mode = off_mode(route.name)
     if mode == SwitchMode.HOLD:
         return mode, (f"Kill switch for {route.name} is off in the database (hold): "
                       "Pub/Sub keeps the message until it is switched on.")
@@ -169,13 +190,16 @@ def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
     None when the message says its run was recorded before publishing (our backend's
     enqueue) but no such row is visible: that enqueue has not committed, or rolled back.
     """
-    runs = TaskExecution.objects.using(using).select_for_update()
+    # NOWAIT: a row another transaction holds locked answers "busy" at once (Pub/Sub
+    # retries) rather than making this request wait for that transaction.
     execution = None
     if not delivery.is_scheduled:
-        execution = runs.filter(result_id=delivery.task_id).first()
+        execution = select_run(using, "result_id", delivery.task_id, lock=True)
     if execution is None:
         # Scheduled messages share a task id per job: each delivery is its own run.
-        execution = runs.filter(message_id=delivery.message_id).first()
+        execution = select_run(using, "message_id", delivery.message_id, lock=True)
+    if execution is not None:
+        _loaded(execution)
     if execution is None and delivery.attributes.get(RECORDED_ATTRIBUTE):
         return None  # never insert it ourselves: that would run a rolled-back enqueue
     if execution is None:
@@ -194,6 +218,7 @@ def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
         execution._log("", State.READY, note)
         # On PostgreSQL this insert waits (LOCK_TIMEOUT_MS at most) while another transaction
         # holds an uncommitted row of the same id; then IntegrityError or LockNotAvailable.
+        _bound_lock_waits(using)
         _save(execution, using)
     elif not execution.message_id:
         execution.message_id = delivery.message_id
@@ -249,7 +274,6 @@ def _uncommitted(delivery: Delivery, raw_message: str) -> Outcome:
 def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: str,
                      using: str) -> Outcome:
     """Inside a transaction: settle the delivery without running it, or mark it RUNNING."""
-    _bound_lock_waits(using)
     execution = _claim(delivery, route, using)
     if execution is None:
         return Outcome("uncommitted", None)
@@ -328,11 +352,20 @@ def _finish(execution: TaskExecution, using: str, kind: str,
             apply: Callable[[TaskExecution], None], what: str) -> tuple[TaskExecution, bool]:
     """Record this attempt's outcome if the run is still this attempt's; return (row, won).
 
-    A compare-and-set under a row lock: a slower attempt whose run was started again by a
-    newer delivery (the ack deadline passed) must not overwrite the newer attempt's record.
-    Its outcome is kept as a timeline note instead.
+    A compare-and-set: a slower attempt whose run was started again by a newer delivery (the
+    ack deadline passed) must not overwrite the newer attempt's record. Its outcome is kept
+    as a timeline note instead.
     """
     attempt = execution.attempts
+    # First, one conditional UPDATE: it writes only if the row is still this attempt's as
+    # this delivery left it (same status, attempt and timeline: a superseded attempt's note
+    # changes the timeline). That is nearly always so, and costs one statement, no lock.
+    candidate = copy.copy(execution)
+    apply(candidate)
+    if update_run(using, candidate, _changed(candidate), expect={
+            "status": State.RUNNING, "attempts": attempt, "timeline": execution.timeline}):
+        return candidate, True
+    # Otherwise read the row under a lock and decide on what it holds now.
     with transaction.atomic(using=using):
         current = TaskExecution.objects.using(using).select_for_update().filter(
             pk=execution.pk).first()

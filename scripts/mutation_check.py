@@ -25,10 +25,8 @@ MUTANTS = [
      "SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)",
      "SETTLED = (State.SUCCESSFUL,)", "redelivery_of"),
     ("claim without select_for_update", "gyrinx_tasks/runner.py",
-     "    runs = TaskExecution.objects.using(using).select_for_update()\n    execution = None\n"
-     "    if not delivery.is_scheduled:",
-     "    runs = TaskExecution.objects.using(using).all()\n    execution = None\n"
-     "    if not delivery.is_scheduled:", "locked_by_another"),
+     'select_run(using, "result_id", delivery.task_id, lock=True)',
+     'select_run(using, "result_id", delivery.task_id, lock=False)', "locked_by_another"),
     ("record_rejection no longer finds the earlier record", "gyrinx_tasks/runner.py",
      "        if execution is None and message_id:", "        if False and message_id:",
      "malformed_message_is_recorded_once"),

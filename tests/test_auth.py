@@ -162,10 +162,61 @@ def test_certificates_are_cached_only_as_their_headers_allow(oidc, settings):
     # Guards the test above: without a cacheable response every verification fetches.
     settings.TASKS_OIDC_CERTS_URL = oidc.server.url(oidc.server.NO_STORE_PATH)
 
-    verify_push_token(oidc.header())
-    verify_push_token(oidc.header())
+    # Two different tokens: the same token twice is not verified again at all (below).
+    verify_push_token(oidc.header(sub="first"))
+    verify_push_token(oidc.header(sub="second"))
 
     assert oidc.hits == 2
+
+
+def test_a_verified_token_is_not_verified_again_until_it_expires(oidc, settings, monkeypatch):
+    # Pub/Sub sends one token with every push for an hour: its signature is checked once.
+    settings.TASKS_OIDC_CERTS_URL = oidc.server.url(oidc.server.NO_STORE_PATH)
+    header = oidc.header()
+
+    first = verify_push_token(header)
+    second = verify_push_token(header)
+    assert oidc.hits == 1
+    assert second == first
+    second["email"] = "changed by the caller"
+    assert verify_push_token(header)["email"] == SERVICE_ACCOUNT  # callers get a copy
+
+    # A different token (even one byte) is verified on its own.
+    with pytest.raises(OIDCVerificationError, match="signature"):
+        verify_push_token(header[:-2] + ("A" if header[-2] != "A" else "B") + header[-1])
+
+    # Past exp (and the clock skew), the remembered token is refused like any expired one.
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600 + 11)
+    with pytest.raises(OIDCVerificationError, match="Token expired"):
+        verify_push_token(header)
+
+
+def test_a_remembered_token_is_still_checked_against_the_settings(oidc, settings):
+    header = oidc.header()
+    verify_push_token(header)
+
+    settings.TASKS_SERVICE_ACCOUNT = "someone-else@test-project.iam.gserviceaccount.com"
+    with pytest.raises(OIDCVerificationError, match="not TASKS_SERVICE_ACCOUNT"):
+        verify_push_token(header)
+    settings.TASKS_OIDC_AUDIENCE = "https://custom.example.com/push"
+    with pytest.raises(OIDCVerificationError, match="wrong audience"):
+        verify_push_token(header)
+
+
+def test_rejected_tokens_are_not_remembered(oidc):
+    header = f"Bearer {oidc.other_key_token()}"
+    for _ in range(2):
+        with pytest.raises(OIDCVerificationError, match="signature"):
+            verify_push_token(header)
+
+
+def test_remembered_tokens_are_bounded(oidc):
+    verifier = get_verifier()
+    for n in range(verifier.verified_cache_size + 5):
+        verify_push_token(oidc.header(sub=f"subject-{n}"))
+
+    assert len(verifier._verified) == verifier.verified_cache_size
 
 
 def test_reset_verifier_forgets_cached_certificates(oidc):
