@@ -13,6 +13,8 @@ serving benchmarks/push_wsgi.py, in two parts:
    enqueue_many() and waits until they are SUCCESSFUL (OIDC off: the emulator signs
    nothing). Reported: pushes per second, enqueue-to-SUCCESSFUL p50/p95, and the gap between
    consecutive starts on one worker process (the issue saw exactly 2.0 s with sync workers).
+   Then, under the recommended configuration, ``--pushes / 2`` single ``enqueue()`` calls
+   ``SPACING`` apart: the latency of a run that waits behind no other.
 2. **Pushes per second.** Under the recommended configuration (gthread) with OIDC on (real
    RS256 tokens from tests/oidc.py's test key, certificates served on 127.0.0.1 and cached),
    ``--concurrency`` client threads on kept-alive connections post first deliveries of
@@ -60,6 +62,8 @@ CONFIGS = [
     ("gthread, 2 workers x 4 threads", ["-w", "2", "-k", "gthread", "--threads", "4"]),
 ]
 RECOMMENDED = CONFIGS[-1]
+# Seconds between the spaced enqueues: far longer than one run takes, so none waits for another.
+SPACING = 0.05
 
 
 def free_port() -> int:
@@ -136,7 +140,9 @@ def truncate() -> None:
 # --- part 1: the emulator pushing to gunicorn ----------------------------------------------
 
 def emulator_pushes(label: str, args: list[str], env: dict[str, str], count: int,
-                    workdir: Path) -> dict[str, Any]:
+                    workdir: Path, spacing: float = 0.0) -> dict[str, Any]:
+    """Enqueue ``count`` runs and wait for them: all at once with enqueue_many() (a burst),
+    or with ``spacing`` seconds one enqueue() after another (each pushed on an idle server)."""
     from django.tasks import task_backends
 
     from gyrinx_tasks import clients
@@ -155,7 +161,12 @@ def emulator_pushes(label: str, args: list[str], env: dict[str, str], count: int
         "push_config": {"push_endpoint": f"http://127.0.0.1:{server.port}/tasks/pubsub/"}})
     try:
         began = time.time()
-        enqueue_many(tasks.add, [((n, 1), {}) for n in range(count)])
+        if spacing:
+            for n in range(count):
+                tasks.add.enqueue(n, 1)
+                time.sleep(spacing)
+        else:
+            enqueue_many(tasks.add, [((n, 1), {}) for n in range(count)])
         deadline = time.monotonic() + 180
         done = 0
         while time.monotonic() < deadline:
@@ -295,6 +306,10 @@ def main() -> None:
         publisher.stop()
         result["emulator"] = [emulator_pushes(label, gargs, env, args.pushes, workdir)
                               for label, gargs in CONFIGS]
+        # The recommended server again, each run enqueued on its own: latency without a queue.
+        result["emulator"].append(emulator_pushes(
+            f"{RECOMMENDED[0]}, spaced: enqueue() every {SPACING * 1000:.0f} ms",
+            RECOMMENDED[1], env, args.pushes // 2, workdir, spacing=SPACING))
         header = OIDC(certs).header()  # one token throughout, as Pub/Sub reuses its token
         gunicorn = Gunicorn(RECOMMENDED[1], {**env, "BENCH_OIDC_CERTS_URL":
                                              certs.url(CERTS_PATH)}, workdir / "part2.log")
@@ -337,7 +352,9 @@ def report(result: dict[str, Any]) -> str:
              f"{r['p50'] * 1000:,.0f} ms", f"{r['p95'] * 1000:,.0f} ms",
              f"{r['gap_median'] * 1000:,.0f} ms", f"{r['gap_max'] * 1000:,.0f} ms"]
             for r in result["emulator"]]
-    text = ("Emulator pushes (burst of enqueue_many, enqueue to SUCCESSFUL):\n\n"
+    text = ("Emulator pushes, enqueue to SUCCESSFUL: a burst of enqueue_many() per server, "
+            "then spaced enqueue() calls (the last row; its pushes/s is bounded by the "
+            "spacing):\n\n"
             + table(["gunicorn", "succeeded", "pushes/s", "p50", "p95",
                      "gap per worker, median", "gap max"], rows))
     push, statements = result["push"], result["statements"]

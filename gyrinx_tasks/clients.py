@@ -9,7 +9,7 @@ Other clients are built here and held by their users (the provisioner).
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # The batch settings of the shared client's batching publish(), used by
@@ -151,6 +151,32 @@ def _send(client: Any, topic: str, request: Any, deadline: float,
                 raise exc from error
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+def start_publish(client: Any, topic: str, data: bytes, attributes: Mapping[str, str],
+                  timeout: float) -> Callable[[], str]:
+    """Send one message now (as publish_now) and return a function that waits for its id.
+
+    Lets the caller do other work (enqueue() inserts its row) while the request is in
+    flight. The returned function raises what publish_now would, retrying transient errors
+    until ``timeout`` seconds after this call.
+    """
+    try:
+        if not _is_real(client):
+            future = client.publish(topic, data, **attributes)
+            return lambda: str(future.result(timeout=timeout))
+        deadline = time.monotonic() + timeout
+        request = _request(topic, [(data, attributes)])
+        metadata = (("x-goog-request-params", f"topic={topic}"),)
+        started = client.transport.publish.future(request, timeout=timeout, metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - raised when the caller waits, as publish_now would
+        error = exc
+
+        def failed() -> str:
+            raise error
+
+        return failed
+    return lambda: _send(client, topic, request, deadline, first=started)[0]
 
 
 def publish_now(client: Any, topic: str, data: bytes, attributes: Mapping[str, str],

@@ -7,11 +7,12 @@ import time
 from concurrent.futures import Future
 
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.test.utils import CaptureQueriesContext
 from google.api_core.exceptions import ServiceUnavailable
 
+from gyrinx_tasks import backend as backend_module
 from gyrinx_tasks import clients
 from gyrinx_tasks.backend import PubSubBackend, enqueue_many
 from gyrinx_tasks.exceptions import TaskPublishError
@@ -19,7 +20,7 @@ from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.push import MessageTooLarge
 from gyrinx_tasks.registry import get_route
 from tests import tasks
-from tests.helpers import FakePublisher, use_publisher
+from tests.helpers import FakePublisher, envelope, use_publisher
 
 
 class PickyPublisher(FakePublisher):
@@ -83,6 +84,63 @@ def test_single_enqueue_publish_failure_still_raises_and_fails_the_run(fake_publ
     [execution] = TaskExecution.objects.all()
     assert execution.status == State.FAILED
     assert execution.errors[-1]["exception_class_path"].endswith("ServiceUnavailable")
+
+
+@pytest.mark.django_db
+def test_single_enqueue_sends_the_publish_before_inserting_and_waits_after(monkeypatch):
+    # The two round trips overlap: the request is on its way while the row is inserted, and
+    # the call returns only once the publish is confirmed and the row exists.
+    order = []
+
+    class Recording(FakePublisher):
+        def publish(self, topic, data, **attrs):
+            order.append("publish sent")
+            future = super().publish(topic, data, **attrs)
+            original = future.result
+
+            def result(timeout=None):
+                order.append("publish awaited")
+                return original(timeout=timeout)
+
+            future.result = result
+            return future
+
+    real_insert = backend_module.insert_run
+
+    def insert(using, execution):
+        order.append("row inserted")
+        real_insert(using, execution)
+
+    use_publisher(Recording())
+    monkeypatch.setattr(backend_module, "insert_run", insert)
+    try:
+        result = tasks.add.enqueue(1, 2)
+    finally:
+        task_backends["default"].__dict__.pop("publisher", None)
+
+    assert order == ["publish sent", "row inserted", "publish awaited"]
+    assert TaskExecution.objects.get(result_id=result.id).status == State.READY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_enqueue_whose_insert_fails_raises_and_its_message_never_runs(
+        fake_publisher, monkeypatch, client, settings):
+    def insert_fails(using, execution):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(backend_module, "insert_run", insert_fails)
+    with pytest.raises(OperationalError):
+        tasks.add.enqueue(1, 2)
+
+    # The message was already sent. Its delivery finds no row: busy, nothing run or recorded.
+    [(_topic, message, attributes)] = fake_publisher.published
+    assert attributes["gyrinx_recorded"] == "1"
+    monkeypatch.undo()
+    settings.TASKS_VERIFY_OIDC = False
+    response = client.post("/tasks/pubsub/", envelope(message, attributes=attributes),
+                           content_type="application/json")
+    assert (response.status_code, response.json()["outcome"]) == (429, "busy")
+    assert not TaskExecution.objects.exists()
 
 
 def test_every_backend_instance_shares_one_publisher_per_settings(monkeypatch):

@@ -139,10 +139,17 @@ def test_delivery_waits_for_a_run_locked_by_another_transaction(calls):
 def test_publish_does_not_overwrite_a_message_id_recorded_by_the_delivery(fake_publisher):
     original = fake_publisher.publish
 
+    class DeliveredFirst:
+        def __init__(self, future):
+            self.future = future
+
+        def result(self, timeout=None):
+            # The push arrives (and records its message id) before the publish is confirmed.
+            TaskExecution.objects.filter(message_id__isnull=True).update(message_id="from-push")
+            return self.future.result(timeout=timeout)
+
     def publish_delivered_first(topic, data, **attrs):
-        # The push arrives (and records its message id) before publish() returns.
-        TaskExecution.objects.filter(message_id__isnull=True).update(message_id="from-push")
-        return original(topic, data, **attrs)
+        return DeliveredFirst(original(topic, data, **attrs))
 
     fake_publisher.publish = publish_delivered_first
     result = tasks.add.enqueue(1, 2)
