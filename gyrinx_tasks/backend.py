@@ -351,9 +351,12 @@ class PubSubBackend(BaseTaskBackend):
     def _mark_failed(self, pending: "Pending", exc: BaseException) -> None:
         execution = pending.execution
         if execution.pk is None:  # inserted by COPY (insert_runs)
-            execution.pk = type(execution).objects.values_list("pk", flat=True).get(
-                result_id=execution.result_id)
+            # From the database it was written to (a read replica may not have it yet).
+            using = router.db_for_write(type(execution), instance=execution)
+            execution.pk = type(execution).objects.using(using).values_list(
+                "pk", flat=True).get(result_id=execution.result_id)
             execution._state.adding = False
+            execution._state.db = using
         path = f"{type(exc).__module__}.{type(exc).__qualname__}"
         if publish_unconfirmed(exc):
             # Pub/Sub may have the message and deliver it: the run stays READY, marked

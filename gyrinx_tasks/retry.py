@@ -6,19 +6,25 @@ button, its bulk action and the tests all call these functions.
 """
 
 import logging
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import batched
 from typing import Any, NamedTuple
 
+from django.db import router
 from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTask
-from django.tasks.signals import task_enqueued
 from django.utils import timezone
 
-from .backend import PubSubBackend, build_message, enqueue_context, result_from_execution
+from .backend import (
+    Pending,
+    PubSubBackend,
+    build_message,
+    encode_message,
+    enqueue_context,
+    result_from_execution,
+)
 from .exceptions import RegistryError, TaskPublishError, UnknownTask
 from .models import State, TaskExecution, Trigger
 from .registry import get_route
@@ -207,7 +213,8 @@ def _retry_chunk(chunk: Iterable[tuple], user: Any, routes: dict[str, tuple[Any,
         execution._log("", State.READY, _note(result_id, user))
         bulk.append((execution, route, backend, label))
     if bulk:
-        TaskExecution.objects.bulk_create([item[0] for item in bulk])
+        TaskExecution.objects.using(router.db_for_write(TaskExecution)).bulk_create(
+            [item[0] for item in bulk])
         done.extend(_publish_chunk(bulk, report))
     return done
 
@@ -232,41 +239,35 @@ def _retry_one(route: Any, pk: int, label: str, result_id: str, args: list, kwar
 
 def _publish_chunk(bulk: list[tuple[TaskExecution, Any, Any, str]],
                    report: RetryReport) -> list[Retried]:
-    """Start every publish of the chunk, then wait for them together."""
-    futures = []
-    for execution, route, backend, _label in bulk:
+    """Publish the chunk's messages as enqueue_many() does (backend.publish_executions):
+    requests of up to 1,000 messages, all in flight, then awaited; a failed publish marks
+    exactly its run (FAILED, or READY and unconfirmed after a timeout)."""
+    by_backend: dict[str, tuple[PubSubBackend, list[Pending]]] = {}
+    labels = {}
+    for execution, route, backend, label in bulk:
         message = build_message(execution.task_id, route.name, execution.args,
                                 execution.kwargs, execution.enqueued_at)
-        try:
-            # The rows exist before the publish, like an enqueue's: the delivery must wait
-            # for them rather than create one (runner._claim).
-            futures.append(backend.publish_future(
-                route.topic_name, message,
-                **{"trigger": Trigger.RETRY.value, RECORDED_ATTRIBUTE: "1"}))
-        except Exception as exc:  # noqa: BLE001 - recorded on the run, like a failed future
-            futures.append(exc)
+        # The rows exist before the publish, like an enqueue's: the delivery must wait for
+        # them rather than create one (runner._claim).
+        pending = Pending(execution, route, route.task, encode_message(message),
+                          {"trigger": Trigger.RETRY.value, RECORDED_ATTRIBUTE: "1"})
+        pending.result = result_from_execution(execution, route.task)
+        by_backend.setdefault(backend.alias, (backend, []))[1].append(pending)
+        labels[execution.result_id] = label
+    failed: set[str] = set()
+    for backend, pendings in by_backend.values():
+        for pending in backend.publish_executions(pendings):
+            failed.add(pending.execution.result_id)
+            logger.error("Publishing retry %s of %s failed: %s", pending.execution.result_id,
+                         labels[pending.execution.result_id],
+                         pending.execution.errors[-1]["exception_class_path"])
     done = []
-    for (execution, route, backend, label), future in zip(bulk, futures, strict=True):
-        error = future if isinstance(future, Exception) else None
-        if error is None:
-            try:
-                future.result(timeout=backend.publish_timeout)
-            except Exception as exc:  # noqa: BLE001
-                error = exc
-        if error is not None:
-            # Exactly this run is marked, as a single enqueue would mark it.
-            logger.error("Publishing retry %s of %s failed: %s", execution.result_id,
-                         label, error)
-            execution.fail_to_enqueue(
-                f"{type(error).__module__}.{type(error).__qualname__}",
-                "".join(traceback.format_exception(error)),
-            )
-            execution.save()
-            report.publish_failed += 1
-        else:
+    for execution, _route, _backend, label in bulk:
+        published = execution.result_id not in failed
+        if published:
             report.retried += 1
-            task_enqueued.send(type(backend),
-                               task_result=result_from_execution(execution, route.task))
+        else:
+            report.publish_failed += 1
         done.append(Retried(execution.retry_of_id or 0, label, execution.pk,
-                            execution.result_id, error is None))
+                            execution.result_id, published))
     return done

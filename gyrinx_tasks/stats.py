@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection
+from django.db import connections
 from django.db.models import Count, F, FloatField, Func, IntegerField, Min, QuerySet
 from django.db.models.aggregates import Aggregate
 from django.utils import timezone
@@ -209,7 +209,7 @@ def duration_percentiles(runs: QuerySet, fractions: Iterable[float] = (0.5, 0.95
     """Per task name, the duration percentiles (seconds) of the timed runs in ``runs``."""
     fractions = tuple(fractions)
     timed = _timed(runs)
-    if connection.vendor == "postgresql":
+    if connections[runs.db].vendor == "postgresql":  # the database the query goes to
         seconds = Seconds(F("finished_at"), F("started_at"))
         aggregates = {f"p{i}": PercentileCont(seconds, fraction)
                       for i, fraction in enumerate(fractions)}

@@ -3,12 +3,13 @@
 from concurrent.futures import Future
 
 import pytest
+from django.tasks import task_backends
 from django.test import override_settings
 from google.api_core.exceptions import ServiceUnavailable
 
 from gyrinx_tasks import TaskRoute
 from gyrinx_tasks.conf import tasks_settings
-from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
+from gyrinx_tasks.models import PUBLISH_UNCONFIRMED, KillSwitch, State, TaskExecution, Trigger
 from gyrinx_tasks.retry import (
     RetryLimitExceeded,
     RetryPublishFailed,
@@ -299,3 +300,33 @@ def test_a_registry_that_cannot_be_loaded_refuses_with_a_sentence(settings):
         clear_cache()
     assert route is None
     assert "registry cannot be loaded" in reason and "no_such_registry_module" in reason
+
+
+class SlowPublisher(FakePublisher):
+    """Every publish of a message whose first argument is "slow" times out unconfirmed."""
+
+    def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
+        if b'"args":["slow"' in data:
+            future: Future = Future()
+            future.set_exception(TimeoutError("no answer within publish_timeout"))
+            return future
+        return super().publish(topic, data, **attrs)
+
+
+def test_retry_queryset_publish_timeout_leaves_the_retry_ready_and_unconfirmed():
+    # As enqueue_many(): a publish that timed out may still reach Pub/Sub, so the retry stays
+    # READY (its delivery would start it) and says so; the other retries are published.
+    use_publisher(SlowPublisher())
+    slow = make_run("echo", State.FAILED, args=["slow"])
+    fine = make_run("echo", State.FAILED, args=["fine"])
+    try:
+        report = retry_queryset(TaskExecution.objects.all(), limit=10)
+    finally:
+        task_backends["default"].__dict__.pop("publisher", None)
+
+    assert (report.retried, report.publish_failed) == (1, 1)
+    slow_retry = TaskExecution.objects.get(retry_of=slow)
+    assert slow_retry.status == State.READY
+    assert slow_retry.status_detail == PUBLISH_UNCONFIRMED
+    assert slow_retry.errors[-1]["exception_class_path"] == "builtins.TimeoutError"
+    assert TaskExecution.objects.get(retry_of=fine).errors == []

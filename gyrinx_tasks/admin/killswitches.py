@@ -13,7 +13,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db import transaction
+from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -143,7 +143,7 @@ def build_rows(routes: tuple[TaskRoute, ...], switches: dict[str, KillSwitch]
 
 def turn_off(task_name: str, reason: str, mode: str, username: str) -> tuple[KillSwitch, str]:
     """Switch a task off in ``mode``; return the switch and what changed ("" if nothing)."""
-    with transaction.atomic():
+    with transaction.atomic(using=router.db_for_write(KillSwitch)):
         switch, _created = KillSwitch.objects.select_for_update().get_or_create(
             task_name=task_name)
         if not switch.enabled and switch.mode == mode and switch.reason == reason:
@@ -161,7 +161,7 @@ def turn_off(task_name: str, reason: str, mode: str, username: str) -> tuple[Kil
 
 def turn_on(task_name: str, username: str) -> tuple[KillSwitch | None, str]:
     """Switch a task on; return its switch (None if it never had one) and what changed."""
-    with transaction.atomic():
+    with transaction.atomic(using=router.db_for_write(KillSwitch)):
         switch = KillSwitch.objects.select_for_update().filter(task_name=task_name).first()
         if switch is None or switch.enabled:
             return switch, ""
