@@ -1,0 +1,59 @@
+"""Runs and switches (gyrinx_tasks/models.py): behaviour that mutmut showed no test held.
+
+Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
+models.py's survivors are accounted for in docs/mutation-survivors.md.
+"""
+
+from datetime import datetime, timedelta
+
+import pytest
+from django.utils import timezone
+
+from gyrinx_tasks.models import PUBLISH_UNCONFIRMED, KillSwitch, State, TaskExecution
+
+pytestmark = pytest.mark.django_db
+
+
+# TaskExecution._error_entry mutants 7, 8: each error says when it happened (the run page
+# shows it beside the attempt).
+def test_each_error_says_when_it_happened():
+    execution = TaskExecution.objects.create(task_name="add")
+    execution.start("rev-1/i-1")
+    before = timezone.now()
+    execution.fail("builtins.ValueError", "Traceback: boom")
+    execution.save()
+    execution.refresh_from_db()
+
+    [error] = execution.errors
+    assert error["exception_class_path"] == "builtins.ValueError"
+    assert error["attempt"] == 1
+    assert before <= datetime.fromisoformat(error["at"]) <= before + timedelta(minutes=1)
+
+
+# TaskExecution.publish_unconfirmed mutants 2, 6: a publish that timed out keeps its traceback
+# and says so in the timeline, and the run stays READY for the delivery that may still come.
+def test_an_unconfirmed_publish_keeps_its_traceback_and_says_why_in_the_timeline():
+    execution = TaskExecution.objects.create(task_name="add")
+
+    execution.publish_unconfirmed("concurrent.futures.TimeoutError", "Traceback: too slow")
+    execution.save()
+    execution.refresh_from_db()
+
+    assert execution.status == State.READY
+    assert execution.status_detail == PUBLISH_UNCONFIRMED
+    [error] = execution.errors
+    assert (error["exception_class_path"], error["traceback"]) == (
+        "concurrent.futures.TimeoutError", "Traceback: too slow")
+    [entry] = execution.timeline
+    assert (entry["from"], entry["to"]) == (State.READY, State.READY)
+    assert entry["note"] == ("publish not confirmed (concurrent.futures.TimeoutError); "
+                             "waiting for a delivery")
+
+
+# TaskExecution.__str__ mutants 1, 2 and KillSwitch.__str__ mutants 1, 3, 4: these strings
+# are what the admin's history and delete confirmations name the objects by.
+def test_runs_and_switches_are_named_readably():
+    assert str(TaskExecution(task_name="add", result_id="r-1")) == "add [READY] r-1"
+    assert str(TaskExecution(result_id="r-2")) == "? [READY] r-2"
+    assert str(KillSwitch(task_name="add", enabled=True)) == "add: on"
+    assert str(KillSwitch(task_name="add", enabled=False)) == "add: off"
