@@ -29,7 +29,7 @@ from .exceptions import UnknownTask
 from .models import State, SwitchMode, TaskExecution, Trigger
 from .push import MAX_MESSAGE_ID, Delivery, MalformedPush, safe_text, text_problem
 from .registry import get_route
-from .statements import insert_run, off_mode, select_run, update_run
+from .statements import SWITCH, insert_run, off_mode, select_run, update_run
 from .workers import current_worker_id
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -155,15 +155,19 @@ def record_rejection(reason: str, raw_message: str, exc: MalformedPush | None = 
     return execution
 
 
-def kill_switch_state(route: Any) -> tuple[str, str]:
+def kill_switch_state(route: Any, execution: TaskExecution | None = None) -> tuple[str, str]:
     """(SwitchMode, why) when the route is switched off, or ("", "") when it is on.
 
     The environment-variable switch wins and always skips: it is for deploys, where holding
-    messages for an unknown time is rarely what was meant. One database query.
+    messages for an unknown time is rarely what was meant. One database query, or none when
+    ``execution`` was read with its switch (statements.select_run's ``switch_for``).
     """
     if not route.env_switch_enabled():
         return SwitchMode.SKIP, f"Kill switch {route.enabled_env_var} is off."
-    mode = off_mode(route.name)
+    if execution is not None and hasattr(execution, SWITCH):
+        mode = getattr(execution, SWITCH) or ""
+    else:
+        mode = off_mode(route.name)
     if mode == SwitchMode.HOLD:
         return mode, (f"Kill switch for {route.name} is off in the database (hold): "
                       "Pub/Sub keeps the message until it is switched on.")
@@ -193,11 +197,14 @@ def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
     # NOWAIT: a row another transaction holds locked answers "busy" at once (Pub/Sub
     # retries) rather than making this request wait for that transaction.
     execution = None
+    # The task's kill switch is read in the same statement (kill_switch_state uses it).
     if not delivery.is_scheduled:
-        execution = select_run(using, "result_id", delivery.task_id, lock=True)
+        execution = select_run(using, "result_id", delivery.task_id, lock=True,
+                               switch_for=route.name)
     if execution is None:
         # Scheduled messages share a task id per job: each delivery is its own run.
-        execution = select_run(using, "message_id", delivery.message_id, lock=True)
+        execution = select_run(using, "message_id", delivery.message_id, lock=True,
+                               switch_for=route.name)
     if execution is not None:
         _loaded(execution)
     if execution is None and delivery.attributes.get(RECORDED_ATTRIBUTE):
@@ -300,7 +307,7 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
         _save(execution, using)
         logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
         return Outcome("rejected", execution, problem)
-    mode, reason = kill_switch_state(route)
+    mode, reason = kill_switch_state(route, execution)
     if mode == SwitchMode.HOLD:
         # Leave the run as it is (READY, FAILED, or RUNNING from a worker that died) and
         # write nothing: a held message is redelivered for days, and each redelivery must not
@@ -358,12 +365,14 @@ def _finish(execution: TaskExecution, using: str, kind: str,
     """
     attempt = execution.attempts
     # First, one conditional UPDATE: it writes only if the row is still this attempt's as
-    # this delivery left it (same status, attempt and timeline: a superseded attempt's note
-    # changes the timeline). That is nearly always so, and costs one statement, no lock.
+    # this delivery left it: the same attempt and the same timeline (every change the runner
+    # makes to a run, a superseded attempt's note included, appends to its timeline). That is
+    # nearly always so, and costs one statement, no lock. Not compared: status, which has an
+    # index a planner may prefer over the primary key's (seen on PostgreSQL).
     candidate = copy.copy(execution)
     apply(candidate)
     if update_run(using, candidate, _changed(candidate), expect={
-            "status": State.RUNNING, "attempts": attempt, "timeline": execution.timeline}):
+            "attempts": attempt, "timeline": execution.timeline}):
         return candidate, True
     # Otherwise read the row under a lock and decide on what it holds now.
     with transaction.atomic(using=using):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import connections, transaction
-from django.db.models import signals
+from django.db.models import Subquery, signals
 
 from .models import KillSwitch, TaskExecution
 
@@ -36,80 +36,111 @@ def _cache(using: str) -> dict[Any, Any] | None:
     return connection.__dict__.setdefault("_gyrinx_statements", {})
 
 
-def _compile(cache: dict[Any, Any], key: Any, build: Callable[[], Any]) -> Any:
-    """(sql, compiler) of ``build()``'s queryset, compiled once; None to use the ORM.
+def _compile(cache: dict[Any, Any], key: Any, build: Callable[..., Any],
+             arity: int = 1) -> Any:
+    """(sql, compiler, order) of ``build(*sentinels)``'s queryset, compiled once; None to use
+    the ORM. ``order`` says which argument each of the statement's parameters is.
 
-    The queryset must take exactly one parameter, ``_SENTINEL``: anything else (a backend
-    that inlines values or adds its own) is not cached and the ORM is used instead.
+    The queryset must take each of its ``arity`` sentinel parameters exactly once: anything
+    else (a backend that inlines values) is not cached and the ORM is used.
     """
     found = cache.get(key)
     if found is None:
-        queryset = build()
+        sentinels = [f"{_SENTINEL}{n}" for n in range(arity)]
+        queryset = build(*sentinels)
         compiler = queryset.query.get_compiler(queryset.db)
         sql, params = compiler.as_sql()
-        found = (sql, compiler) if list(params) == [_SENTINEL] else _UNCACHEABLE
+        # Each parameter is an argument (its index) or a constant of the query (kept as is,
+        # in a 1-tuple), such as the False of enabled=False on SQLite.
+        order = [sentinels.index(param) if isinstance(param, str) and param in sentinels
+                 else (param,) for param in params]
+        arguments = sorted(item for item in order if isinstance(item, int))
+        found = (sql, compiler, order) if arguments == list(range(arity)) else _UNCACHEABLE
         cache[key] = found
     return None if found is _UNCACHEABLE else found
 
 
-def select_run(using: str, column: str, value: str, lock: bool) -> TaskExecution | None:
-    """The run whose unique ``column`` is ``value`` (SELECT ... FOR UPDATE NOWAIT if lock)."""
-    def build() -> Any:
+def _parameters(order: list[Any], arguments: list[Any]) -> list[Any]:
+    return [arguments[item] if isinstance(item, int) else item[0] for item in order]
+
+
+# The annotation select_run(..., switch_for=...) adds: the task's kill switch mode if the
+# database switches it off, else None.
+SWITCH = "gyrinx_switch"
+
+
+def select_run(using: str, column: str, value: str, lock: bool,
+               switch_for: str | None = None) -> TaskExecution | None:
+    """The run whose unique ``column`` is ``value`` (SELECT ... FOR UPDATE NOWAIT if lock).
+
+    ``switch_for``: also read that task's kill switch in the same statement, into the run's
+    ``gyrinx_switch`` attribute (only when kill switches live in the same database).
+    """
+    if switch_for is not None and KillSwitch.objects.db != using:
+        switch_for = None
+
+    def build(value: str, task_name: str = "") -> Any:
         runs = TaskExecution.objects.using(using)
         if lock:
             runs = runs.select_for_update(nowait=True)
-        return runs.filter(**{column: _SENTINEL})[:1]
+        if switch_for is not None:
+            runs = runs.annotate(**{SWITCH: Subquery(KillSwitch.objects.using(using).filter(
+                task_name=task_name, enabled=False).values("mode")[:1])})
+        return runs.filter(**{column: value})[:1]
+
+    arguments = [value] if switch_for is None else [value, switch_for]
 
     def orm() -> TaskExecution | None:
-        runs = TaskExecution.objects.using(using)
-        if lock:
-            runs = runs.select_for_update(nowait=True)
-        found = list(runs.filter(**{column: value})[:1])
+        found = list(build(*arguments))
         return found[0] if found else None
 
     cache = _cache(using)
     if cache is None:
         return orm()
-    compiled = _compile(cache, ("select", column, lock), build)
+    key = ("select", column, lock, switch_for is not None)
+    compiled = _compile(cache, key, build, arity=len(arguments))
     if compiled is None:
         return orm()
-    sql, compiler = compiled
-    converters = cache.get(("converters", column, lock))
+    sql, compiler, order = compiled
+    model_names = [field.attname for field in TaskExecution._meta.concrete_fields]
+    converters = cache.get(("converters", *key))
     if converters is None:
         columns = [col for col, _, _ in compiler.select]
-        names = [col.target.attname for col in columns]
-        if names != [field.attname for field in TaskExecution._meta.concrete_fields]:
-            cache[("select", column, lock)] = _UNCACHEABLE  # from_db needs the model's order
+        names = [getattr(col.target, "attname", None) for col in columns[:len(model_names)]]
+        if names != model_names or len(columns) != len(model_names) + (len(arguments) - 1):
+            cache[key] = _UNCACHEABLE  # from_db needs the model's order
             return orm()
-        converters = cache[("converters", column, lock)] = (
-            names, list(compiler.get_converters(columns).items()))
-    names, by_position = converters
+        converters = cache[("converters", *key)] = list(
+            compiler.get_converters(columns).items())
     connection = connections[using]
     with connection.cursor() as cursor:
-        cursor.execute(sql, [value])
+        cursor.execute(sql, _parameters(order, arguments))
         row = cursor.fetchone()
     if row is None:
         return None
     values = list(row)
-    for position, (functions, expression) in by_position:
+    for position, (functions, expression) in converters:
         item = values[position]
         for function in functions:
             item = function(item, expression, connection)
         values[position] = item
-    return TaskExecution.from_db(using, names, values)
+    execution = TaskExecution.from_db(using, model_names, values[:len(model_names)])
+    if switch_for is not None:
+        setattr(execution, SWITCH, values[len(model_names)])
+    return execution
 
 
 def off_mode(task_name: str) -> str:
     """KillSwitch.off_mode(task_name) with the compiled statement: "" when switched on."""
     using = KillSwitch.objects.db
     cache = _cache(using)
-    compiled = _compile(cache, "off_mode", lambda: KillSwitch.objects.filter(
-        task_name=_SENTINEL, enabled=False).values_list("mode", flat=True)[:1],
+    compiled = _compile(cache, "off_mode", lambda name: KillSwitch.objects.filter(
+        task_name=name, enabled=False).values_list("mode", flat=True)[:1],
     ) if cache is not None else None
     if compiled is None:
         return KillSwitch.off_mode(task_name)
     with connections[using].cursor() as cursor:
-        cursor.execute(compiled[0], [task_name])
+        cursor.execute(compiled[0], _parameters(compiled[2], [task_name]))
         row = cursor.fetchone()
     return row[0] if row else ""
 

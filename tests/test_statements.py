@@ -7,7 +7,7 @@ statement reads or writes with what Django's own queryset or save() reads or wri
 import datetime
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import signals
 from django.test.utils import CaptureQueriesContext
 
@@ -145,6 +145,25 @@ def test_off_mode_reads_what_the_model_reads():
     assert statements.off_mode("echo") == KillSwitch.off_mode("echo") == ""
     KillSwitch.objects.filter(task_name="add").update(mode=SwitchMode.SKIP)
     assert statements.off_mode("add") == SwitchMode.SKIP
+    # It really ran compiled (a constant such as enabled=False does not stop that).
+    sql, _compiler, order = connections["default"].__dict__["_gyrinx_statements"]["off_mode"]
+    assert 0 in order and "killswitch" in sql
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_select_run_reads_the_kill_switch_in_the_same_statement(lock):
+    run = TaskExecution.objects.create(**full_run())
+    KillSwitch.objects.create(task_name="echo", enabled=False, mode=SwitchMode.HOLD)
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        on = statements.select_run("default", "result_id", run.result_id, lock, "add")
+        held = statements.select_run("default", "result_id", run.result_id, lock, "echo")
+        plain = statements.select_run("default", "result_id", run.result_id, lock)
+
+    assert (on.gyrinx_switch, held.gyrinx_switch) == (None, SwitchMode.HOLD)
+    assert not hasattr(plain, "gyrinx_switch")
+    assert as_dict(on) == as_dict(held) == as_dict(plain) == as_dict(
+        TaskExecution.objects.get(pk=run.pk))
+    assert len(captured.captured_queries) == 3
 
 
 def test_model_signals_are_sent_as_save_sends_them():
@@ -198,16 +217,16 @@ def test_other_databases_use_the_orm(monkeypatch, client, settings):
 def test_a_statement_that_does_not_compile_as_expected_is_left_to_the_orm():
     cache: dict = {}
 
-    def two_parameters():
-        return TaskExecution.objects.filter(result_id=statements._SENTINEL, task_name="add")
+    def two_parameters(value):  # the argument twice: its place in the SQL is ambiguous
+        return TaskExecution.objects.filter(result_id=value, task_id=value)
 
     assert statements._compile(cache, "odd", two_parameters) is None
     assert statements._compile(cache, "odd", lambda: pytest.fail("compiled twice")) is None
 
 
-def test_a_first_delivery_makes_the_statements_of_the_bare_reference(client, settings):
-    # benchmarks/push_wsgi.py's bare view: lock the run, read its switch, mark it running,
-    # record the outcome. The push endpoint makes exactly those (plus no others).
+def test_a_first_delivery_makes_three_statements(client, settings):
+    # Lock the run and read its kill switch (one SELECT), mark it running, record the outcome.
+    # benchmarks/push_wsgi.py's bare reference view makes four: it reads the switch apart.
     settings.TASKS_VERIFY_OIDC = False
     run = TaskExecution.objects.create(task_name="add", task_path="tests.tasks.add",
                                        args=[1, 1])
@@ -217,6 +236,7 @@ def test_a_first_delivery_makes_the_statements_of_the_bare_reference(client, set
         response = client.post("/tasks/pubsub/", body, content_type="application/json")
 
     assert response.json()["outcome"] == "ran"
-    sql = [query["sql"].split()[0].upper() for query in captured.captured_queries
-           if not query["sql"].upper().startswith(("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"))]
-    assert sql == ["SELECT", "SELECT", "UPDATE", "UPDATE"]
+    statements_made = [query["sql"] for query in captured.captured_queries if not query[
+        "sql"].upper().startswith(("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"))]
+    assert [sql.split()[0].upper() for sql in statements_made] == ["SELECT", "UPDATE", "UPDATE"]
+    assert "killswitch" in statements_made[0]
