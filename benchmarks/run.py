@@ -3,6 +3,7 @@
     benchmarks/run.sh            # bounded full sizes (about 30-40 minutes on two cores)
     benchmarks/run.sh --quick    # each benchmark's small sizes (about 10 minutes)
     benchmarks/run.sh --only enqueue --only push_server --out /tmp/b.md
+    benchmarks/run.sh --only enqueue --update   # rerun one section of docs/benchmarks.md
 
 Each benchmark runs as its own process (``python -m benchmarks.NAME ARGS``) with a time
 limit; its report (machine lines and tables, with each figure's reference and ratio measured
@@ -130,13 +131,49 @@ def run_one(name: str, args: list[str], limit: int) -> tuple[str, float, str]:
     return "ok", seconds, out.stdout.strip()
 
 
+def sections(text: str) -> tuple[str, dict[str, str]]:
+    """The text before the first benchmark's section, and each benchmark's section by name."""
+    head, found, name, body = [], {}, None, []
+    for line in text.splitlines():
+        title = line[3:].strip() if line.startswith("## ") else None
+        if title in BENCHMARKS:
+            if name:
+                found[name] = "\n".join(body).rstrip() + "\n"
+            name, body = title, [line]
+        elif name:
+            body.append(line)
+        else:
+            head.append(line)
+    if name:
+        found[name] = "\n".join(body).rstrip() + "\n"
+    return "\n".join(head).rstrip() + "\n", found
+
+
+def merged(old: str, new: str, names: list[str], started: datetime, mode: str) -> str:
+    """``old`` with the sections in ``names`` replaced by ``new``'s, in BENCHMARKS order."""
+    head, kept = sections(old)
+    _new_head, fresh = sections(new)
+    kept.update({name: fresh[name] for name in names if name in fresh})
+    note = (f"\nSections rerun on {started:%Y-%m-%d %H:%M} UTC from {code_version()} "
+            f"(`benchmarks/run.sh{' --quick' if mode == '--quick' else ''} "
+            + " ".join(f"--only {name}" for name in names) + " --update`): "
+            + ", ".join(names) + ". The others are from the run above.\n")
+    body = "\n".join(kept[name] for name in BENCHMARKS if name in kept)
+    return head.rstrip() + "\n" + note + "\n" + body
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's small sizes")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS),
                         help="run only these (repeatable)")
     parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: replace just those sections of --out, keeping the "
+                             "others (each section says when and from which commit it ran)")
     args = parser.parse_args()
+    if args.update and not args.only:
+        parser.error("--update needs --only: without it every section is run anyway")
     names = args.only or list(BENCHMARKS)
     mode = "--quick" if args.quick else "full"
     started = datetime.now(UTC)
@@ -179,7 +216,10 @@ def main() -> None:
             lines += [output, ""]
         else:
             lines += ["The end of its output:", "", "```", output[-4000:], "```", ""]
-    Path(args.out).write_text("\n".join(lines).rstrip() + "\n")
+    text = "\n".join(lines).rstrip() + "\n"
+    if args.update and Path(args.out).exists():
+        text = merged(Path(args.out).read_text(), text, names, started, mode)
+    Path(args.out).write_text(text)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
