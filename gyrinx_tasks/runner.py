@@ -25,6 +25,7 @@ from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 from django.utils.json import normalize_json
 
+from . import statements
 from .exceptions import UnknownTask
 from .models import State, SwitchMode, TaskExecution, Trigger
 from .push import MAX_MESSAGE_ID, Delivery, MalformedPush, safe_text, text_problem
@@ -278,12 +279,60 @@ def _uncommitted(delivery: Delivery, raw_message: str) -> Outcome:
                                                 fresh_row=True), reason)
 
 
+class _Raced(Exception):
+    """The run changed between the unlocked read and the write: decide again, locked."""
+
+
+def _save_if_unchanged(execution: TaskExecution, using: str) -> None:
+    """Write what changed, only if the row still holds what was read (else _Raced)."""
+    changed = _changed(execution)
+    if not changed:
+        return
+    read = execution.__dict__["_gyrinx_progress"]
+    if not update_run(using, execution, changed, expect={
+            "status": read["status"], "attempts": read["attempts"],
+            "timeline": read["timeline"]}):
+        raise _Raced
+    _loaded(execution)
+
+
+def _settle_or_start_unlocked(delivery: Delivery, route: Any, problem: str, raw_message: str,
+                              using: str) -> Outcome | None:
+    """The usual delivery without a transaction: read the run (and its kill switch) in one
+    statement, decide, and write the decision with a compare-and-set.
+
+    None when the run is not there to read (a scheduled delivery's first, an uncommitted
+    enqueue): the locked path decides those. Raises _Raced if another writer got there first.
+    On PostgreSQL the read is FOR UPDATE NOWAIT outside a transaction: it takes no lock, but
+    fails at once (busy) while another transaction holds the row, as the locked claim does.
+    """
+    execution = None
+    if not delivery.is_scheduled:
+        execution = select_run(using, "result_id", delivery.task_id, lock=True,
+                               switch_for=route.name)
+    if execution is None:
+        execution = select_run(using, "message_id", delivery.message_id, lock=True,
+                               switch_for=route.name)
+    if execution is None:
+        return None
+    _loaded(execution)
+    if not execution.message_id:
+        execution.message_id = delivery.message_id
+    return _decide(execution, delivery, route, problem, raw_message, using, _save_if_unchanged)
+
+
 def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: str,
                      using: str) -> Outcome:
     """Inside a transaction: settle the delivery without running it, or mark it RUNNING."""
     execution = _claim(delivery, route, using)
     if execution is None:
         return Outcome("uncommitted", None)
+    return _decide(execution, delivery, route, problem, raw_message, using, _save)
+
+
+def _decide(execution: TaskExecution, delivery: Delivery, route: Any, problem: str,
+            raw_message: str, using: str,
+            write: Callable[[TaskExecution, str], None]) -> Outcome:
     if execution.settled:
         return Outcome("duplicate", execution, f"Run already {execution.status}.")
     if execution.status == State.RUNNING:
@@ -296,7 +345,7 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
             apply(execution)
             execution.note(f"attempt {execution.attempts}'s outcome recorded late, on a "
                            "redelivery, after a database failure")
-            _save(execution, using)
+            write(execution, using)
             return Outcome(kind, execution, "The outcome of an earlier attempt, recorded late.")
     if execution.status == State.RUNNING and execution.last_attempted_at and (
         timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
@@ -304,7 +353,7 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
         return Outcome("busy", execution, "This run is still running on another worker.")
     if problem:
         execution.reject(problem, raw_message)
-        _save(execution, using)
+        write(execution, using)
         logger.error("Rejected Pub/Sub delivery %s: %s", delivery.message_id, problem)
         return Outcome("rejected", execution, problem)
     mode, reason = kill_switch_state(route, execution)
@@ -326,18 +375,18 @@ def _settle_or_start(delivery: Delivery, route: Any, problem: str, raw_message: 
                                     "the route's max_attempts is reached.")))
         if reason:
             execution.skip(reason)
-            _save(execution, using)
+            write(execution, using)
             logger.warning("Skipped %s (%s): %s", route.name, execution.result_id, reason)
             return Outcome("skipped", execution, reason)
         gave_up = _give_up_reason(execution.attempts, route)
         execution.give_up(gave_up)
-        _save(execution, using)
+        write(execution, using)
         logger.error("Gave up %s (%s): %s", route.name, execution.result_id, gave_up)
         return Outcome("gave_up", execution, gave_up)
     if execution.status == State.RUNNING:
         execution.note(_lost_attempt_note(execution, route))
     execution.start(current_worker_id(), delivery.delivery_attempt)
-    _save(execution, using)
+    write(execution, using)
     return Outcome("start", execution)
 
 
@@ -445,8 +494,16 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
 
     using = _db()
     try:
-        with transaction.atomic(using=using):
-            outcome = _settle_or_start(delivery, route, problem, raw_message, using)
+        outcome = None
+        if connections[using].vendor in statements.VENDORS:
+            try:
+                outcome = _settle_or_start_unlocked(delivery, route, problem, raw_message,
+                                                    using)
+            except _Raced:
+                outcome = None
+        if outcome is None:
+            with transaction.atomic(using=using):
+                outcome = _settle_or_start(delivery, route, problem, raw_message, using)
     except IntegrityError:
         # Another transaction inserted this run first: an enqueue that committed while this
         # claim waited, or a duplicate delivery racing this one. Pub/Sub retries.

@@ -14,6 +14,7 @@ Model signals (pre_save/post_save) are still sent when something listens for the
 """
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from django.db import connections, transaction
@@ -90,15 +91,22 @@ def select_run(using: str, column: str, value: str, lock: bool,
 
     arguments = [value] if switch_for is None else [value, switch_for]
 
+    # FOR UPDATE outside a transaction (runner's unlocked read on PostgreSQL) holds no lock:
+    # its NOWAIT only fails at once if another transaction holds the row. Django compiles
+    # select_for_update only inside a transaction, so compile (or run the ORM) in one.
+    outside = lock and not connections[using].in_atomic_block
+
     def orm() -> TaskExecution | None:
-        found = list(build(*arguments))
+        with transaction.atomic(using=using) if outside else nullcontext():
+            found = list(build(*arguments))
         return found[0] if found else None
 
     cache = _cache(using)
     if cache is None:
         return orm()
     key = ("select", column, lock, switch_for is not None)
-    compiled = _compile(cache, key, build, arity=len(arguments))
+    with transaction.atomic(using=using) if outside and key not in cache else nullcontext():
+        compiled = _compile(cache, key, build, arity=len(arguments))
     if compiled is None:
         return orm()
     sql, compiler, order = compiled
@@ -172,13 +180,19 @@ def update_run(using: str, execution: TaskExecution, names: list[str],
         meta = TaskExecution._meta
         assert meta.pk is not None and meta.pk.column is not None and meta.db_table
         where = [f"{quote(meta.pk.column)} = %s"]
+        indexed = {name for index in meta.indexes for name in index.fields}
         for field in _fields(list(expect)):
+            column = quote(str(field.column))
             if field.get_internal_type() == "JSONField":
                 # As Django's own JSON exact lookup compares: jsonb = jsonb, JSON(a) = JSON(b).
-                where.append(f"{quote(field.column)} = %s" if connection.vendor == "postgresql"
-                             else f"JSON({quote(field.column)}) = JSON(%s)")
+                where.append(f"{column} = %s" if connection.vendor == "postgresql"
+                             else f"JSON({column}) = JSON(%s)")
+            elif field.name in indexed or field.db_index:
+                # Compared as an expression no index can serve, so that the planner always
+                # finds the row by its primary key (PostgreSQL chose the status index instead).
+                where.append(f"({column} || '') = %s")
             else:
-                where.append(f"{quote(field.column)} = %s")
+                where.append(f"{column} = %s")
         sets = ", ".join(f"{quote(str(field.column))} = %s" for field in _fields(names))
         sql = cache[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} "
                             f"WHERE {' AND '.join(where)}")

@@ -24,9 +24,25 @@ MUTANTS = [
     ("only SUCCESSFUL counts as settled", "gyrinx_tasks/models.py",
      "SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)",
      "SETTLED = (State.SUCCESSFUL,)", "redelivery_of"),
-    ("claim without select_for_update", "gyrinx_tasks/runner.py",
-     'select_run(using, "result_id", delivery.task_id, lock=True)',
-     'select_run(using, "result_id", delivery.task_id, lock=False)', "locked_by_another"),
+    ("the unlocked read without its NOWAIT probe", "gyrinx_tasks/runner.py",
+     'execution = select_run(using, "result_id", delivery.task_id, lock=True,\n'
+     '                               switch_for=route.name)\n    if execution is None:\n'
+     '        execution = select_run(using, "message_id", delivery.message_id, lock=True,\n'
+     '                               switch_for=route.name)\n    if execution is None:\n'
+     '        return None',
+     'execution = select_run(using, "result_id", delivery.task_id, lock=False,\n'
+     '                               switch_for=route.name)\n    if execution is None:\n'
+     '        execution = select_run(using, "message_id", delivery.message_id, lock=False,\n'
+     '                               switch_for=route.name)\n    if execution is None:\n'
+     '        return None', "locked_by_another"),
+    ("the unlocked claim's compare-and-set without status", "gyrinx_tasks/runner.py",
+     '"status": read["status"], ', "", "changed_between"),
+    ("the unlocked claim's compare-and-set without the timeline", "gyrinx_tasks/runner.py",
+     '"attempts": read["attempts"],\n            "timeline": read["timeline"]}',
+     '"attempts": read["attempts"]}', "changed_between"),
+    ("the outcome's compare-and-set without the timeline", "gyrinx_tasks/runner.py",
+     'expect={\n            "attempts": attempt, "timeline": execution.timeline})',
+     'expect={\n            "attempts": attempt})', "note_written_while"),
     ("record_rejection no longer finds the earlier record", "gyrinx_tasks/runner.py",
      "        if execution is None and message_id:", "        if False and message_id:",
      "malformed_message_is_recorded_once"),

@@ -248,3 +248,79 @@ def test_malformed_message_is_delivered_exactly_once(settings, pubsub_emulator, 
 
     assert len(pushes) == 1
     assert TaskExecution.objects.get(message_id=message_id).status == State.REJECTED
+
+
+# Change caught: the unlocked claim's compare-and-set without the status (or the timeline). A
+# writer changes the run between the delivery's read and its write; the write must not
+# happen, and the delivery decides again under the row lock.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("meanwhile", ["settled elsewhere", "noted elsewhere"])
+def test_a_run_changed_between_read_and_write_is_decided_again_under_the_lock(
+        calls, monkeypatch, meanwhile):
+    from gyrinx_tasks import runner
+
+    execution = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
+                                             args=["hi"])
+    delivery = parse_envelope(envelope(echo_message(task_id=execution.result_id)))
+    real_select, reads = runner.select_run, []
+
+    def select_then_change(using, column, value, lock, switch_for=None):
+        found = real_select(using, column, value, lock, switch_for)
+        if found is not None and not reads:
+            # Another writer, after this read and before this delivery's write.
+            row = TaskExecution.objects.get(pk=found.pk)
+            if meanwhile == "settled elsewhere":
+                row.status = State.SUCCESSFUL
+                row.save(update_fields=["status"])  # status only, timeline untouched
+            else:
+                row.note("written by another attempt")
+                row.save(update_fields=["timeline", "timeline_omitted"])
+        reads.append(found)
+        return found
+
+    monkeypatch.setattr(runner, "select_run", select_then_change)
+    outcome = handle_delivery(delivery, "raw")
+
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    if meanwhile == "settled elsewhere":
+        assert outcome.kind == "duplicate"
+        assert calls == []
+        assert stored.status == State.SUCCESSFUL
+    else:
+        assert outcome.kind == "ran"
+        assert [note.get("note") for note in stored.timeline].count(
+            "written by another attempt") == 1  # the note survived the delivery's writes
+        assert stored.status == State.SUCCESSFUL and stored.attempts == 1
+    assert len(reads) == 2  # the unlocked read, then the locked one
+
+
+# Change caught: the outcome's compare-and-set without the timeline. While the task ran, a
+# superseded attempt noted its own outcome in the run's timeline; this attempt's outcome must
+# be written on top of that note, not over it.
+@pytest.mark.django_db(transaction=True)
+def test_the_outcome_keeps_a_note_written_while_the_task_ran(calls, monkeypatch):
+    from gyrinx_tasks import runner
+
+    execution = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
+                                             args=["hi"])
+    delivery = parse_envelope(envelope(echo_message(task_id=execution.result_id)))
+    real_update, noted = runner.update_run, []
+
+    def note_before_the_outcome(using, run, names, expect=None):
+        if expect is not None and "status" not in expect and not noted:  # the outcome's write
+            row = TaskExecution.objects.get(pk=run.pk)
+            row.note("attempt 0 succeeded after it was superseded")
+            row.save(update_fields=["timeline", "timeline_omitted"])
+            noted.append(row.pk)
+        return real_update(using, run, names, expect)
+
+    monkeypatch.setattr(runner, "update_run", note_before_the_outcome)
+    outcome = handle_delivery(delivery, "raw")
+
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert noted and outcome.kind == "ran"
+    assert len(calls) == 1  # run once: the note made the write go through the locked path
+    assert stored.status == State.SUCCESSFUL
+    assert [entry.get("note") for entry in stored.timeline].count(
+        "attempt 0 succeeded after it was superseded") == 1
+    assert [entry["to"] for entry in stored.timeline][-1] == State.SUCCESSFUL
