@@ -121,3 +121,48 @@ def test_a_jwk_set_url_without_pyjwt_names_the_fix(oidc, settings, caplog):
         "Point TASKS_OIDC_CERTS_URL at an endpoint serving PEM certificates such as Google's "
         "default, or install PyJWT.")
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+# PushTokenVerifier.verify mutant 29: when the remembered tokens are full, the one used least
+# recently is forgotten, never the one just verified (Pub/Sub's current token).
+def test_the_least_recently_used_token_is_forgotten_first(oidc, settings):
+    settings.TASKS_OIDC_CERTS_URL = oidc.server.url(oidc.server.NO_STORE_PATH)
+    size = PushTokenVerifier.verified_cache_size
+    headers = [oidc.header(sub=f"subject-{n}") for n in range(size + 1)]
+    for header in headers:
+        verify_push_token(header)
+    assert oidc.hits == size + 1  # each token verified once, fetching the certificates
+
+    verify_push_token(headers[-1])
+    assert oidc.hits == size + 1  # the newest is remembered
+    verify_push_token(headers[0])
+    assert oidc.hits == size + 2  # the oldest was forgotten, so it is verified again
+
+
+# _required_settings mutants 6, 21: a missing setting refuses every push, so it is logged as
+# an ERROR, like unreachable certificates, not as a WARNING like one bad request.
+@pytest.mark.parametrize("setting", ["TASKS_OIDC_AUDIENCE", "TASKS_SERVICE_ACCOUNT"])
+def test_a_missing_setting_is_logged_as_an_error(oidc, settings, caplog, setting):
+    header = oidc.header()
+    setattr(settings, setting, "")
+    if setting == "TASKS_OIDC_AUDIENCE":
+        settings.CLOUD_RUN_SERVICE_URL = ""  # the audience's fallback
+
+    with caplog.at_level(logging.WARNING, logger="gyrinx_tasks"):
+        with pytest.raises(OIDCVerificationError, match=setting):
+            verify_push_token(header)
+
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+# PushTokenVerifier._verified_claims mutant 18: the refusal quotes why the certificates could
+# not be fetched, not just that they could not.
+def test_unfetchable_certificates_say_why(oidc, settings):
+    settings.TASKS_OIDC_CERTS_URL = url = oidc.server.url("/gone")
+
+    with pytest.raises(OIDCVerificationError) as refused:
+        verify_push_token(oidc.header())
+
+    assert str(refused.value) == (
+        f"Could not fetch the certificates for verifying push tokens (Could not fetch "
+        f"certificates at {url}). Check that TASKS_OIDC_CERTS_URL ({url}) is reachable.")

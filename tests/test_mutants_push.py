@@ -7,13 +7,22 @@ push.py's survivors are accounted for in docs/mutation-survivors.md.
 import base64
 import io
 import json
+import time
+from datetime import UTC, datetime
 
 import pytest
 from django.core.handlers.asgi import ASGIRequest
 from google.pubsub_v1 import PublishRequest, PubsubMessage
 
 from gyrinx_tasks.models import State, TaskExecution
-from gyrinx_tasks.push import PUBSUB_MAX_PUBLISH_BYTES, MessageTooLarge, check_publish_size
+from gyrinx_tasks.push import (
+    MAX_MESSAGE_ID,
+    PUBSUB_MAX_PUBLISH_BYTES,
+    RAW_MESSAGE_LIMIT,
+    MessageTooLarge,
+    check_publish_size,
+    safe_text,
+)
 from gyrinx_tasks.views import ACK, pubsub_push
 from tests.helpers import envelope
 
@@ -162,3 +171,145 @@ def test_the_publish_size_limit_counts_topic_and_attributes_to_the_byte():
     check_publish_size("echo", topic, b"d" * fits, attributes)
     with pytest.raises(MessageTooLarge, match=r"this one would be 10,000,001\)"):
         check_publish_size("echo", topic, b"d" * (fits + 1), attributes)
+
+
+# safe_text mutants 1-4: text any database stores, NUL and unpaired surrogates escaped. (The
+# push path refuses such messages before recording them; the runner uses safe_text for the
+# tracebacks and exception texts of tasks, which may hold anything.)
+@pytest.mark.parametrize(("text", "kept"), [
+    ("a\x00b", "a\\x00b"),
+    ("\ud800 and \x00", "\\ud800 and \\x00"),
+    ("plain é\u2603", "plain é\u2603"),
+])
+def test_safe_text_escapes_what_databases_refuse(text, kept):
+    assert safe_text(text) == kept
+    assert safe_text(text).encode("utf-8")  # no unpaired surrogate left
+
+
+# safe_text mutants 34, 35, 37 (through record_rejection): what a rejected message named is
+# cut to its column; mutant 27: a value that fits exactly is kept whole.
+@pytest.mark.parametrize(("task_name", "kept"), [
+    ("n" * 300, "n" * 254 + "…"),
+    ("n" * 255, "n" * 255),
+])
+def test_a_rejected_message_keeps_its_task_name_as_storable_text(client, task_name, kept):
+    text = json.dumps({"task_id": "t-name", "task_name": task_name}).encode()
+
+    rejection(push(client, raw(text)))
+
+    assert TaskExecution.objects.get().task_name == kept
+
+
+# safe_raw mutant 18: a NUL byte in a body kept for staff is escaped; mutants 21, 22: a body
+# of exactly RAW_MESSAGE_LIMIT bytes is kept whole, without a truncation note.
+def test_a_rejected_body_is_kept_escaped_and_whole_up_to_the_limit(client):
+    rejection(push(client, b"not json \x00 here"))
+    assert TaskExecution.objects.get().raw_message == "not json \\x00 here"
+
+    TaskExecution.objects.all().delete()
+    rejection(push(client, b"x" * RAW_MESSAGE_LIMIT))
+    assert TaskExecution.objects.get().raw_message == "x" * RAW_MESSAGE_LIMIT
+
+
+# read_body mutants 10, 20, 22: a body exactly at TASKS_PUSH_MAX_BODY_BYTES is accepted.
+def test_a_body_exactly_at_the_limit_runs(client, settings):
+    body = envelope({"task_id": "t-exact", "task_name": "add", "args": [2, 3]})
+    settings.TASKS_PUSH_MAX_BODY_BYTES = len(body)
+
+    response = push(client, body)
+
+    assert response.status_code == 200, response.content[:300]
+    assert TaskExecution.objects.get(result_id="t-exact").return_value == 5
+
+
+# read_body mutant 8: a Content-Length that is not a number is not a crash.
+def test_a_content_length_that_is_not_a_number_is_rejected_not_crashed(client):
+    response = client.post(URL, b"", content_type="application/json", CONTENT_LENGTH="lots")
+
+    assert rejection(response).startswith("The request body is not JSON")
+
+
+class CountingStream(io.BytesIO):
+    """A request body that remembers how many bytes were read from it."""
+
+    taken = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+
+# read_body mutant 17: a body declared larger than the limit is not read past the start kept
+# with its rejection (a 10 GB Content-Length must not be read into memory).
+def test_a_body_declared_too_large_is_read_only_as_far_as_the_part_kept(settings):
+    from django.core.handlers.wsgi import WSGIRequest
+    from django.test import RequestFactory
+
+    settings.TASKS_PUSH_MAX_BODY_BYTES = 1_000
+    stream = CountingStream(b"y" * (RAW_MESSAGE_LIMIT * 3))
+    environ = RequestFactory().post(URL).environ
+    environ.update({"CONTENT_LENGTH": str(RAW_MESSAGE_LIMIT * 3), "wsgi.input": stream})
+
+    response = pubsub_push(WSGIRequest(environ))
+
+    assert response.status_code == ACK
+    assert stream.taken == RAW_MESSAGE_LIMIT
+    assert TaskExecution.objects.get().raw_message.startswith("y" * RAW_MESSAGE_LIMIT)
+
+
+# _nesting mutants 18, 20: brackets that are all inside a string are no nesting at all.
+def test_brackets_inside_a_string_are_not_nesting(client):
+    detail = rejection(push(client, raw(json.dumps("[" * 150).encode())))
+
+    assert detail == "The task message is not a JSON object."
+
+
+# _message_id mutants 7, 8, 9: Pub/Sub's push body carries the id as message_id as well as
+# messageId; either is enough.
+def test_the_message_id_may_come_as_message_id(client):
+    body = json.loads(envelope({"task_id": "t-snake", "task_name": "add", "args": [1, 1]}))
+    body["message"]["message_id"] = body["message"].pop("messageId")
+
+    response = push(client, json.dumps(body).encode())
+
+    assert response.status_code == 200, response.content[:300]
+    assert TaskExecution.objects.get(result_id="t-snake").message_id == "m-1"
+
+
+# _message_id mutants 17, 19, 20: a message id with NUL is refused (it could not be stored on
+# PostgreSQL); one of exactly MAX_MESSAGE_ID characters is a message id.
+def test_message_ids_are_held_to_their_column(client):
+    detail = rejection(push(client, envelope({"task_id": "t-nul"}, message_id="m\x00")))
+    assert detail.startswith("The message's 'messageId' is not a Pub/Sub message id")
+
+    longest = "m" * MAX_MESSAGE_ID
+    response = push(client, envelope({"task_id": "t-long", "task_name": "add", "args": [1, 2]},
+                                     message_id=longest))
+    assert response.status_code == 200, response.content[:300]
+    assert TaskExecution.objects.get(result_id="t-long").message_id == longest
+
+
+# _enqueued_at mutants 3, 4, 11: a text that is no datetime at all is refused with the sentence.
+def test_an_enqueued_at_that_is_no_datetime_is_rejected_with_the_reason(client):
+    detail = rejection(push(client, envelope({"task_id": "t-when", "task_name": "add",
+                                              "enqueued_at": "yesterday"})))
+
+    assert detail == "The task message's 'enqueued_at' is not an ISO 8601 datetime."
+
+
+# _enqueued_at mutants 13, 14: a datetime without an offset is UTC, whatever the server's
+# local time zone is.
+def test_an_enqueued_at_without_an_offset_is_utc(client, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        response = push(client, envelope({"task_id": "t-naive", "task_name": "add",
+                                          "args": [1, 2], "enqueued_at": "2026-11-23T10:00:00"}))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+    assert response.status_code == 200, response.content[:300]
+    assert TaskExecution.objects.get(result_id="t-naive").enqueued_at == datetime(
+        2026, 11, 23, 10, 0, tzinfo=UTC)
