@@ -129,7 +129,7 @@ def write() -> int:
     by_category: Counter = Counter()
     entries, missing = [], 0
     for name in sorted(left, key=lambda n: (MODULES.index(module_of(n)), n)):
-        category, _, note = given.get(name, "").partition(":")
+        category, _, note = given.get(name.removeprefix("gyrinx_tasks."), "").partition(":")
         if category not in categories:
             missing += 1
             category, note = "NOT ACCOUNTED FOR", ""
@@ -154,6 +154,10 @@ def write() -> int:
         "|---|---|---|---|---|\n" + "\n".join(entries) + "\n")
     print(table(before, after))
     print("\n".join(summary))
+    stale = sorted(set(given) - {name.removeprefix("gyrinx_tasks.") for name in left})
+    if stale:
+        print(f"{len(stale)} entries of {REASONS.relative_to(ROOT)} are not survivors "
+              f"(killed since, or renamed): {', '.join(stale)}")
     if missing:
         print(f"{missing} survivors are not accounted for in {REASONS.relative_to(ROOT)}")
         return 1
