@@ -152,6 +152,9 @@ def sections(text: str) -> tuple[str, dict[str, str]]:
 def merged(old: str, new: str, names: list[str], started: datetime, mode: str) -> str:
     """``old`` with the sections in ``names`` replaced by ``new``'s, in BENCHMARKS order."""
     head, kept = sections(old)
+    # Only the latest rerun is noted: each section carries its own date and commit anyway.
+    head = "\n".join(line for line in head.splitlines()
+                     if not line.startswith("Sections rerun on ")).rstrip() + "\n"
     _new_head, fresh = sections(new)
     kept.update({name: fresh[name] for name in names if name in fresh})
     note = (f"\nSections rerun on {started:%Y-%m-%d %H:%M} UTC from {code_version()} "

@@ -495,7 +495,9 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
     using = _db()
     try:
         outcome = None
-        if connections[using].vendor in statements.VENDORS:
+        # A scheduled delivery's run is made by its first delivery: straight to the locked
+        # claim, which inserts it.
+        if connections[using].vendor in statements.VENDORS and not delivery.is_scheduled:
             try:
                 outcome = _settle_or_start_unlocked(delivery, route, problem, raw_message,
                                                     using)
