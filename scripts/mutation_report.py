@@ -63,9 +63,8 @@ def save(label: str, modules: list[str]) -> None:
         if match and (not modules or module_of(match[1]) in modules):
             statuses[match[1]] = match[2]
     unchecked = [name for name, status in statuses.items() if status == "not checked"]
-    if unchecked:
-        sys.exit(f"{len(unchecked)} mutants are not checked yet (e.g. {unchecked[0]}): "
-                 f"finish `mutmut run` first.")
+    if unchecked:  # a run stopped at its time limit: the table says how many
+        print(f"warning: {len(unchecked)} mutants are not checked (e.g. {unchecked[0]})")
     lines = {name: mutated_line(name) for name, status in statuses.items()
              if status not in KILLED}
     snapshot = {"status": statuses, "line": lines}
@@ -89,15 +88,18 @@ def load(label: str) -> dict:
 
 
 def counts(statuses: dict[str, str], module: str | None) -> tuple[int, int, Counter]:
+    """(mutants checked, killed, count by status) of one module, or of all."""
     chosen = [s for name, s in statuses.items() if module is None or module_of(name) == module]
-    return len(chosen), sum(s in KILLED for s in chosen), Counter(chosen)
+    tally = Counter(chosen)
+    return len(chosen) - tally["not checked"], sum(s in KILLED for s in chosen), tally
 
 
 def score(statuses: dict[str, str], module: str | None) -> str:
-    total, killed, _ = counts(statuses, module)
-    if not total:
+    checked, killed, tally = counts(statuses, module)
+    if not checked:
         return "not run"
-    return f"{killed}/{total} ({100 * killed / total:.1f}%)"
+    unchecked = f", {tally['not checked']} not checked" if tally["not checked"] else ""
+    return f"{killed}/{checked} ({100 * killed / checked:.1f}%){unchecked}"
 
 
 def table(before: dict, after: dict) -> str:
@@ -125,7 +127,8 @@ def write() -> int:
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     categories, given = reasons()
-    left = {name: status for name, status in after["status"].items() if status not in KILLED}
+    left = {name: status for name, status in after["status"].items()
+            if status not in KILLED and status != "not checked"}
     by_category: Counter = Counter()
     entries, missing = [], 0
     for name in sorted(left, key=lambda n: (MODULES.index(module_of(n)), n)):

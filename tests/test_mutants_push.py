@@ -16,6 +16,7 @@ from google.pubsub_v1 import PublishRequest, PubsubMessage
 
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.push import (
+    MAX_JSON_DEPTH,
     MAX_MESSAGE_ID,
     PUBSUB_MAX_PUBLISH_BYTES,
     RAW_MESSAGE_LIMIT,
@@ -313,3 +314,36 @@ def test_an_enqueued_at_without_an_offset_is_utc(client, monkeypatch):
     assert response.status_code == 200, response.content[:300]
     assert TaskExecution.objects.get(result_id="t-naive").enqueued_at == datetime(
         2026, 11, 23, 10, 0, tzinfo=UTC)
+
+
+# parse_envelope mutants 10, 11: "more than MAX_JSON_DEPTH levels" - exactly that many is fine,
+# one more is refused with the sentence.
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1])
+def test_envelope_nesting_is_limited_to_max_json_depth(client, depth):
+    body = json.loads(add_message("t-deep"))
+    body["extra"] = json.loads("[" * (depth - 1) + "]" * (depth - 1))  # inside the envelope
+    text = json.dumps(body).encode()
+
+    response = push(client, text)
+
+    if depth == MAX_JSON_DEPTH:
+        assert response.status_code == 200, response.content[:300]
+        assert TaskExecution.objects.get(result_id="t-deep").status == State.SUCCESSFUL
+    else:
+        assert rejection(response) == (
+            f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+
+
+# parse_envelope mutants 52-54: deliveryAttempt runs from 1 (the first delivery under a
+# dead-letter policy) to the column's largest value.
+@pytest.mark.parametrize("attempt", [1, 2**31 - 1])
+def test_every_delivery_attempt_pubsub_can_send_is_accepted(client, attempt):
+    response = push(client, envelope({"task_id": "t-attempt", "task_name": "add",
+                                      "args": [1, 2]}, delivery_attempt=attempt))
+
+    assert response.status_code == 200, response.content[:300]
+    assert TaskExecution.objects.get(result_id="t-attempt").delivery_attempt == attempt
+
+
+def add_message(task_id: str) -> bytes:
+    return envelope({"task_id": task_id, "task_name": "add", "args": [1, 2]})
