@@ -345,7 +345,12 @@ def _decide(execution: TaskExecution, delivery: Delivery, route: Any, problem: s
             apply(execution)
             execution.note(f"attempt {execution.attempts}'s outcome recorded late, on a "
                            "redelivery, after a database failure")
-            write(execution, using)
+            try:
+                write(execution, using)
+            except _Raced:
+                # Decided again under the lock, which must still find the outcome.
+                _remember_unrecorded((execution.pk, execution.attempts), kind, apply)
+                raise
             return Outcome(kind, execution, "The outcome of an earlier attempt, recorded late.")
     if execution.status == State.RUNNING and execution.last_attempted_at and (
         timezone.now() - execution.last_attempted_at < timedelta(seconds=route.ack_deadline)
@@ -414,14 +419,13 @@ def _finish(execution: TaskExecution, using: str, kind: str,
     """
     attempt = execution.attempts
     # First, one conditional UPDATE: it writes only if the row is still this attempt's as
-    # this delivery left it: the same attempt and the same timeline (every change the runner
-    # makes to a run, a superseded attempt's note included, appends to its timeline). That is
-    # nearly always so, and costs one statement, no lock. Not compared: status, which has an
-    # index a planner may prefer over the primary key's (seen on PostgreSQL).
+    # this delivery left it: RUNNING, the same attempt and the same timeline (every change the
+    # runner makes to a run, a superseded attempt's note included, appends to its timeline).
+    # That is nearly always so, and costs one statement, no lock.
     candidate = copy.copy(execution)
     apply(candidate)
     if update_run(using, candidate, _changed(candidate), expect={
-            "attempts": attempt, "timeline": execution.timeline}):
+            "status": State.RUNNING, "attempts": attempt, "timeline": execution.timeline}):
         return candidate, True
     # Otherwise read the row under a lock and decide on what it holds now.
     with transaction.atomic(using=using):

@@ -41,8 +41,11 @@ MUTANTS = [
      '"attempts": read["attempts"],\n            "timeline": read["timeline"]}',
      '"attempts": read["attempts"]}', "changed_between"),
     ("the outcome's compare-and-set without the timeline", "gyrinx_tasks/runner.py",
-     'expect={\n            "attempts": attempt, "timeline": execution.timeline})',
-     'expect={\n            "attempts": attempt})', "note_written_while"),
+     '"status": State.RUNNING, "attempts": attempt, "timeline": execution.timeline})',
+     '"status": State.RUNNING, "attempts": attempt})', "note_written_while"),
+    ("a late outcome forgotten when the unlocked claim races", "gyrinx_tasks/runner.py",
+     "                _remember_unrecorded((execution.pk, execution.attempts), kind, apply)\n"
+     "                raise", "                raise", "recorded_late"),
     ("record_rejection no longer finds the earlier record", "gyrinx_tasks/runner.py",
      "        if execution is None and message_id:", "        if False and message_id:",
      "malformed_message_is_recorded_once"),

@@ -307,7 +307,9 @@ def test_the_outcome_keeps_a_note_written_while_the_task_ran(calls, monkeypatch)
     real_update, noted = runner.update_run, []
 
     def note_before_the_outcome(using, run, names, expect=None):
-        if expect is not None and "status" not in expect and not noted:  # the outcome's write
+        # The outcome's write: the only one expecting the run RUNNING (the start's expects it
+        # READY, as read).
+        if expect is not None and expect.get("status") == State.RUNNING and not noted:
             row = TaskExecution.objects.get(pk=run.pk)
             row.note("attempt 0 succeeded after it was superseded")
             row.save(update_fields=["timeline", "timeline_omitted"])
@@ -324,3 +326,37 @@ def test_the_outcome_keeps_a_note_written_while_the_task_ran(calls, monkeypatch)
     assert [entry.get("note") for entry in stored.timeline].count(
         "attempt 0 succeeded after it was superseded") == 1
     assert [entry["to"] for entry in stored.timeline][-1] == State.SUCCESSFUL
+
+
+# Change caught: an outcome remembered after a database failure, lost when the unlocked
+# claim races. The redelivery that should record it decides again under the lock, and must
+# still find it there (not answer busy and later run the task again).
+@pytest.mark.django_db(transaction=True)
+def test_an_outcome_recorded_late_survives_a_race_of_the_unlocked_claim(calls, monkeypatch):
+    from django.utils import timezone
+
+    from gyrinx_tasks import runner
+
+    execution = TaskExecution.objects.create(
+        task_name="echo", task_path="tests.tasks.echo", args=["hi"], status=State.RUNNING,
+        attempts=1, last_attempted_at=timezone.now())
+    runner._remember_unrecorded((execution.pk, 1), "ran", lambda run: run.succeed("hi"))
+    delivery = parse_envelope(envelope(echo_message(task_id=execution.result_id)))
+    real_select, reads = runner.select_run, []
+
+    def select_then_note(using, column, value, lock, switch_for=None):
+        found = real_select(using, column, value, lock, switch_for)
+        if found is not None and not reads:
+            row = TaskExecution.objects.get(pk=found.pk)
+            row.note("written by another attempt")
+            row.save(update_fields=["timeline", "timeline_omitted"])
+        reads.append(found)
+        return found
+
+    monkeypatch.setattr(runner, "select_run", select_then_note)
+    outcome = handle_delivery(delivery, "raw")
+
+    stored = TaskExecution.objects.get(pk=execution.pk)
+    assert len(reads) == 2 and outcome.kind == "ran"
+    assert (stored.status, stored.return_value, calls) == (State.SUCCESSFUL, "hi", [])
+    assert any("recorded late" in (entry.get("note") or "") for entry in stored.timeline)
