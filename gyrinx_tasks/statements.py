@@ -215,6 +215,7 @@ def _update_with_orm(using: str, execution: TaskExecution, names: list[str],
     if not expect:
         execution.save(using=using, update_fields=names)
         return 1
+    _pre_save(execution, using, names)
     changed = TaskExecution.objects.using(using).filter(pk=execution.pk, **expect).update(
         **{name: getattr(execution, name) for name in names})
     if changed:

@@ -166,7 +166,10 @@ def test_select_run_reads_the_kill_switch_in_the_same_statement(lock):
     assert len(captured.captured_queries) == 3
 
 
-def test_model_signals_are_sent_as_save_sends_them():
+@pytest.mark.parametrize("path", ["compiled", "orm"])
+def test_model_signals_are_sent_as_save_sends_them(path, monkeypatch):
+    if path == "orm":
+        monkeypatch.setattr(statements, "VENDORS", ())
     received = []
 
     def pre(sender, instance, update_fields, **kwargs):
