@@ -9,7 +9,15 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from gyrinx_tasks.models import PUBLISH_UNCONFIRMED, KillSwitch, State, TaskExecution
+from gyrinx_tasks.models import (
+    HISTORY_HEAD,
+    HISTORY_TAIL,
+    PUBLISH_UNCONFIRMED,
+    KillSwitch,
+    State,
+    SwitchMode,
+    TaskExecution,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -57,3 +65,41 @@ def test_runs_and_switches_are_named_readably():
     assert str(TaskExecution(result_id="r-2")) == "? [READY] r-2"
     assert str(KillSwitch(task_name="add", enabled=True)) == "add: on"
     assert str(KillSwitch(task_name="add", enabled=False)) == "add: off"
+
+
+# capped mutant 6 (through the timeline): one entry over the cap drops one entry and counts it.
+def test_one_entry_over_the_cap_drops_and_counts_one():
+    execution = TaskExecution.objects.create(task_name="add")
+    for n in range(HISTORY_HEAD + HISTORY_TAIL + 1):
+        execution.note(f"note {n}")
+
+    assert len(execution.timeline) == HISTORY_HEAD + HISTORY_TAIL
+    assert execution.timeline_omitted == 1
+    notes = [entry["note"] for entry in execution.timeline]
+    assert notes[HISTORY_HEAD - 1:HISTORY_HEAD + 1] == [
+        f"note {HISTORY_HEAD - 1}", f"note {HISTORY_HEAD + 1}"]
+
+
+# TaskExecution._log mutants 1, 3, 4: each timeline entry says when; only entries given a note
+# carry one.
+def test_timeline_entries_say_when_and_carry_only_the_notes_given():
+    execution = TaskExecution.objects.create(task_name="add")
+    before = timezone.now()
+    execution.start("rev-1/i-1")
+    execution.succeed(3)
+
+    started, succeeded = execution.timeline
+    assert started["note"] == "attempt 1 on rev-1/i-1"
+    assert "note" not in succeeded
+    for entry in (started, succeeded):
+        assert before <= datetime.fromisoformat(entry["at"]) <= before + timedelta(minutes=1)
+
+
+# KillSwitch.off_mode mutant 15: "" (not None) when the task is not switched off.
+def test_off_mode_is_empty_text_unless_switched_off():
+    KillSwitch.objects.create(task_name="on", enabled=True, mode=SwitchMode.HOLD)
+    KillSwitch.objects.create(task_name="held", enabled=False, mode=SwitchMode.HOLD)
+
+    assert KillSwitch.off_mode("never-switched") == ""
+    assert KillSwitch.off_mode("on") == ""
+    assert KillSwitch.off_mode("held") == SwitchMode.HOLD

@@ -53,10 +53,13 @@ def rejection(response) -> str:
     return answer["detail"]
 
 
-# MalformedPush.__init__ mutant 5 (the message id not kept): a redelivered message that cannot
-# be parsed into a task must settle its one record, found again by its message id.
-def test_a_redelivered_unparseable_message_is_one_rejected_run_with_its_message_id(client):
-    body = envelope(["not", "a", "task", "message"], message_id="m-list")
+# MalformedPush.__init__ mutant 5, parse_envelope mutants 25, 27, 112, 115 (the message id
+# not kept): a redelivered message that cannot be parsed into a task must settle its one
+# record, found again by its message id.
+@pytest.mark.parametrize("data", [["not", "a", "task", "message"], {"task_name": "add"}])
+def test_a_redelivered_unparseable_message_is_one_rejected_run_with_its_message_id(client,
+                                                                                  data):
+    body = envelope(data, message_id="m-list")
 
     first, second = push(client, body), push(client, body)
 
@@ -347,3 +350,34 @@ def test_every_delivery_attempt_pubsub_can_send_is_accepted(client, attempt):
 
 def add_message(task_id: str) -> bytes:
     return envelope({"task_id": task_id, "task_name": "add", "args": [1, 2]})
+
+
+# parse_envelope mutants 123, 127, 129, 130, 133: task_id and task_name are non-empty strings
+# of at most 255 characters; 255 is allowed.
+@pytest.mark.parametrize(("message", "reason"), [
+    ({"task_id": "", "task_name": "add"}, "The task message has no usable 'task_id'"),
+    ({"task_id": "t-name", "task_name": ""}, "The task message has no usable 'task_name'"),
+    ({"task_id": "t-name", "task_name": 5}, "The task message has no usable 'task_name'"),
+    ({"task_id": "t-name", "task_name": "n" * 255}, "No route in TASKS_REGISTRY is named"),
+])
+def test_task_ids_and_names_are_checked(client, message, reason):
+    assert rejection(push(client, envelope(message))).startswith(reason)
+
+
+def test_a_task_id_of_255_characters_runs(client):
+    response = push(client, envelope({"task_id": "i" * 255, "task_name": "add", "args": [1, 2]}))
+
+    assert response.status_code == 200, response.content[:300]
+    assert TaskExecution.objects.get(task_id="i" * 255).status == State.SUCCESSFUL
+
+
+# parse_envelope mutants 80, 82, 83: data with characters outside base64's alphabet is refused,
+# not decoded with them dropped.
+def test_data_with_characters_outside_base64_is_rejected(client):
+    body = json.loads(add_message("t-b64"))
+    data = body["message"]["data"]
+    body["message"]["data"] = data[:8] + "*" + data[8:]
+
+    detail = rejection(push(client, json.dumps(body).encode()))
+
+    assert detail.startswith("The message data is not base64-encoded JSON (")
