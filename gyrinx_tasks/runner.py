@@ -189,16 +189,14 @@ def _trigger(delivery: Delivery | None) -> str:
     return Trigger.SCHEDULE if delivery and delivery.is_scheduled else Trigger.ENQUEUE
 
 
-def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
-    """Find (or create) the run this delivery belongs to, locked for the transaction.
+def _read_run(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
+    """The delivery's run, with its task's kill switch read in the same statement.
 
-    None when the message says its run was recorded before publishing (our backend's
-    enqueue) but no such row is visible: that enqueue has not committed, or rolled back.
+    FOR UPDATE NOWAIT: in a transaction it locks the row; either way a row another
+    transaction holds locked answers "busy" at once (Pub/Sub retries) rather than making this
+    request wait for that transaction.
     """
-    # NOWAIT: a row another transaction holds locked answers "busy" at once (Pub/Sub
-    # retries) rather than making this request wait for that transaction.
     execution = None
-    # The task's kill switch is read in the same statement (kill_switch_state uses it).
     if not delivery.is_scheduled:
         execution = select_run(using, "result_id", delivery.task_id, lock=True,
                                switch_for=route.name)
@@ -206,8 +204,16 @@ def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
         # Scheduled messages share a task id per job: each delivery is its own run.
         execution = select_run(using, "message_id", delivery.message_id, lock=True,
                                switch_for=route.name)
-    if execution is not None:
-        _loaded(execution)
+    return None if execution is None else _loaded(execution)
+
+
+def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
+    """Find (or create) the run this delivery belongs to, locked for the transaction.
+
+    None when the message says its run was recorded before publishing (our backend's
+    enqueue) but no such row is visible: that enqueue has not committed, or rolled back.
+    """
+    execution = _read_run(delivery, route, using)
     if execution is None and delivery.attributes.get(RECORDED_ATTRIBUTE):
         return None  # never insert it ourselves: that would run a rolled-back enqueue
     if execution is None:
@@ -306,16 +312,9 @@ def _settle_or_start_unlocked(delivery: Delivery, route: Any, problem: str, raw_
     On PostgreSQL the read is FOR UPDATE NOWAIT outside a transaction: it takes no lock, but
     fails at once (busy) while another transaction holds the row, as the locked claim does.
     """
-    execution = None
-    if not delivery.is_scheduled:
-        execution = select_run(using, "result_id", delivery.task_id, lock=True,
-                               switch_for=route.name)
-    if execution is None:
-        execution = select_run(using, "message_id", delivery.message_id, lock=True,
-                               switch_for=route.name)
+    execution = _read_run(delivery, route, using)
     if execution is None:
         return None
-    _loaded(execution)
     if not execution.message_id:
         execution.message_id = delivery.message_id
     return _decide(execution, delivery, route, problem, raw_message, using, _save_if_unchanged)

@@ -24,17 +24,10 @@ MUTANTS = [
     ("only SUCCESSFUL counts as settled", "gyrinx_tasks/models.py",
      "SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)",
      "SETTLED = (State.SUCCESSFUL,)", "redelivery_of"),
-    ("the unlocked read without its NOWAIT probe", "gyrinx_tasks/runner.py",
-     'execution = select_run(using, "result_id", delivery.task_id, lock=True,\n'
-     '                               switch_for=route.name)\n    if execution is None:\n'
-     '        execution = select_run(using, "message_id", delivery.message_id, lock=True,\n'
-     '                               switch_for=route.name)\n    if execution is None:\n'
-     '        return None',
-     'execution = select_run(using, "result_id", delivery.task_id, lock=False,\n'
-     '                               switch_for=route.name)\n    if execution is None:\n'
-     '        execution = select_run(using, "message_id", delivery.message_id, lock=False,\n'
-     '                               switch_for=route.name)\n    if execution is None:\n'
-     '        return None', "locked_by_another"),
+    ("the run read without FOR UPDATE NOWAIT", "gyrinx_tasks/runner.py",
+     'execution = select_run(using, "result_id", delivery.task_id, lock=True,',
+     'execution = select_run(using, "result_id", delivery.task_id, lock=False,',
+     "locked_by_another"),
     ("the unlocked claim's compare-and-set without status", "gyrinx_tasks/runner.py",
      '"status": read["status"], ', "", "changed_between"),
     ("the unlocked claim's compare-and-set without the timeline", "gyrinx_tasks/runner.py",

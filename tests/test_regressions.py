@@ -250,6 +250,29 @@ def test_malformed_message_is_delivered_exactly_once(settings, pubsub_emulator, 
     assert TaskExecution.objects.get(message_id=message_id).status == State.REJECTED
 
 
+def note_elsewhere(row):
+    row.note("written by another attempt")
+    row.save(update_fields=["timeline", "timeline_omitted"])
+
+
+def change_after_first_read(monkeypatch, change):
+    """Let ``change(row)`` write to the run just after a delivery first reads it, as another
+    writer would between that read and the delivery's write. Returns the reads made."""
+    from gyrinx_tasks import runner
+
+    real_select, reads = runner.select_run, []
+
+    def select_then_change(using, column, value, lock, switch_for=None):
+        found = real_select(using, column, value, lock, switch_for)
+        if found is not None and not reads:
+            change(TaskExecution.objects.get(pk=found.pk))
+        reads.append(found)
+        return found
+
+    monkeypatch.setattr(runner, "select_run", select_then_change)
+    return reads
+
+
 # Change caught: the unlocked claim's compare-and-set without the status (or the timeline). A
 # writer changes the run between the delivery's read and its write; the write must not
 # happen, and the delivery decides again under the row lock.
@@ -257,28 +280,17 @@ def test_malformed_message_is_delivered_exactly_once(settings, pubsub_emulator, 
 @pytest.mark.parametrize("meanwhile", ["settled elsewhere", "noted elsewhere"])
 def test_a_run_changed_between_read_and_write_is_decided_again_under_the_lock(
         calls, monkeypatch, meanwhile):
-    from gyrinx_tasks import runner
 
     execution = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
                                              args=["hi"])
     delivery = parse_envelope(envelope(echo_message(task_id=execution.result_id)))
-    real_select, reads = runner.select_run, []
 
-    def select_then_change(using, column, value, lock, switch_for=None):
-        found = real_select(using, column, value, lock, switch_for)
-        if found is not None and not reads:
-            # Another writer, after this read and before this delivery's write.
-            row = TaskExecution.objects.get(pk=found.pk)
-            if meanwhile == "settled elsewhere":
-                row.status = State.SUCCESSFUL
-                row.save(update_fields=["status"])  # status only, timeline untouched
-            else:
-                row.note("written by another attempt")
-                row.save(update_fields=["timeline", "timeline_omitted"])
-        reads.append(found)
-        return found
+    def settle(row):
+        row.status = State.SUCCESSFUL
+        row.save(update_fields=["status"])  # status only, timeline untouched
 
-    monkeypatch.setattr(runner, "select_run", select_then_change)
+    reads = change_after_first_read(monkeypatch, settle if meanwhile == "settled elsewhere"
+                                    else note_elsewhere)
     outcome = handle_delivery(delivery, "raw")
 
     stored = TaskExecution.objects.get(pk=execution.pk)
@@ -342,18 +354,7 @@ def test_an_outcome_recorded_late_survives_a_race_of_the_unlocked_claim(calls, m
         attempts=1, last_attempted_at=timezone.now())
     runner._remember_unrecorded((execution.pk, 1), "ran", lambda run: run.succeed("hi"))
     delivery = parse_envelope(envelope(echo_message(task_id=execution.result_id)))
-    real_select, reads = runner.select_run, []
-
-    def select_then_note(using, column, value, lock, switch_for=None):
-        found = real_select(using, column, value, lock, switch_for)
-        if found is not None and not reads:
-            row = TaskExecution.objects.get(pk=found.pk)
-            row.note("written by another attempt")
-            row.save(update_fields=["timeline", "timeline_omitted"])
-        reads.append(found)
-        return found
-
-    monkeypatch.setattr(runner, "select_run", select_then_note)
+    reads = change_after_first_read(monkeypatch, note_elsewhere)
     outcome = handle_delivery(delivery, "raw")
 
     stored = TaskExecution.objects.get(pk=execution.pk)
