@@ -45,6 +45,17 @@ def raw(text: bytes, message_id: str = "m-raw") -> bytes:
     return envelope(None, message_id=message_id, raw_data=base64.b64encode(text).decode())
 
 
+class CountingStream(io.BytesIO):
+    """A request body that remembers how many bytes were read from it."""
+
+    taken = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+
 def rejection(response) -> str:
     assert response.status_code == ACK, response.content[:300]
     answer = response.json()
@@ -69,15 +80,19 @@ def test_a_redelivered_unparseable_message_is_one_rejected_run_with_its_message_
     assert [step["to"] for step in execution.timeline].count(State.REJECTED) == 1
 
 
-# BodyTooLarge.__init__ mutants 3, 5, 6. Under ASGI a chunked body declares no length, so its
-# size is unknown when the limit is crossed: the rejection must still be a sentence, not a 500.
+# BodyTooLarge.__init__ mutants 3, 5, 6, read_body mutants 19-21, 23-27. Under ASGI a chunked
+# body declares no length, so its size is unknown when the limit is crossed: the rejection must
+# still be a sentence, not a 500, and the body is read no further than one byte past the limit.
 def test_an_undeclared_body_over_the_limit_is_rejected_not_crashed(settings):
     settings.TASKS_PUSH_MAX_BODY_BYTES = 1_000
     body = envelope({"task_id": "t-chunked", "task_name": "echo", "args": ["c" * 5_000]})
     scope = {"type": "http", "method": "POST", "path": URL, "query_string": b"",
              "headers": [(b"content-type", b"application/json")]}
+    stream = CountingStream(body)
 
-    response = pubsub_push(ASGIRequest(scope, io.BytesIO(body)))
+    response = pubsub_push(ASGIRequest(scope, stream))
+
+    assert stream.taken == 1_001
 
     assert response.status_code == ACK, response.content[:300]
     answer = json.loads(response.content)
@@ -182,6 +197,7 @@ def test_the_publish_size_limit_counts_topic_and_attributes_to_the_byte():
 # tracebacks and exception texts of tasks, which may hold anything.)
 @pytest.mark.parametrize(("text", "kept"), [
     ("a\x00b", "a\\x00b"),
+    ("\ud800", "\\ud800"),
     ("\ud800 and \x00", "\\ud800 and \\x00"),
     ("plain é\u2603", "plain é\u2603"),
 ])
@@ -231,17 +247,6 @@ def test_a_content_length_that_is_not_a_number_is_rejected_not_crashed(client):
     response = client.post(URL, b"", content_type="application/json", CONTENT_LENGTH="lots")
 
     assert rejection(response).startswith("The request body is not JSON")
-
-
-class CountingStream(io.BytesIO):
-    """A request body that remembers how many bytes were read from it."""
-
-    taken = 0
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = super().read(size)
-        self.taken += len(data)
-        return data
 
 
 # read_body mutant 17: a body declared larger than the limit is not read past the start kept
