@@ -66,7 +66,7 @@ def save(label: str, modules: list[str]) -> None:
     if unchecked:  # a run stopped at its time limit: the table says how many
         print(f"warning: {len(unchecked)} mutants are not checked (e.g. {unchecked[0]})")
     lines = {name: mutated_line(name) for name, status in statuses.items()
-             if status not in KILLED}
+             if status not in KILLED and status != "not checked"}
     snapshot = {"status": statuses, "line": lines}
     if modules:  # merged: the other modules' mutants stay as they were saved
         old = load(label)
