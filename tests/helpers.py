@@ -42,3 +42,9 @@ class FakePublisher:
 
 def use_publisher(publisher: Any, alias: str = "default") -> None:
     task_backends[alias].__dict__["publisher"] = publisher
+
+
+def push(client: Any, body: bytes, **headers: str) -> Any:
+    """POST a push body to the endpoint, as Pub/Sub does."""
+    return client.post("/tasks/pubsub/", body, content_type="application/json",
+                       headers=headers)

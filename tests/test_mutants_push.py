@@ -25,7 +25,7 @@ from gyrinx_tasks.push import (
     safe_text,
 )
 from gyrinx_tasks.views import ACK, pubsub_push
-from tests.helpers import envelope
+from tests.helpers import envelope, push
 
 pytestmark = pytest.mark.django_db
 URL = "/tasks/pubsub/"
@@ -34,10 +34,6 @@ URL = "/tasks/pubsub/"
 @pytest.fixture(autouse=True)
 def no_oidc(settings):
     settings.TASKS_VERIFY_OIDC = False
-
-
-def push(client, body: bytes):
-    return client.post(URL, body, content_type="application/json")
 
 
 def raw(text: bytes, message_id: str = "m-raw") -> bytes:

@@ -17,7 +17,7 @@ from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 from gyrinx_tasks.push import parse_envelope
 from gyrinx_tasks.runner import handle_delivery
 from tests import tasks
-from tests.helpers import envelope
+from tests.helpers import envelope, push
 
 URL = "/tasks/pubsub/"
 
@@ -25,10 +25,6 @@ URL = "/tasks/pubsub/"
 @pytest.fixture(autouse=True)
 def no_oidc(settings):
     settings.TASKS_VERIFY_OIDC = False
-
-
-def push(client, body: bytes):
-    return client.post(URL, body, content_type="application/json")
 
 
 def echo_message(task_id="t-echo", **kwargs):

@@ -30,12 +30,18 @@ IMMEDIATE_REGISTRY = override_settings(TASKS_REGISTRY="tests.test_retry")
 
 
 class PickyPublisher(FakePublisher):
-    """Fails the publish of any message whose first argument is "bad"; the rest succeed."""
+    """Fails the publish of any message whose first argument is ``refuse`` ("bad"), with
+    ``error``; the rest succeed."""
+
+    def __init__(self, refuse: str = "bad", error: Exception | None = None) -> None:
+        super().__init__()
+        self.refuse = f'"args":["{refuse}"'.encode()
+        self.failure = error or ServiceUnavailable("pubsub is down for this one")
 
     def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
-        if b'"args":["bad"' in data:
+        if self.refuse in data:
             future: Future = Future()
-            future.set_exception(ServiceUnavailable("pubsub is down for this one"))
+            future.set_exception(self.failure)
             return future
         return super().publish(topic, data, **attrs)
 
@@ -302,21 +308,11 @@ def test_a_registry_that_cannot_be_loaded_refuses_with_a_sentence(settings):
     assert "registry cannot be loaded" in reason and "no_such_registry_module" in reason
 
 
-class SlowPublisher(FakePublisher):
-    """Every publish of a message whose first argument is "slow" times out unconfirmed."""
-
-    def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
-        if b'"args":["slow"' in data:
-            future: Future = Future()
-            future.set_exception(TimeoutError("no answer within publish_timeout"))
-            return future
-        return super().publish(topic, data, **attrs)
-
-
 def test_retry_queryset_publish_timeout_leaves_the_retry_ready_and_unconfirmed():
     # As enqueue_many(): a publish that timed out may still reach Pub/Sub, so the retry stays
     # READY (its delivery would start it) and says so; the other retries are published.
-    use_publisher(SlowPublisher())
+    # Every publish of a message whose first argument is "slow" times out unconfirmed.
+    use_publisher(PickyPublisher("slow", TimeoutError("no answer within publish_timeout")))
     slow = make_run("echo", State.FAILED, args=["slow"])
     fine = make_run("echo", State.FAILED, args=["fine"])
     try:
