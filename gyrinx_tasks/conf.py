@@ -20,11 +20,15 @@ def _truthy(value: object) -> bool:
     return bool(value)
 
 
+_UNSET = object()
+
+
 class TasksSettings:
     def _get(self, name: str, default: object = None) -> object:
-        if hasattr(settings, name):
-            return getattr(settings, name)
-        return os.environ.get(name, default)
+        value = getattr(settings, name, _UNSET)  # one lookup: the push path reads several
+        if value is _UNSET:
+            return os.environ.get(name, default)
+        return value
 
     @property
     def GCP_PROJECT_ID(self) -> str:

@@ -1,6 +1,5 @@
 """Run one push delivery: claim its TaskExecution, apply kill switches, run, record."""
 
-import copy
 import inspect
 import logging
 import threading
@@ -9,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 from typing import Any
 
 from django.db import (
@@ -92,18 +92,28 @@ PROGRESS_FIELDS = ["status", "attempts", "worker_ids", "delivery_attempt", "star
 
 def _loaded(execution: TaskExecution) -> TaskExecution:
     """Remember the progress fields as read, so _save writes only what changes."""
-    execution.__dict__["_gyrinx_progress"] = {name: getattr(execution, name)
-                                              for name in PROGRESS_FIELDS}
+    # Straight from the instance's __dict__, where each field (the FSM status too) keeps its
+    # value: the runner's rows are never deferred, and this runs twice per delivery.
+    values = execution.__dict__
+    values["_gyrinx_progress"] = {name: values[name] for name in PROGRESS_FIELDS}
     return execution
 
 
 def _changed(execution: TaskExecution) -> list[str]:
     # Transitions assign new values (lists are rebuilt, never mutated in place), so a
     # comparison with what was read finds exactly the fields they set.
-    read = execution.__dict__.get("_gyrinx_progress")
+    values = execution.__dict__
+    read = values.get("_gyrinx_progress")
     if read is None:
         return PROGRESS_FIELDS
-    return [name for name in PROGRESS_FIELDS if getattr(execution, name) != read[name]]
+    return [name for name in PROGRESS_FIELDS if values[name] != read[name]]
+
+
+def _clone(execution: TaskExecution) -> TaskExecution:
+    """A shallow copy of the run (as copy.copy, without its generic pickling machinery)."""
+    clone = TaskExecution.__new__(TaskExecution)
+    clone.__dict__.update(execution.__getstate__())
+    return clone
 
 
 def _save(execution: TaskExecution, using: str) -> None:
@@ -239,9 +249,15 @@ def _claim(delivery: Delivery, route: Any, using: str) -> TaskExecution | None:
     return execution
 
 
+@lru_cache(maxsize=1024)
+def _signature(func: Callable[..., Any]) -> inspect.Signature:
+    # A task's function never changes; inspect.signature costs more than the bind below.
+    return inspect.signature(func)
+
+
 def _arguments_problem(task: Any, args: list, kwargs: dict) -> str:
     try:
-        signature = inspect.signature(task.func)
+        signature = _signature(task.func)
         if task.takes_context:
             signature.bind(None, *args, **kwargs)
         else:
@@ -421,7 +437,7 @@ def _finish(execution: TaskExecution, using: str, kind: str,
     # this delivery left it: RUNNING, the same attempt and the same timeline (every change the
     # runner makes to a run, a superseded attempt's note included, appends to its timeline).
     # That is nearly always so, and costs one statement, no lock.
-    candidate = copy.copy(execution)
+    candidate = _clone(execution)
     apply(candidate)
     if update_run(using, candidate, _changed(candidate), expect={
             "status": State.RUNNING, "attempts": attempt, "timeline": execution.timeline}):

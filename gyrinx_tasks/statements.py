@@ -65,6 +65,9 @@ def _parameters(order: list[Any], arguments: list[Any]) -> list[Any]:
     return [arguments[item] if isinstance(item, int) else item[0] for item in order]
 
 
+# The columns select_run reads, in the order Model.from_db takes them.
+_MODEL_NAMES = [field.attname for field in TaskExecution._meta.concrete_fields]
+
 # The annotation select_run(..., switch_for=...) adds: the task's kill switch mode if the
 # database switches it off, else None.
 SWITCH = "gyrinx_switch"
@@ -110,7 +113,7 @@ def select_run(using: str, column: str, value: str, lock: bool,
     if compiled is None:
         return orm()
     sql, compiler, order = compiled
-    model_names = [field.attname for field in TaskExecution._meta.concrete_fields]
+    model_names = _MODEL_NAMES
     converters = cache.get(("converters", *key))
     if converters is None:
         columns = [col for col, _, _ in compiler.select]
@@ -174,8 +177,8 @@ def update_run(using: str, execution: TaskExecution, names: list[str],
     cache = _cache(using)
     assert cache is not None
     key = ("update", tuple(names), tuple(expect))
-    sql = cache.get(key)
-    if sql is None:
+    found = cache.get(key)
+    if found is None:
         quote = connection.ops.quote_name
         meta = TaskExecution._meta
         assert meta.pk is not None and meta.pk.column is not None and meta.db_table
@@ -194,13 +197,15 @@ def update_run(using: str, execution: TaskExecution, names: list[str],
             else:
                 where.append(f"{column} = %s")
         sets = ", ".join(f"{quote(str(field.column))} = %s" for field in _fields(names))
-        sql = cache[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} "
-                            f"WHERE {' AND '.join(where)}")
+        found = cache[key] = (f"UPDATE {quote(meta.db_table)} SET {sets} "
+                              f"WHERE {' AND '.join(where)}",
+                              _fields(names), _fields(list(expect)))
+    sql, written, compared = found
     params = [field.get_db_prep_save(getattr(execution, field.attname), connection)
-              for field in _fields(names)]
+              for field in written]
     params.append(execution.pk)
     params.extend(field.get_db_prep_save(value, connection)
-                  for field, value in zip(_fields(list(expect)), expect.values(), strict=True))
+                  for field, value in zip(compared, expect.values(), strict=True))
     _pre_save(execution, using, names)
     with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
         cursor.execute(sql, params)

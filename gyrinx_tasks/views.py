@@ -84,7 +84,7 @@ def pubsub_push(request: HttpRequest) -> JsonResponse:
 def _push(request: HttpRequest) -> JsonResponse:
     if tasks_settings.TASKS_VERIFY_OIDC:
         try:
-            verify_push_token(request.headers.get("Authorization"))
+            verify_push_token(request.META.get("HTTP_AUTHORIZATION"))
         except OIDCVerificationError as exc:
             logger.warning("Refused a push request: %s", exc)
             return _reply("forbidden", 403, str(exc))

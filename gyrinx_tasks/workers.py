@@ -23,10 +23,16 @@ def _cloud_run_instance_id() -> str:
 
 
 def current_worker_id() -> str:
-    revision = os.environ.get("K_REVISION", "")
-    instance = os.environ.get("CLOUD_RUN_INSTANCE_ID", "")
-    if revision and not instance and os.environ.get("K_SERVICE"):
+    environ = os.environ
+    return _worker_id(environ.get("K_REVISION", ""), environ.get("CLOUD_RUN_INSTANCE_ID", ""),
+                      bool(environ.get("K_SERVICE")), os.getpid())
+
+
+@lru_cache(maxsize=8)
+def _worker_id(revision: str, instance: str, on_cloud_run: bool, pid: int) -> str:
+    # Asked on every delivery; the answer changes only with these (a forked worker's pid).
+    if revision and not instance and on_cloud_run:
         instance = _cloud_run_instance_id()
     if not instance:
-        instance = f"{socket.gethostname()}:{os.getpid()}"
+        instance = f"{socket.gethostname()}:{pid}"
     return f"{revision}/{instance}" if revision else instance
