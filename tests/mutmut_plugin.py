@@ -30,6 +30,7 @@ ADDED_TEST_FILES = [
     "tests/test_mutants_auth.py",
     "tests/test_mutants_models.py",
     "tests/test_mutants_views.py",
+    "tests/test_mutants_runner.py",
 ]
 SLOW_FIXTURES = {"pubsub_emulator", "emulator_push", "browser", "page", "admin_page"}
 SLOW_MARKERS = {"emulator", "browser"}
