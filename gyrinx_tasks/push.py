@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from itertools import accumulate
 from typing import Any
 
+from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest
 from django.utils.dateparse import parse_datetime
 
@@ -61,6 +62,22 @@ class BodyTooLarge(MalformedPush):
         )
         self.prefix = prefix
         self.size = size
+
+
+class LengthRequired(Exception):
+    """A chunked body the WSGI server did not de-chunk: it cannot be read, so nothing is known.
+
+    Not a MalformedPush: the message may be perfectly good, so it must not be acknowledged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The request body was sent with 'Transfer-Encoding: chunked' and no Content-Length, "
+            "and this WSGI server does not de-chunk request bodies, so it cannot be read. Send "
+            "a Content-Length header (have the proxy in front buffer the body), or serve the "
+            "endpoint with a server that de-chunks bodies (gunicorn, or an ASGI server)."
+        )
+        self.reason = str(self)
 
 
 class MessageTooLarge(ValueError):
@@ -143,10 +160,35 @@ def read_body(request: HttpRequest, limit: int) -> bytes:
     if declared > limit:
         # Only the start is worth reading: it is kept with the rejection.
         raise BodyTooLarge(request.read(RAW_MESSAGE_LIMIT), declared, limit)
+    if isinstance(request, WSGIRequest) and not request.META.get("CONTENT_LENGTH"):
+        # Django reads a WSGI body only up to CONTENT_LENGTH, so a chunked body without one
+        # would read as empty, be rejected and acknowledged: the message lost.
+        if request.environ.get("wsgi.input_terminated"):
+            # The server de-chunked it and ends the stream at the body's end (PEP 3333's
+            # extension; gunicorn sets it), so reading to EOF is safe.
+            body = _read_upto(request.environ["wsgi.input"], limit + 1)
+            if len(body) > limit:
+                raise BodyTooLarge(body[:RAW_MESSAGE_LIMIT], None, limit)
+            return body
+        if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            raise LengthRequired()
     body = request.read(limit + 1)
     if len(body) > limit:
         raise BodyTooLarge(body[:RAW_MESSAGE_LIMIT], None, limit)
     return body
+
+
+def _read_upto(stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes from ``stream``; PEP 3333 lets one read() return fewer."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        part = stream.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _encodable(value: str) -> bool:

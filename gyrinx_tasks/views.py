@@ -16,7 +16,14 @@ from django.views.decorators.csrf import csrf_exempt
 from .auth import verify_push_token
 from .conf import tasks_settings
 from .exceptions import OIDCVerificationError
-from .push import BodyTooLarge, MalformedPush, parse_envelope, read_body, safe_raw
+from .push import (
+    BodyTooLarge,
+    LengthRequired,
+    MalformedPush,
+    parse_envelope,
+    read_body,
+    safe_raw,
+)
 from .runner import handle_delivery, record_rejection
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -44,6 +51,9 @@ STATUS_FOR = {
     # The task ran but the database refused its outcome: at-least-once, so Pub/Sub redelivers
     # (see docs/delivery.md).
     "unrecorded": 429,
+    # Not acknowledged: a chunked body this WSGI server cannot read. Nothing is recorded and
+    # Pub/Sub redelivers; acknowledging it as an empty, malformed body would lose the message.
+    "length_required": 411,
 }
 
 
@@ -94,6 +104,9 @@ def _push(request: HttpRequest) -> JsonResponse:
             body = read_body(request, tasks_settings.TASKS_PUSH_MAX_BODY_BYTES)
             raw = safe_raw(body)  # escaped and capped, for a rejection to keep
             delivery = parse_envelope(body)
+        except LengthRequired as exc:
+            logger.warning("Refused a push request: %s", exc)
+            return _reply("length_required", STATUS_FOR["length_required"], exc.reason)
         except MalformedPush as exc:
             if isinstance(exc, BodyTooLarge):
                 raw = safe_raw(exc.prefix, exc.size)
