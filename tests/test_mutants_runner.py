@@ -12,7 +12,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import DataError, OperationalError, transaction
+from django.db import DataError, IntegrityError, OperationalError, transaction
 from django.tasks.signals import task_finished, task_started
 from django.utils import timezone
 
@@ -82,18 +82,18 @@ def on_outcome_write(monkeypatch, action):
     return done
 
 
-# _claim mutants 20, 22, 23, 27, 30, 36, 44, 50, 53: a delivery of a run our backend did not
-# record first (another publisher's message) makes the run from the message: its task, path,
-# arguments, the message's enqueued_at, the task id as result id, and a first READY entry
-# saying which message delivered it.
+# _claim mutants 20, 22, 23, 27, 30, 36, 44, 50, 53, _trigger mutant 14: a delivery of a run
+# our backend did not record first (another publisher's message) makes the run from the
+# message: its task, path, arguments, the message's enqueued_at, the task id as result id, an
+# enqueue (not scheduler) trigger, and a first READY entry saying which message delivered it.
 def test_a_run_not_recorded_before_is_made_from_its_message(client, calls):
     response = push(client, envelope(message(task_id="t-made", args=(1, 2), kwargs={"k": "v"},
                                              enqueued_at=ENQUEUED), message_id="m-made"))
 
     assert response.status_code == 200, response.content
     run = TaskExecution.objects.get()
-    assert (run.task_name, run.task_path, run.result_id, run.message_id) == (
-        "echo", "tests.tasks.echo", "t-made", "m-made")
+    assert (run.task_name, run.task_path, run.result_id, run.message_id, run.trigger) == (
+        "echo", "tests.tasks.echo", "t-made", "m-made", Trigger.ENQUEUE)
     assert (run.args, run.kwargs) == ([1, 2], {"k": "v"})
     assert run.enqueued_at == datetime(2026, 11, 23, 10, tzinfo=UTC)
     assert (run.timeline[0]["to"], run.timeline[0]["note"]) == (
@@ -177,6 +177,13 @@ def test_a_malformed_task_message_keeps_the_task_it_names(client):
     assert push(client, body).json()["outcome"] == "rejected"
     run = TaskExecution.objects.get()
     assert (run.task_id, run.task_name, run.status) == ("t-bad", "echo", State.REJECTED)
+
+
+# record_rejection mutants 23, 37: one that names no task keeps empty names, not made-up ones.
+def test_a_malformed_task_message_without_names_keeps_them_empty(client):
+    assert push(client, envelope({"args": []})).json()["outcome"] == "rejected"
+    run = TaskExecution.objects.get()
+    assert (run.task_id, run.task_name, run.status) == ("", "", State.REJECTED)
 
 
 def test_a_malformed_task_message_with_overlong_names_keeps_them_cut(client):
@@ -460,8 +467,8 @@ def test_a_stuck_attempt_not_run_again_is_recorded_as_a_timeout(client, limited,
     assert calls == []
 
 
-# _decide mutants 87-95, 140-150: held and skipped deliveries are logged with the task, the
-# run and the switch's reason.
+# _decide mutants 87-99, 140-158: held and skipped deliveries answer with the run and the
+# switch's reason, and are logged with the task, the run and that reason.
 @pytest.mark.parametrize("mode", [SwitchMode.HOLD, SwitchMode.SKIP])
 def test_switched_off_deliveries_are_logged_with_their_run(client, caplog, mode):
     run = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
@@ -470,13 +477,18 @@ def test_switched_off_deliveries_are_logged_with_their_run(client, caplog, mode)
     with caplog.at_level(logging.INFO, logger="gyrinx_tasks"):
         response = push(client, envelope(message(task_id=run.result_id)))
 
-    detail = response.json()["detail"]
-    verb = "Held" if mode == SwitchMode.HOLD else "Skipped"
-    assert f"{verb} echo ({run.result_id}): {detail}" in log_lines(caplog)
-    assert detail.startswith("Kill switch for echo is off in the database")
+    held = mode == SwitchMode.HOLD
+    detail = ("Kill switch for echo is off in the database (hold): Pub/Sub keeps the message "
+              "until it is switched on." if held else
+              "Kill switch for echo is off in the database.")
+    assert response.json() == {"outcome": "held" if held else "skipped", "detail": detail,
+                               "result_id": run.result_id,
+                               "status": "READY" if held else "SKIPPED"}
+    assert f"{'Held' if held else 'Skipped'} echo ({run.result_id}): {detail}" in log_lines(
+        caplog)
 
 
-# _decide mutants 2, 3, 6, 45-55, 64-80: the answers of a delivery that does not run say what
+# _decide mutants 2, 3, 6, 45-80: the answers of a delivery that does not run say what
 # the run is: a settled run's duplicate, a run still running elsewhere, a rejection (also
 # logged with the message id).
 def test_answers_without_a_run_name_the_run_and_why(client, caplog):
@@ -501,7 +513,9 @@ def test_answers_without_a_run_name_the_run_and_why(client, caplog):
     assert answers[2]["outcome"] == "rejected" and answers[2]["status"] == "REJECTED"
     assert answers[2]["detail"].startswith("The arguments do not fit tests.tasks.add: ")
     assert log_lines(caplog) == [f"Rejected Pub/Sub delivery m-2: {answers[2]['detail']}"]
-    assert TaskExecution.objects.get(pk=waiting.pk).status_detail == answers[2]["detail"]
+    rejected = TaskExecution.objects.get(pk=waiting.pk)
+    assert rejected.status_detail == answers[2]["detail"]
+    assert rejected.raw_message.startswith('{"message": ') and '"m-2"' in rejected.raw_message
 
 
 # _decide mutants 30-38: an outcome recorded late on a redelivery answers with it.
@@ -554,3 +568,125 @@ def test_a_long_exception_message_is_cut_in_the_answer(client):
     assert answer["detail"] == f"builtins.RuntimeError: {'y' * 1999}…"
     assert text in TaskExecution.objects.get().errors[0]["traceback"]
 
+
+
+class LockNotAvailable(Exception):
+    """What psycopg raises when PostgreSQL's lock_timeout expires (SQLSTATE 55P03)."""
+
+    sqlstate = "55P03"
+
+
+def lock_timeout() -> OperationalError:
+    error = OperationalError("canceling statement due to lock timeout")
+    error.__cause__ = LockNotAvailable()  # as Django wraps the driver's error
+    return error
+
+
+# handle_delivery mutants 56-79, _lock_not_available mutants 1, 6, 7, 9, 10: the first
+# delivery's insert losing to another transaction's insert of the same run (IntegrityError),
+# or waiting past PostgreSQL's lock timeout for it, answers busy, so Pub/Sub retries; any
+# other database error while claiming is the database being unavailable.
+@pytest.mark.parametrize("error, outcome, detail", [
+    (IntegrityError("UNIQUE constraint failed"), "busy",
+     "This run is being recorded elsewhere; retry later."),
+    (lock_timeout(), "busy",
+     "Another transaction holds this run (an enqueue not committed yet, or a duplicate "
+     "delivery); retry later."),
+    (OperationalError("database is locked"), "database_unavailable",
+     "The database is unavailable; retry later."),
+])
+def test_a_claim_the_database_refuses_is_retried(client, monkeypatch, calls, error, outcome,
+                                                 detail):
+    def refuse(using, execution):
+        raise error
+
+    monkeypatch.setattr(runner, "insert_run", refuse)
+    response = push(client, envelope(message()))
+    assert (response.status_code, response.json()) == (429, {"outcome": outcome,
+                                                             "detail": detail})
+    assert calls == [] and not TaskExecution.objects.exists()
+
+
+# _arguments_problem mutant 5, handle_delivery mutants 118, 209: a task that takes its context
+# is given its arguments by keyword too (the context is bound first, as Django calls it); a
+# run that succeeds answers with nothing more to say.
+def test_a_context_task_takes_its_arguments_by_keyword(client):
+    body = envelope(message(task_name="flaky", args=[], kwargs={"key": "k"}), delivery_attempt=2)
+    answer = push(client, body).json()
+    assert (answer["outcome"], answer["status"], answer["detail"]) == ("ran", "SUCCESSFUL", "")
+    assert TaskExecution.objects.get().return_value == {"key": "k", "attempt": 2}
+
+
+class MyPubSubBackend(PubSubBackend):
+    """A project's own subclass of the backend, configured in TASKS."""
+
+
+# handle_delivery mutants 92, 94: with a subclass of PubSubBackend configured, the signals'
+# sender is that class, so receivers connected for it (Django's way to listen to one
+# backend class) hear the runs of the push endpoint.
+def test_task_signals_are_sent_by_a_configured_subclass(client, monkeypatch):
+    from django.tasks import task_backends
+
+    monkeypatch.setattr(task_backends["default"], "__class__", MyPubSubBackend)
+    seen = []
+
+    def finished(sender, task_result, **kwargs):
+        seen.append((sender, task_result.status))
+
+    task_finished.connect(finished, sender=MyPubSubBackend, weak=False)
+    try:
+        push(client, envelope(message()))
+    finally:
+        task_finished.disconnect(finished, sender=MyPubSubBackend)
+    assert seen == [(MyPubSubBackend, "SUCCESSFUL")]
+
+
+# handle_delivery mutants 151, 155: a failed attempt whose outcome the database refuses says
+# what failed and how long until the task runs again.
+def test_a_failure_the_database_cannot_record_says_what_failed(client, monkeypatch):
+    def refuse(row):
+        raise OperationalError("the database is away")
+
+    on_outcome_write(monkeypatch, refuse)
+    response = push(client, envelope(message(task_name="explode", args=["kaput"])))
+
+    assert (response.status_code, response.json()["outcome"]) == (429, "unrecorded")
+    detail = response.json()["detail"]
+    assert detail.startswith("The task ran and failed (builtins.RuntimeError), but its outcome "
+                             "could not be recorded (the database failed: the database is away)")
+    assert detail.endswith("the task runs again after the ack deadline (300 s).")
+
+
+class Unserialisable(Exception):
+    """An error of the project's own, raised where the task's return value is prepared."""
+
+
+# handle_delivery mutants 128, 133: an error is recorded under its full dotted path and with
+# its whole traceback as Python formats it.
+def test_an_error_is_recorded_with_its_path_and_traceback(client, monkeypatch):
+    def refuse(value):
+        raise Unserialisable("no JSON for this value")
+
+    monkeypatch.setattr(runner, "normalize_json", refuse)
+    answer = push(client, envelope(message())).json()
+
+    path = f"{__name__}.Unserialisable"
+    assert (answer["outcome"], answer["detail"]) == ("failed", f"{path}: no JSON for this value")
+    [error] = TaskExecution.objects.get().errors
+    assert error["exception_class_path"] == path
+    assert error["traceback"].startswith("Traceback (most recent call last):\n  File ")
+    assert error["traceback"].endswith(f"{path}: no JSON for this value\n")
+
+
+class RunsToDefaultOnly:
+    """Runs are written to "default"; anything else the router is asked about goes to an
+    alias that does not exist."""
+
+    def db_for_write(self, model, **hints):
+        return "default" if model is TaskExecution else "nowhere"
+
+
+# _db mutant 1: the runner asks the routers where runs (TaskExecution) are written.
+def test_the_runner_asks_the_routers_about_runs(client, settings):
+    settings.DATABASE_ROUTERS = [f"{__name__}.RunsToDefaultOnly"]
+    assert push(client, envelope(message())).json()["outcome"] == "ran"
