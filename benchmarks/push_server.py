@@ -30,9 +30,7 @@ import base64
 import http.client
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -42,7 +40,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
-    REPO_ROOT,
     configure_django,
     machine_lines,
     median,
@@ -51,8 +48,9 @@ from benchmarks._common import (  # noqa: E402
     start_postgres,
     table,
 )
+from tests.infra.gunicorn import Gunicorn as _Gunicorn  # noqa: E402
+from tests.infra.gunicorn import GunicornError  # noqa: E402
 
-GUNICORN = str(REPO_ROOT / ".venv" / "bin" / "gunicorn")
 # (label, gunicorn arguments). The recommended one is last and used for part 2.
 CONFIGS = [
     ("sync, 2 workers (gunicorn's default worker)", ["-w", "2", "-k", "sync"]),
@@ -66,45 +64,14 @@ RECOMMENDED = CONFIGS[-1]
 SPACING = 0.05
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+class Gunicorn(_Gunicorn):
+    """benchmarks.push_wsgi under gunicorn; a server that does not start ends the benchmark."""
 
-
-class Gunicorn:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen(
-                [GUNICORN, "benchmarks.push_wsgi:application", "-b", f"127.0.0.1:{self.port}",
-                 "--timeout", "60", *args],
-                cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"gunicorn exited with {self.process.returncode}:\n{log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
-                # A worker has booted when the app answers (the master listens first).
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                connection.request("GET", "/nothing-here/")
-                connection.getresponse().read()
-                connection.close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        sys.exit(f"gunicorn did not answer within 60 s:\n{log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
         try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
+            super().__init__("benchmarks.push_wsgi:application", env, log, args)
+        except GunicornError as exc:
+            sys.exit(str(exc))
 
 
 def envelope(result_id: str, n: int) -> bytes:

@@ -18,7 +18,7 @@ from django.core.handlers.wsgi import WSGIRequest
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.views import ACK, pubsub_push
 from tests.helpers import envelope
-from tests.sqlite_wsgi import Gunicorn, migrate
+from tests.sqlite_wsgi import migrate, serve
 
 URL = "/tasks/pubsub/"
 
@@ -145,7 +145,7 @@ def test_gunicorn_runs_a_chunked_push_without_content_length(tmp_path):
     body = envelope(message("t-gunicorn", [40, 2]), message_id="m-gunicorn")
     chunks = [body[i:i + 100] for i in range(0, len(body), 100)]
 
-    with Gunicorn(database, tmp_path / "gunicorn.log", ["-w", "1", "-k", "sync"]) as server:
+    with serve(database, tmp_path / "gunicorn.log", ["-w", "1", "-k", "sync"]) as server:
         connection = server.connection()
         connection.request("POST", URL, body=iter(chunks), encode_chunked=True,
                            headers={"Content-Type": "application/json",
