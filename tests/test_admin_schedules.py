@@ -27,7 +27,7 @@ from tests.infra.browser import save_screenshot
 from tests.test_admin import make_run, staff_user
 
 pytest_plugins = ["tests.fakes.scheduler"]  # the scheduler_fake fixture
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 PAGE = "admin:gyrinx_tasks_scheduledjob_changelist"
 NIGHTLY = "nightly_cleanup"

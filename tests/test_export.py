@@ -24,7 +24,7 @@ from gyrinx_tasks.export import (
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 from tests.test_admin import make_run, staff_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
 EXPORT = "admin:gyrinx_tasks_taskexecution_export"

@@ -18,7 +18,7 @@ from tests import scheduling_tasks, tasks
 from tests.helpers import envelope
 from tests.test_admin import make_run, staff_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 PAGE = "admin:gyrinx_tasks_killswitch_changelist"
 HTMX = {"HX-Request": "true"}
@@ -81,8 +81,14 @@ def test_page_reads_all_switches_in_one_query(admin_client):
     assert len(switch_queries) == 1
 
 
-def test_page_shows_state_mode_reason_and_who_changed_it(admin_client):
+def test_page_shows_state_mode_reason_and_who_changed_it(client, admin_user, time_machine):
+    # The page says when held messages start being dropped only while that date is ahead, so
+    # the clock is set a day after the switch went off, whatever today's date is; the login
+    # comes after, so its session is not already expired on the moved clock.
     off_since = datetime(2026, 11, 23, 14, 2, tzinfo=UTC)
+    time_machine.move_to(off_since + timedelta(days=1))
+    client.force_login(admin_user)
+    admin_client = client
     KillSwitch.objects.create(task_name="add", enabled=False, mode=SwitchMode.SKIP,
                               reason="bad input upstream", updated_by="alice",
                               off_since=off_since)
