@@ -26,7 +26,7 @@ from import_export.resources import ModelResource
 from import_export.widgets import Widget
 
 from .models import State, TaskExecution
-from .redaction import REDACTED, redacted_task_names
+from .redaction import REDACTED, shown_task_names
 
 # Rows fetched from the database per round trip (a server-side cursor on PostgreSQL).
 CHUNK_SIZE = 2000
@@ -112,21 +112,20 @@ REDACTED_CELL = _RedactedCell(REDACTED)
 
 def redacted_rows(cols: Sequence[Column], values: Iterable[tuple],
                   reveal_redacted: bool = False) -> Iterator[tuple]:
-    """``values`` with the payload cells of redacted routes' runs replaced by REDACTED_CELL.
+    """``values`` with the payload cells of redacted runs replaced by REDACTED_CELL.
 
-    ``reveal_redacted`` (the user holds view_payload_taskexecution) passes them through.
+    Redacted: runs of routes with ``redact=True`` and runs of no route in the registry (see
+    gyrinx_tasks/redaction.py). ``reveal_redacted`` (the user holds
+    view_payload_taskexecution) passes them through.
     """
     payload = [i for i, column in enumerate(cols) if column.payload]
     if reveal_redacted or not payload:
         yield from values
         return
-    names = redacted_task_names()
-    if not names:
-        yield from values
-        return
+    shown = shown_task_names()
     name_at = [column.name for column in cols].index("task_name")
     for row in values:
-        if row[name_at] in names:
+        if row[name_at] not in shown:
             row = tuple(REDACTED_CELL if i in payload else value
                         for i, value in enumerate(row))
         yield row
