@@ -227,6 +227,55 @@ def test_unfiltered_changelist_skips_count_star_on_postgresql(admin_client, monk
     assert any("COUNT(" in q["sql"].upper() for q in filtered.captured_queries)
 
 
+# Issue 17, item 12. Before: a page number far past the approximate end made the database
+# skip that many rows (reading every row of the list), and past 2**63 rows the OFFSET
+# overflowed: a 500.
+FAR_PAGES = [10**6, 10**19, 10**200]
+
+
+def run_table_offsets(captured):
+    return [q["sql"] for q in captured.captured_queries
+            if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"] and "OFFSET" in q["sql"]]
+
+
+def test_pages_past_the_highest_id_are_empty_without_a_query(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    for _ in range(5):
+        make_run("echo")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("-created_at"), 2)
+    assert paginator.is_approximate and paginator.is_capped
+    assert len(paginator.page(3).object_list) == 1  # the real 5th row, past the counted end
+    for number in FAR_PAGES:
+        with CaptureQueriesContext(connection) as captured:
+            assert list(paginator.page(number).object_list) == []
+        assert run_table_offsets(captured) == []
+
+
+def test_changelist_pages_far_past_the_end_answer_at_once(admin_client, monkeypatch):
+    from gyrinx_tasks.admin.executions import TaskExecutionAdmin
+
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)
+    monkeypatch.setattr(TaskExecutionAdmin, "list_per_page", 2)
+    for _ in range(6):
+        make_run("echo")
+    if connection.vendor == "postgresql":
+        analyze()
+    lists = [{"task_name": "echo"}]  # capped: "more than 3"
+    if connection.vendor == "postgresql":
+        lists.append({})  # unfiltered: the planner's estimate
+    for params in lists:
+        for number in FAR_PAGES:
+            with CaptureQueriesContext(connection) as captured:
+                response = admin_client.get(reverse(CHANGELIST), {**params, "p": number})
+            assert response.status_code == 200, (params, number)
+            assert shown(response) == []
+            assert run_table_offsets(captured) == []
+        # A page that exists still shows its runs.
+        assert len(shown(admin_client.get(reverse(CHANGELIST), {**params, "p": 3}))) == 2
+
+
 # --- Task execution detail -----------------------------------------------------------------
 
 def test_change_view_shows_payload_errors_per_attempt_and_timeline(admin_client):
