@@ -215,7 +215,7 @@ def test_resource_and_stream_agree_cell_for_cell():
 def test_admin_stream_redacts_without_the_permission(client):
     redacted_run()
     viewer(client, "export_taskexecution")
-    response = client.get(reverse(STREAM_PAYLOAD))
+    response = client.post(reverse(STREAM_PAYLOAD))
     text = b"".join(response.streaming_content).decode()
     assert not leaks(text)
     assert payload_cells(parse(text), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
@@ -224,7 +224,7 @@ def test_admin_stream_redacts_without_the_permission(client):
 def test_admin_stream_reveals_with_the_permission(client):
     redacted_run()
     viewer(client, "export_taskexecution", "view_payload_taskexecution")
-    text = b"".join(client.get(reverse(STREAM_PAYLOAD)).streaming_content).decode()
+    text = b"".join(client.post(reverse(STREAM_PAYLOAD)).streaming_content).decode()
     assert EMAIL in text and SECRET_NAME in text
 
 
@@ -398,8 +398,8 @@ def test_payload_columns_cannot_be_filtered_through_the_url(client, lookup):
     redacted_run()
     viewer(client, "export_taskexecution")
     changelist = reverse("admin:gyrinx_tasks_taskexecution_changelist")
-    for url in (changelist, reverse(STREAM_PAYLOAD)):
-        response = client.get(f"{url}?{lookup}")
+    for url, method in ((changelist, client.get), (reverse(STREAM_PAYLOAD), client.post)):
+        response = method(f"{url}?{lookup}")
         assert response.status_code in (302, 400), (url, response.status_code)
         body = b"".join(response.streaming_content) if response.streaming else response.content
         assert not leaks(body.decode())

@@ -1,8 +1,8 @@
 """Export on the run changelist: django-import-export for filtered subsets, a CSV stream for all.
 
 Both honour the changelist's current filters and search, need the
-``gyrinx_tasks.export_taskexecution`` permission (checked on every request) and write a
-``LogEntry`` saying who exported how many runs with which filters.
+``gyrinx_tasks.export_taskexecution`` permission (checked on every request), export on POST
+only and write a ``LogEntry`` saying who exported how many runs with which filters.
 """
 
 from collections.abc import Generator, Iterator
@@ -139,8 +139,18 @@ class ExecutionExportMixin(ExportMixin):
         return context
 
     def stream_export_view(self, request: HttpRequest, include_payload: bool) -> Any:
-        """Every run matching the changelist's filters as CSV, streamed row by row."""
+        """POST: every run matching the changelist's filters as CSV, streamed row by row.
+
+        An export writes a LogEntry and may carry payloads, so it happens on POST (with
+        Django's CSRF check) only: a link on another site cannot start one. A GET writes
+        nothing and goes to the export page, whose buttons post here.
+        """
         require(self.has_export_permission(request))
+        if request.method != "POST":
+            return HttpResponseRedirect(
+                reverse("admin:{}_{}_export".format(*self.get_model_info()),
+                        current_app=self.admin_site.name)
+                + _query_string(request) + "#gyrinx-stream")
         try:
             queryset = self.get_export_queryset(request)
         except IncorrectLookupParameters:
