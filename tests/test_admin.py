@@ -392,3 +392,63 @@ def test_staff_log_in_and_see_a_run(page, live_server):
     row.locator("th a").click()
     page.wait_for_selector(".gyrinx-timeline")
     assert "enqueued" in page.locator(".gyrinx-timeline").inner_text()
+
+
+# --- Nothing changes on GET (issue 17, item 13) ----------------------------------------------
+
+def our_admin_urls():
+    """(name, pattern) of every admin URL of this app, found in the admin site's URLconf."""
+    from django.contrib import admin
+    from django.urls import URLResolver
+
+    found = []
+
+    def walk(patterns):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns)
+            elif pattern.name and pattern.name.startswith("gyrinx_tasks_"):
+                found.append((pattern.name, pattern))
+
+    walk(admin.site.get_urls())
+    return found
+
+
+def test_no_get_of_any_of_our_admin_urls_writes_to_the_database(admin_client, monkeypatch):
+    # Every admin URL of the app, including ones added later, as a superuser, as a page and
+    # as an HTMX request: not one INSERT, UPDATE or DELETE. (Before issue 17 the stream
+    # exported and wrote its audit entry on GET.)
+    from gyrinx_tasks.admin import provisioning as provisioning_page
+    from gyrinx_tasks.admin import schedules as schedules_page
+    from gyrinx_tasks.models import KillSwitch
+    from gyrinx_tasks.provisioning import ProvisioningError
+
+    def no_gcp(*args, **kwargs):
+        raise ProvisioningError("GCP is not reached in this test.")
+
+    monkeypatch.setattr(provisioning_page, "read_plan", no_gcp)
+    monkeypatch.setattr(schedules_page, "get_job", no_gcp)
+    run = make_run("add", State.FAILED, args=[1], attempts=1)
+    switch = KillSwitch.objects.create(task_name="retired_task", enabled=False, reason="r")
+    object_ids = {"taskexecution": run.pk, "killswitch": switch.pk}
+    admin_client.get(reverse(CHANGELIST))  # the session is saved before we start counting
+
+    urls = our_admin_urls()
+    assert len(urls) > 20
+    for name, pattern in urls:
+        kwargs = {}
+        for key in pattern.pattern.converters:
+            if key == "object_id":
+                kwargs[key] = object_ids[name.split("_")[2]]
+            elif key in ("task", "task_name"):
+                kwargs[key] = "nightly_cleanup"  # a scheduled route of tests/registry.py
+            else:
+                raise AssertionError(f"Give {name}'s URL argument {key!r} a value here.")
+        path = reverse(f"admin:{name}", kwargs=kwargs)
+        for headers in ({}, {"HX-Request": "true"}):
+            with CaptureQueriesContext(connection) as captured:
+                response = admin_client.get(path, headers=headers)
+            assert response.status_code < 500, (path, response.status_code)
+            writes = [q["sql"] for q in captured.captured_queries
+                      if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
+            assert writes == [], (path, headers, writes)
