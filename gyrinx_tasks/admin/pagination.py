@@ -86,6 +86,8 @@ class EstimatedCountPaginator(Paginator):
         bottom = (number - 1) * self.per_page
         bound = self.row_bound
         if bound is not None and bottom >= bound:
+            # row_bound is None unless object_list is a QuerySet.
+            assert isinstance(self.object_list, QuerySet)
             return Page(self.object_list.none(), number, self)
         return Page(self.object_list[bottom : bottom + self.per_page], number, self)
 

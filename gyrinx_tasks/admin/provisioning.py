@@ -106,7 +106,7 @@ GENERIC_CHECKS = [
 
 def failure_sentence(exc: BaseException) -> str:
     """One sentence on what kind of failure ``exc`` is, quoting nothing from it."""
-    causes = []
+    causes: list[BaseException] = []
     seen: BaseException | None = exc
     while seen is not None and len(causes) < 10:
         causes.append(seen)
