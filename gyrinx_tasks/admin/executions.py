@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy as _
 
 from ..conf import tasks_settings
 from ..models import State, TaskExecution
-from ..redaction import REDACTED_NOTE, is_redacted
+from ..redaction import is_redacted, redaction_note
 from ..retry import (
     RETRYABLE,
     Retried,
@@ -291,8 +291,10 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
     ``redact`` (gyrinx_tasks/redaction.py) hides the args, kwargs, return value, and what
     holds them too: the raw message and the tracebacks.
     """
+    note = redaction_note(obj.task_name) if redact else ""
+
     def shown(value: Any) -> str:
-        return REDACTED_NOTE if redact else _pretty(value)
+        return note if redact else _pretty(value)
 
     payload = [(_("Args"), shown(obj.args)), (_("Kwargs"), shown(obj.kwargs))]
     if obj.return_value is not None or obj.status == State.SUCCESSFUL:
@@ -303,7 +305,7 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
             "at": _when(error.get("at")),
             "exception_class_path": error.get("exception_class_path", ""),
             # The exception's message often quotes the arguments; its class stays visible.
-            "traceback": REDACTED_NOTE if redact else error.get("traceback", ""),
+            "traceback": note if redact else error.get("traceback", ""),
         }
         for error in obj.errors or []
         if isinstance(error, dict)
@@ -318,7 +320,7 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
         "execution_payload": payload,
         "execution_errors": errors,
         "execution_timeline": timeline,
-        "execution_raw_message": (REDACTED_NOTE if redact and obj.raw_message
+        "execution_raw_message": (note if redact and obj.raw_message
                                   else _pretty_text(obj.raw_message)),
     }
 
