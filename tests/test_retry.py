@@ -5,7 +5,7 @@ from concurrent.futures import Future
 import pytest
 from django.tasks import task_backends
 from django.test import override_settings
-from google.api_core.exceptions import ServiceUnavailable
+from google.api_core.exceptions import PermissionDenied
 
 from gyrinx_tasks import TaskRoute
 from gyrinx_tasks.conf import tasks_settings
@@ -36,7 +36,7 @@ class PickyPublisher(FakePublisher):
     def __init__(self, refuse: str = "bad", error: Exception | None = None) -> None:
         super().__init__()
         self.refuse = f'"args":["{refuse}"'.encode()
-        self.failure = error or ServiceUnavailable("pubsub is down for this one")
+        self.failure = error or PermissionDenied("not allowed to publish this one")
 
     def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
         if self.refuse in data:
@@ -152,7 +152,7 @@ def test_retry_run_refuses_while_the_environment_kill_switch_is_off(fake_publish
 
 
 def test_retry_run_publish_failure_leaves_a_failed_new_run(fake_publisher):
-    fake_publisher.error = ServiceUnavailable("pubsub is down")
+    fake_publisher.error = PermissionDenied("not allowed to publish")
     original = make_run("add", State.FAILED, args=[1, 2])
 
     with pytest.raises(RetryPublishFailed, match="recorded as FAILED") as caught:
@@ -270,7 +270,7 @@ def test_a_failed_publish_in_a_bulk_retry_marks_exactly_that_run():
     assert (report.retried, report.publish_failed) == (2, 1)
     [bad_retry] = bad.retries.all()
     assert bad_retry.status == State.FAILED
-    assert "pubsub is down for this one" in bad_retry.errors[0]["traceback"]
+    assert "not allowed to publish this one" in bad_retry.errors[0]["traceback"]
     for run in (before, after):
         assert [r.status for r in run.retries.all()] == [State.READY]
     # The failed retry is not picked up again by the same bulk retry.
