@@ -293,7 +293,7 @@ class TaskExecution(models.Model):
     # instance is changed only when it won: a loser's copy is stale and must not be written.
 
     def _apply(self, using: str, expect: dict, change, fields: tuple[str, ...],
-               exclude: Q | None = None) -> bool:
+               exclude: Q | Exists | None = None) -> bool:
         candidate = copy.copy(self)
         change(candidate)
         runs = type(self).objects.using(using).filter(result_id=self.result_id, **expect)

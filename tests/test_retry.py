@@ -64,9 +64,12 @@ def test_retry_run_publishes_a_new_linked_run(fake_publisher, admin_user, status
     assert topic.endswith("--tests.tasks.add")
     assert message["task_id"] == new.result_id and message["args"] == [2]
     assert attrs == {"trigger": "retry", "gyrinx_recorded": "1"}
-    # The original keeps its history and state.
+    # The original keeps its history and state, and says it was retried (issue 16).
     original.refresh_from_db()
-    assert (original.status, original.timeline) == (status, timeline_before)
+    assert original.status == status
+    assert original.timeline[:-1] == timeline_before
+    assert original.timeline[-1]["note"].startswith(f"Retried as run {new.result_id} by admin.")
+    assert f"Retried as run {new.result_id} by admin." in original.status_detail
     assert list(original.retries.all()) == [new]
 
 
@@ -155,7 +158,7 @@ def test_retry_run_publish_failure_leaves_a_failed_new_run(fake_publisher):
     fake_publisher.error = PermissionDenied("not allowed to publish")
     original = make_run("add", State.FAILED, args=[1, 2])
 
-    with pytest.raises(RetryPublishFailed, match="recorded as FAILED") as caught:
+    with pytest.raises(RetryPublishFailed, match="that run is FAILED") as caught:
         retry_run(original)
 
     new = caught.value.execution
