@@ -153,9 +153,9 @@ def test_retry_one_then_retry_all_matching_skips_the_retried_run(fake_publisher)
     report = retry_queryset(TaskExecution.objects.filter(status=State.FAILED), limit=10)
 
     # Before issue 16: both were retried, so the first task would run twice.
-    assert (report.retried, report.already_retried) == (1, 1)
     assert TaskExecution.objects.filter(retry_of=retried).count() == 1
     assert TaskExecution.objects.filter(retry_of=other).count() == 1
+    assert (report.retried, report.already_retried) == (1, 1)
     assert len(fake_publisher.published) == 2
 
 
