@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -80,8 +81,15 @@ def current_enqueue_context() -> EnqueueContext | None:
 
 
 def encode_message(message: dict[str, Any]) -> bytes:
-    """A task message's bytes as published."""
-    return json.dumps(message, separators=(",", ":")).encode()
+    """A task message's bytes as published. ValueError for NaN or Infinity, which are not
+    JSON."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+
+
+# In the message's JSON (ASCII, every other character escaped), a NUL or a lone surrogate can
+# only be one of these escapes; a match (also a paired surrogate, or an escaped backslash
+# before "u0000") only costs the full check.
+SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
@@ -258,15 +266,6 @@ class PubSubBackend(BaseTaskBackend):
         from .models import TaskExecution, Trigger
 
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-        # Refused before anything is published or recorded: values JSON (or the database)
-        # cannot carry would publish a message whose row then fails to insert, or a row
-        # whose delivery can never run.
-        problem = text_problem({"args": args, "kwargs": kwargs})
-        if problem:
-            raise InvalidTaskArguments(
-                f"Task {route.path!r} was not enqueued: the JSON of its arguments {problem} "
-                "Pass finite numbers, and text without NUL characters or unpaired "
-                "surrogates.")
         execution = TaskExecution(
             task_name=route.name, task_path=route.path, backend=self.alias,
             args=args, kwargs=kwargs, enqueued_at=now,
@@ -281,7 +280,21 @@ class PubSubBackend(BaseTaskBackend):
         # enqueue's commit instead of creating it (runner._claim), and a rolled-back enqueue
         # is never run.
         attributes[RECORDED_ATTRIBUTE] = "1"
-        data = encode_message(message)
+        # Refused before anything is published or recorded: values JSON (or the database)
+        # cannot carry would publish a message whose row then fails to insert, or a row
+        # whose delivery can never run. The message's own encoding finds them: NaN and
+        # Infinity fail it, and NUL or a lone surrogate can only appear as a \u escape.
+        try:
+            data = encode_message(message)
+        except ValueError:
+            data = b""
+        if not data or SUSPECT_ESCAPE.search(data):
+            problem = text_problem({"args": args, "kwargs": kwargs})
+            if problem:
+                raise InvalidTaskArguments(
+                    f"Task {route.path!r} was not enqueued: the JSON of its arguments "
+                    f"{problem} Pass finite numbers, and text without NUL characters or "
+                    "unpaired surrogates.")
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
         check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
         execution._log("", execution.status, (context and context.note) or "enqueued")
