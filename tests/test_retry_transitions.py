@@ -123,6 +123,12 @@ def test_retrying_a_run_pubsub_still_redelivers_runs_the_task_once(no_oidc, flak
     run.refresh_from_db()
     assert (run.status, run.gave_up) == (State.FAILED, True)
     assert f"Retried as run {retry.result_id}" in run.status_detail
+    staff = User.objects.create_superuser("staff", password="pw")
+    admin = Client()
+    admin.force_login(staff)
+    page = admin.get(reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk]))
+    assert "Retried as a new run (see its retries)" in page.content.decode()
+    assert "Gave up after" not in page.content.decode()
     assert TaskExecution.objects.get(pk=retry.pk).status == State.SUCCESSFUL
 
 
