@@ -250,7 +250,8 @@ BAD_ARGUMENTS = [
     pytest.param((math.inf,), {}, "NaN or Infinity", id="infinity"),
     pytest.param((), {"x": -math.inf}, "NaN or Infinity", id="minus-infinity"),
     pytest.param(("a\x00b",), {}, "NUL character at args[0]", id="nul"),
-    pytest.param((), {"x": ["ok", "\ud800"]}, "unpaired UTF-16 surrogate (not Unicode text) at kwargs.x[1]",
+    pytest.param((), {"x": ["ok", "\ud800"]},
+                 "unpaired UTF-16 surrogate (not Unicode text) at kwargs.x[1]",
                  id="lone-surrogate"),
     pytest.param((), {"bad\x00key": 1}, "NUL character or an unpaired surrogate", id="key"),
 ]
