@@ -209,7 +209,8 @@ def limit_message(limit: int) -> str:
 
 # What a bulk retry reads of each original: enough for its conditional transition.
 ORIGINAL_FIELDS = ("pk", "result_id", "task_name", "status", "attempts", "status_detail",
-                   "gave_up", "timeline", "timeline_omitted", "args", "kwargs", "backend")
+                   "gave_up", "finished_at", "timeline", "timeline_omitted", "args", "kwargs",
+                   "backend")
 
 
 def retry_queryset(queryset: Any, user: Any = None, limit: int | None = None,
