@@ -44,6 +44,7 @@ from .scheduling import recent_fire_times, schedule_zone
 
 HEALTH_WINDOW = timedelta(hours=24)
 MAX_FIRINGS = 60  # per job: an every-minute job is judged on its last hour
+MAX_RUNS_PER_JOB = MAX_FIRINGS * 4  # on average, read at most this many runs per job
 NEVER_DUE_AFTER = timedelta(days=366)  # look no further back for a job's latest fire time
 # A run recorded up to this long before its fire time still belongs to it (clock skew between
 # Cloud Scheduler and the service); never more than half the gap to the fire time before.
@@ -215,13 +216,14 @@ def _scheduled_runs(now: datetime, plans: list) -> dict[str, list[tuple]]:
             windows |= Q(task_name=route.name, created_at__gte=times[-1] - EARLY)
     if not windows:
         return {}
-    # Served by the (task_name, -created_at) index; at most a few rows per fire time.
+    # Served by the (task_name, -created_at) index. Normally one row per fire time; the
+    # cap keeps a flood of duplicate firings from making the page slow (newest rows kept).
     rows = (TaskExecution.objects.filter(windows, trigger=Trigger.SCHEDULE,
                                          created_at__lte=now)
-            .order_by("created_at", "id")
+            .order_by("-created_at", "-id")
             .values_list("task_name", "pk", "created_at", "status"))
     runs: dict[str, list[tuple]] = defaultdict(list)
-    for name, *run in rows[:MAX_FIRINGS * 4 * len(plans)]:
+    for name, *run in list(rows[:MAX_RUNS_PER_JOB * len(plans)])[::-1]:
         runs[name].append(tuple(run))
     return runs
 

@@ -291,3 +291,16 @@ def test_health_report_is_what_a_health_endpoint_answers(time_machine):
         "detail": "25 of 25 fire times ran within 5 min.", "tolerance_seconds": 300,
         "last_due_at": "2026-06-10T12:00:00+00:00", "counts": {"on time": 25}}
     assert report["unhealthy"] == sum(not job["healthy"] for job in report["jobs"])
+
+
+def test_a_flood_of_runs_is_cut_to_the_newest(time_machine, monkeypatch):
+    from gyrinx_tasks import schedule_health as module
+
+    monkeypatch.setattr(module, "MAX_RUNS_PER_JOB", 3)
+    job = route("0 * * * *", zone="UTC")
+    now = datetime(2026, 6, 10, 12, 2, tzinfo=UTC)
+    for hour in range(6):
+        ran(job, now.replace(minute=0) - timedelta(hours=hour, seconds=-2))
+    result = health_of(job, now, time_machine)
+    # The newest three fire times keep their runs; older ones are read as having none.
+    assert [f.health for f in result.firings[:4]] == [Health.ON_TIME] * 3 + [Health.MISSED]
