@@ -141,6 +141,8 @@ class JobHealth:
         if self.health is Health.LATE:
             return (f"The run due at {due} arrived {_duration(firing.delay)} late "
                     f"(tolerance {minutes}).")
+        if judged == 1:
+            return f"The run due at {due} arrived within {minutes}."
         return f"{judged} of {judged} fire times ran within {minutes}."
 
     def as_dict(self) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def test_a_run_within_the_tolerance_is_on_time(time_machine):
     [firing] = result.firings
     assert firing.due_at == datetime(2026, 6, 10, 2, 0, tzinfo=UTC)
     assert firing.delay == timedelta(seconds=40)
-    assert result.describe() == "1 of 1 fire times ran within 5 min."
+    assert result.describe() == "The run due at Wed 10 Jun 03:00 BST arrived within 5 min."
 
 
 def test_a_run_past_the_tolerance_is_late(time_machine):
@@ -304,3 +304,11 @@ def test_a_flood_of_runs_is_cut_to_the_newest(time_machine, monkeypatch):
     result = health_of(job, now, time_machine)
     # The newest three fire times keep their runs; older ones are read as having none.
     assert [f.health for f in result.firings[:4]] == [Health.ON_TIME] * 3 + [Health.MISSED]
+
+
+@override_settings(TASKS_SCHEDULE_TOLERANCE="soon")
+def test_an_unusable_tolerance_setting_is_shown_per_job_instead_of_a_crash(time_machine):
+    result = health_of(route("0 3 * * *"), SUMMER, time_machine)
+    assert not result.healthy
+    assert result.describe() == ("TASKS_SCHEDULE_TOLERANCE is 'soon'; set it to a positive "
+                                 "number of seconds such as 300.")
