@@ -80,6 +80,23 @@ def check_environment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     ]
 
 
+@register(TAG)
+def check_schedule_tolerance(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        _ = tasks_settings.TASKS_SCHEDULE_TOLERANCE  # reading it validates it
+    except ImproperlyConfigured as exc:
+        return [Error(
+            f"{exc} Without it, schedule health cannot judge whether scheduled runs are "
+            "late.",
+            hint="Set TASKS_SCHEDULE_TOLERANCE (setting or environment variable) to a whole "
+            "number of seconds of at least 1, e.g. 300, or remove it to use 300.",
+            id="gyrinx_tasks.E020",
+        )]
+    return []
+
+
 @register(TAG)  # reads settings only, so not tagged "database" (which check skips)
 def check_sqlite_transactions(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _pubsub_backends():
@@ -250,6 +267,15 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
             "gyrinx_tasks.E009",
             f"schedule_timezone {route.schedule_timezone!r} is not a known IANA time zone.",
             "Use a tz database name such as 'UTC' or 'Europe/London'.",
+        )
+    tolerance = route.schedule_tolerance
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, int)
+                                  or tolerance < 1):
+        error(
+            "gyrinx_tasks.E021",
+            f"schedule_tolerance {tolerance!r} is not a whole number of seconds of at least 1.",
+            "Set schedule_tolerance to a number of seconds such as 600, or leave it unset "
+            "(None) to use TASKS_SCHEDULE_TOLERANCE.",
         )
     if route.dead_letter_topic and _outside(route.max_delivery_attempts, DELIVERY_ATTEMPTS_RANGE):
         error(

@@ -12,6 +12,9 @@ from django.core.exceptions import ImproperlyConfigured
 GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
 PUSH_PATH = "/tasks/pubsub/"
+# Cloud Scheduler fires within a minute or so and Pub/Sub pushes within seconds; five minutes
+# leaves room for a cold start and a retried publish without hiding a job that did not fire.
+DEFAULT_SCHEDULE_TOLERANCE = 300
 
 
 def _truthy(value: object) -> bool:
@@ -97,6 +100,12 @@ class TasksSettings:
             "TASKS_PUSH_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES,
             f"a positive number of bytes such as {DEFAULT_MAX_BODY_BYTES} (15 MiB, just above "
             "Pub/Sub's largest push)")
+
+    @property
+    def TASKS_SCHEDULE_TOLERANCE(self) -> int:
+        """Seconds a scheduled run may arrive after its fire time and still be on time."""
+        return self._positive_int("TASKS_SCHEDULE_TOLERANCE", DEFAULT_SCHEDULE_TOLERANCE,
+                                  "a positive number of seconds such as 300")
 
     @property
     def push_endpoint(self) -> str:

@@ -40,6 +40,9 @@ class TaskRoute:
     # The task carries personal data: its args, kwargs and return value are stored for the
     # run but shown as redacted in the admin and exports (gyrinx_tasks/redaction.py).
     redact: bool = False
+    # Seconds a scheduled run may arrive after its fire time and still count as on time in
+    # schedule health; None uses the TASKS_SCHEDULE_TOLERANCE setting.
+    schedule_tolerance: int | None = None
 
     @property
     def task(self) -> Any:

@@ -159,6 +159,36 @@ def next_fire_time(route: TaskRoute, after: datetime) -> datetime:
                 best = instant
 
 
+def recent_fire_times(route: TaskRoute, until: datetime, *, since: datetime,
+                      limit: int) -> list[datetime]:
+    """The route's fire times in (since, until], newest first, at most ``limit``, in UTC.
+
+    The same instants ``next_fire_time`` steps through (the same daylight-saving rules), found
+    by walking the wall clock backwards, so the work grows with ``limit``, not with how often
+    the route fires.
+    """
+    if timezone.is_naive(until) or timezone.is_naive(since):
+        raise ValueError("recent_fire_times() needs aware datetimes, e.g. timezone.now().")
+    expression, zone = cron_expression(route), schedule_zone(route)
+    follows_real_time = expression.split()[1].startswith("*")
+    until, since = until.astimezone(UTC), since.astimezone(UTC)
+    walls = croniter(expression, until.astimezone(zone).replace(tzinfo=None) + LOOKBACK)
+    found: set[datetime] = set()
+    while limit > 0:
+        try:
+            wall = walls.get_prev(datetime)
+        except CroniterBadDateError:
+            break  # no earlier match within croniter's search: none in the window either
+        # An instant lies within a daylight-saving shift of its wall time, so walls earlier
+        # than this cannot give an instant newer than the oldest one still wanted.
+        floor = since if len(found) < limit else max(since, sorted(found)[-limit])
+        if wall < floor.astimezone(zone).replace(tzinfo=None) - LOOKBACK:
+            break
+        found.update(instant for instant in _instants(wall, zone, follows_real_time)
+                     if since < instant <= until)
+    return sorted(found, reverse=True)[:limit]
+
+
 def _instants(wall: datetime, zone: ZoneInfo, follows_real_time: bool) -> list[datetime]:
     """The real instants at which a local wall-clock match fires (none, one or two)."""
     first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)

@@ -286,3 +286,26 @@ def test_w014_sqlite_without_immediate_transactions(settings):
     settings.DATABASES["default"]["OPTIONS"] = {}
     settings.TASKS = {"default": {"BACKEND": "django.tasks.backends.immediate.ImmediateBackend"}}
     assert "gyrinx_tasks.W014" not in ids()  # nothing is pushed without a PubSubBackend
+
+
+def test_e021_schedule_tolerance_not_a_whole_number_of_seconds(settings):
+    use_registry(settings, "bad_schedule_tolerance")
+    messages = ours()
+    assert [m.id for m in messages] == ["gyrinx_tasks.E021"] * 3
+    assert {m.obj for m in messages} == {"tests.tasks.add", "tests.tasks.echo",
+                                         "tests.tasks.explode"}
+    assert all(m.hint and "TASKS_SCHEDULE_TOLERANCE" in m.hint for m in messages)
+
+
+@pytest.mark.parametrize("value", [0, -5, "ten minutes", "1.5", True])
+def test_e020_schedule_tolerance_setting_not_a_positive_number_of_seconds(settings, value):
+    settings.TASKS_SCHEDULE_TOLERANCE = value
+    [message] = ours()
+    assert message.id == "gyrinx_tasks.E020"
+    assert "TASKS_SCHEDULE_TOLERANCE" in message.msg and "300" in message.hint
+
+
+@pytest.mark.parametrize("value", [1, 900, "600"])
+def test_e020_accepts_a_positive_number_of_seconds(settings, value):
+    settings.TASKS_SCHEDULE_TOLERANCE = value  # an environment variable arrives as text
+    assert ids() == []

@@ -24,6 +24,7 @@ from gyrinx_tasks.scheduling import (
     due_routes,
     fire_scheduled,
     next_fire_time,
+    recent_fire_times,
     scheduled_message,
 )
 from tests import scheduling_tasks
@@ -168,6 +169,30 @@ def test_repeated_local_hour_fires_in_both_passes_for_sub_hourly_schedules():
         utc(2026, 10, 25, 1, 30),
         utc(2026, 10, 25, 2, 0),
     ]
+
+
+@pytest.mark.parametrize("schedule", ["30 1 * * *", "0 2 * * *", "0 * * * *", "*/20 * * * *",
+                                      "*/15 1 * * *", "30 0-3 * * 0"])
+@pytest.mark.parametrize("zone, start", [("Europe/London", utc(2026, 3, 28)),
+                                         ("Europe/London", utc(2026, 10, 24)),
+                                         ("America/New_York", utc(2026, 3, 7, 12)),
+                                         ("Australia/Lord_Howe", utc(2026, 4, 4))])
+def test_recent_fire_times_walks_back_over_the_instants_next_fire_time_steps_through(
+        schedule, zone, start):
+    # Schedule health walks backwards; it must see the same daylight-saving rules.
+    end = start + timedelta(hours=48)
+    forwards = fire_times(route(schedule, zone), start, end)
+    assert recent_fire_times(route(schedule, zone), end, since=start, limit=1000) == \
+        forwards[::-1]
+    for limit in (1, 2, 5):
+        assert recent_fire_times(route(schedule, zone), end, since=start,
+                                 limit=limit) == forwards[::-1][:limit]
+
+
+def test_recent_fire_times_needs_aware_datetimes():
+    with pytest.raises(ValueError, match="aware datetimes"):
+        recent_fire_times(route("0 * * * *"), datetime(2026, 1, 1, 5), since=utc(2026, 1, 1),
+                          limit=3)
 
 
 def test_next_fire_time_is_strictly_after_and_needs_an_aware_datetime():

@@ -4,6 +4,7 @@ A thin face over ``gyrinx_tasks.stats``. The page polls itself through HTMX whil
 is queued or running and answers 286 (stop polling) once nothing is.
 """
 
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -16,7 +17,9 @@ from django.utils.translation import gettext_lazy as _
 from django_htmx.http import HttpResponseStopPolling
 
 from .. import stats
-from ..models import State
+from ..exceptions import RegistryError
+from ..models import ScheduledJob, State
+from ..schedule_health import Health, schedule_health
 from .base import PageAdmin, has_model_permission, page_context, require
 
 POLL_SECONDS = 5
@@ -122,7 +125,29 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
         "ready_total": sum(t.ready_now for t in overview.tasks),
         "wide_chart": chart(total, failed, overview, WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT),
         "embedded": request.GET.get("embed") == "1",
+        "schedule_health": schedule_health_summary(request),
     }
+
+
+def schedule_health_summary(request: HttpRequest) -> dict[str, Any] | None:
+    """How many scheduled jobs are unhealthy, by state, for a user who may see their page."""
+    if not has_model_permission(request, ScheduledJob._meta, "view_scheduledjob"):
+        return None
+    try:
+        jobs = schedule_health()
+    except RegistryError:
+        return None  # the overview already lists what it can without the registry
+    if not jobs:
+        return None
+    states = Counter("schedule unreadable" if job.error else str(job.health)
+                     for job in jobs if not job.healthy)
+    return {"total": len(jobs), "unhealthy": sum(states.values()),
+            "states": sorted(states.items(), key=lambda item: _rank(item[0])),
+            "url": reverse("admin:gyrinx_tasks_scheduledjob_changelist")}
+
+
+def _rank(state: str) -> int:
+    return Health(state).rank if state in Health else -1
 
 
 def chart(values: list[float], failed: list[float], overview: stats.Overview,

@@ -40,6 +40,7 @@ from ..provisioning import (
 from ..provisioning.config import default_project
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
+from ..schedule_health import schedule_health
 from ..scheduling import describe_schedule, next_fire_time, schedule_zone
 from .base import PageAdmin, audit, has_model_permission, page_context, require
 
@@ -210,6 +211,9 @@ class ScheduledJobAdmin(PageAdmin):
         except RegistryError as exc:
             routes, error = [], str(exc)
         rows = [self._row_context(request, route, now) for route in routes]
+        health = {job.route.name: job for job in schedule_health(now, routes)}
+        for row in rows:
+            row["health"] = health.get(row["route"].name)
         context = page_context(self, request, "Scheduled jobs", rows=rows,
                                registry_error=error, **self._base(request))
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context)
