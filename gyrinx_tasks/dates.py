@@ -49,6 +49,5 @@ def format_when(value: Any, *, seconds: bool = False, zone: bool = True,
 
 
 def zones_agree(at: datetime, one: tzinfo, other: tzinfo) -> bool:
-    """Whether ``at`` reads the same in both zones (same offset and the same abbreviation)."""
-    a, b = at.astimezone(one), at.astimezone(other)
-    return a.utcoffset() == b.utcoffset() and a.tzname() == b.tzname()
+    """Whether ``at`` reads the same clock time in both zones (London in winter and UTC do)."""
+    return at.astimezone(one).utcoffset() == at.astimezone(other).utcoffset()

@@ -24,7 +24,7 @@ POLL_SECONDS = 5  # while runs are queued or running
 IDLE_POLL_SECONDS = 30  # while nothing is: one cheap query set every half minute
 # A run READY for longer than this has probably not been delivered: worth a look.
 STUCK_AFTER = timedelta(minutes=5)
-CHART_WIDTH, CHART_HEIGHT = 150, 28
+CHART_WIDTH, CHART_HEIGHT = 100, 28
 WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT = 1000, 90
 COUNTED_STATES = (State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED,
                   State.RUNNING, State.READY)
