@@ -81,7 +81,8 @@ def test_run_page_and_list_show_times_to_the_second(admin_client):
         block = page[page.index(f">{label}:<"):][:600]
         assert format_when(value, seconds=True) in block, label
     runs = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_changelist")).content
-    assert format_when(now - timedelta(seconds=5), seconds=True) in runs.decode()
+    day, time = format_when(now - timedelta(seconds=5), seconds=True).split(", ")
+    assert f'{day},</span> <span class="gyrinx-nowrap">{time}</span>' in runs.decode()
 
 
 @pytest.mark.django_db

@@ -130,8 +130,12 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj):
-        return format_html('<span class="gyrinx-nowrap" title="{}">{}</span>',
-                           obj.created_at.isoformat(), format_when(obj.created_at, seconds=True))
+        # Date and time may go on two lines (never inside either), so the list fits 1280 px
+        # with the nav sidebar and the filters open.
+        day, time = format_when(obj.created_at, seconds=True).split(", ", 1)
+        return format_html('<span title="{}"><span class="gyrinx-nowrap">{},</span> '
+                           '<span class="gyrinx-nowrap">{}</span></span>',
+                           obj.created_at.isoformat(), day, time)
 
     @admin.display(description=_("duration"))
     def duration(self, obj):
