@@ -148,25 +148,30 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     # The run's times in the admin's one format, to the second (gyrinx_tasks/dates.py); the
     # model fields would render in Django's DATETIME_FORMAT, without seconds.
 
+    def _when(self, value):
+        if value is None:
+            return self.get_empty_value_display()
+        return format_when(value, seconds=True)
+
     @admin.display(description=_("created at"))
     def created_at_when(self, obj):
-        return format_when(obj.created_at, seconds=True)
+        return self._when(obj.created_at)
 
     @admin.display(description=_("enqueued at"))
     def enqueued_at_when(self, obj):
-        return format_when(obj.enqueued_at, seconds=True)
+        return self._when(obj.enqueued_at)
 
     @admin.display(description=_("started at"))
     def started_at_when(self, obj):
-        return format_when(obj.started_at, seconds=True)
+        return self._when(obj.started_at)
 
     @admin.display(description=_("last attempted at"))
     def last_attempted_at_when(self, obj):
-        return format_when(obj.last_attempted_at, seconds=True)
+        return self._when(obj.last_attempted_at)
 
     @admin.display(description=_("finished at"))
     def finished_at_when(self, obj):
-        return format_when(obj.finished_at, seconds=True)
+        return self._when(obj.finished_at)
 
     @admin.display(description=_("workers"))
     def worker_list(self, obj):
