@@ -137,6 +137,16 @@ LAYOUT_PROBLEMS_JS = r"""() => {
                           `(${Math.round(box.left)}..${Math.round(box.right)} of ${width})`);
         }
     }
+    // Form fields fit the screen even inside a box that scrolls: half a select is no use.
+    for (const el of document.querySelectorAll(
+            '#content select, #content textarea, #content input:not([type=hidden])')) {
+        if (!visible(el)) continue;
+        const box = el.getBoundingClientRect();
+        if (box.left < 0 || box.right > width + 1) {
+            problems.push(`${name(el)} is cut off at the screen's edge ` +
+                          `(${Math.round(box.left)}..${Math.round(box.right)} of ${width})`);
+        }
+    }
     // No word squeezed until it breaks: a word of letters laid out on more than one line.
     // Identifiers (dots, dashes, digits: task paths, resource names) may wrap anywhere.
     const walker = document.createTreeWalker(
