@@ -48,3 +48,20 @@ def push(client: Any, body: bytes, **headers: str) -> Any:
     """POST a push body to the endpoint, as Pub/Sub does."""
     return client.post("/tasks/pubsub/", body, content_type="application/json",
                        headers=headers)
+
+
+def make_run(task_name: str = "add", status: str = "READY", trigger: str = "enqueue",
+             **fields: Any) -> Any:
+    """A TaskExecution of a tests.tasks task in ``status``, set directly (the transitions have
+    their own tests)."""
+    from gyrinx_tasks.models import State, TaskExecution
+
+    run = TaskExecution(task_name=task_name, task_path=f"tests.tasks.{task_name}",
+                        trigger=trigger, **fields)
+    run.task_id = run.task_id or run.result_id
+    run._log("", State.READY, "enqueued")
+    run.save()
+    if status != State.READY:
+        TaskExecution.objects.filter(pk=run.pk).update(status=status)
+        run.refresh_from_db()
+    return run

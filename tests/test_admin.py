@@ -314,7 +314,9 @@ def test_change_view_shows_payload_errors_per_attempt_and_timeline(admin_client)
     timeline = page.split("gyrinx-timeline", 1)[1]
     assert timeline.count("<tr>") == 4  # header + three entries
     assert "attempt 1 on worker-a" in timeline and "RUNNING" in timeline
-    assert "Nov. 23, 2026" in timeline  # stored ISO times render as dates
+    # Stored ISO times render in the admin's one format, to the second, zone printed.
+    assert "23 Nov 2026, 09:59:59 UTC" in timeline
+    assert "23 Nov 2026, 10:00:30 UTC" in second  # the error's time too
     assert "&quot;key&quot;: &quot;k-1&quot;" in page and "&quot;two&quot;" in page
     assert "worker-a, worker-b" in page and "m-77" in page
     # Read-only: no save buttons, and the raw-message block only shows for rejections.

@@ -217,3 +217,55 @@ def test_select_across_over_the_cap_says_so_and_enqueues_nothing(retrier, fake_p
     assert TaskExecution.objects.count() == 3
     assert fake_publisher.published == []
     assert not LogEntry.objects.exists()
+
+
+# --- The retry panel follows its retries until they settle -----------------------------------
+
+def panel_url(run, **query):
+    url = reverse("admin:gyrinx_tasks_taskexecution_retry_panel", args=[run.pk])
+    return url + ("?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else "")
+
+
+def test_panel_polls_while_a_retry_is_queued_or_running_and_stops_once_it_settles(viewer):
+    original = make_run("add", State.FAILED)
+    retry = make_run("add", State.READY, trigger=Trigger.RETRY, retry_of=original)
+
+    page = viewer.get(change_url(original)).content.decode()
+    panel = page[page.index('id="gyrinx-retry"'):]
+    assert f'hx-get="{panel_url(original)}"' in panel.split(">")[0]
+    assert 'data-polling="true"' in panel.split(">")[0]
+
+    for status, badge in ((State.RUNNING, "gyrinx-status-running"),
+                          (State.SUCCESSFUL, "gyrinx-status-successful")):
+        TaskExecution.objects.filter(pk=retry.pk).update(status=status)
+        response = viewer.get(panel_url(original), headers={"HX-Request": "true"})
+        assert response.status_code == 200
+        body = response.content.decode()
+        assert body.lstrip().startswith('<div id="gyrinx-retry"') and "<html" not in body
+        assert badge in body
+    # Settled: the panel no longer asks to be polled, so htmx stops.
+    assert 'data-polling="false"' in body and "hx-trigger" not in body.split(">")[0]
+
+
+def test_panel_after_a_retry_click_keeps_saying_retried_as(retrier):
+    original = make_run("add", State.FAILED)
+    retry = make_run("add", State.READY, trigger=Trigger.RETRY, retry_of=original)
+    body = retrier.get(panel_url(original, new=retry.pk),
+                       headers={"HX-Request": "true"}).content.decode()
+    assert "Retried as" in body and retry.result_id in body
+    assert f'hx-get="{panel_url(original, new=retry.pk)}"' in body
+    # Only a retry of this run is named so; another run's id is ignored.
+    other = make_run("add", State.READY)
+    body = retrier.get(panel_url(original, new=other.pk),
+                       headers={"HX-Request": "true"}).content.decode()
+    assert "Retried as" not in body
+
+
+def test_panel_changes_nothing_and_needs_view_permission(client, viewer):
+    original = make_run("add", State.FAILED)
+    assert viewer.post(panel_url(original)).status_code == 405
+    # Without HTMX, the run's page.
+    assert viewer.get(panel_url(original))["Location"] == change_url(original)
+    client.force_login(staff_user("nobody"))
+    assert client.get(panel_url(original), headers={"HX-Request": "true"}).status_code == 403
+    assert TaskExecution.objects.count() == 1 and not LogEntry.objects.exists()

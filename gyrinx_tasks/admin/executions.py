@@ -15,11 +15,11 @@ from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..conf import tasks_settings
+from ..dates import format_when
 from ..models import State, TaskExecution
 from ..redaction import is_redacted, redaction_note
 from ..retry import (
@@ -45,6 +45,10 @@ from .pagination import EstimatedCountPaginator
 # Columns the changelist never shows and which can hold long tracebacks or payloads.
 HEAVY_FIELDS = ("args", "kwargs", "return_value", "errors", "timeline", "raw_message",
                 "worker_ids", "status_detail")
+
+
+TIME_FIELDS = ("created_at_when", "enqueued_at_when", "started_at_when",
+               "last_attempted_at_when", "finished_at_when")
 
 
 class ExecutionChangeList(ChangeList):
@@ -75,10 +79,9 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         (_("Identity"), {"fields": ("result_id", "task_id", "backend")}),
         (_("Delivery"), {"fields": ("message_id", "delivery_attempt", "attempts",
                                     "worker_list")}),
-        (_("Times"), {"fields": ("created_at", "enqueued_at", "started_at",
-                                 "last_attempted_at", "finished_at")}),
+        (_("Times"), {"fields": TIME_FIELDS}),
     )
-    readonly_fields = ("worker_list",)
+    readonly_fields = ("worker_list", *TIME_FIELDS)
 
     class Media:
         css = {"all": ["gyrinx_tasks/admin.css"]}
@@ -130,9 +133,12 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj):
-        return format_html('<span class="gyrinx-nowrap" title="{}">{}</span>',
-                           obj.created_at.isoformat(),
-                           timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S"))
+        # Date and time may go on two lines (never inside either), so the list fits 1280 px
+        # with the nav sidebar and the filters open.
+        day, time = format_when(obj.created_at, seconds=True).split(", ", 1)
+        return format_html('<span title="{}"><span class="gyrinx-nowrap">{},</span> '
+                           '<span class="gyrinx-nowrap">{}</span></span>',
+                           obj.created_at.isoformat(), day, time)
 
     @admin.display(description=_("duration"))
     def duration(self, obj):
@@ -141,6 +147,34 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         seconds = (obj.finished_at - obj.started_at).total_seconds()
         text = f"{seconds:.2f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
         return format_html('<span class="gyrinx-nowrap">{}</span>', text)
+
+    # The run's times in the admin's one format, to the second (gyrinx_tasks/dates.py); the
+    # model fields would render in Django's DATETIME_FORMAT, without seconds.
+
+    def _when(self, value):
+        if value is None:
+            return self.get_empty_value_display()
+        return format_when(value, seconds=True)
+
+    @admin.display(description=_("created at"))
+    def created_at_when(self, obj):
+        return self._when(obj.created_at)
+
+    @admin.display(description=_("enqueued at"))
+    def enqueued_at_when(self, obj):
+        return self._when(obj.enqueued_at)
+
+    @admin.display(description=_("started at"))
+    def started_at_when(self, obj):
+        return self._when(obj.started_at)
+
+    @admin.display(description=_("last attempted at"))
+    def last_attempted_at_when(self, obj):
+        return self._when(obj.last_attempted_at)
+
+    @admin.display(description=_("finished at"))
+    def finished_at_when(self, obj):
+        return self._when(obj.finished_at)
 
     @admin.display(description=_("workers"))
     def worker_list(self, obj):
@@ -168,7 +202,9 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         republish = path("<int:object_id>/republish/",
                          self.admin_site.admin_view(self.republish_view),
                          name=f"{self.opts.app_label}_{self.opts.model_name}_republish")
-        return [retry, republish, *super().get_urls()]
+        panel = path("<int:object_id>/retry/panel/",
+                     self.admin_site.admin_view(self.retry_panel_view), name=f"{name}_panel")
+        return [retry, republish, panel, *super().get_urls()]
 
     def retry_context(self, request, obj, new=None, error: str = "",
                       republished: bool = False) -> dict[str, Any]:
@@ -177,8 +213,16 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                        .order_by("-pk")[:RETRIES_SHOWN + 1])
         allowed = self.has_retry_permission(request)
         already = live_retry_refusal(obj) if obj.status in RETRYABLE else ""
+        shown = [*retries[:RETRIES_SHOWN], *([new] if new is not None else [])]
+        panel_url = reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_retry_panel",
+                            args=[obj.pk])
         return {
             "original": obj,
+            # While a retry shown here is queued or running, the panel re-reads itself so its
+            # badge follows the new run until it settles.
+            "retry_polling": any(run.status in UNSETTLED for run in shown),
+            "retry_panel_url": panel_url + (f"?new={new.pk}" if new is not None else ""),
+            "retry_poll_seconds": RETRY_POLL_SECONDS,
             "retry_of": obj.retry_of if obj.retry_of_id else None,
             "retries": retries[:RETRIES_SHOWN],
             "more_retries": len(retries) > RETRIES_SHOWN,
@@ -251,6 +295,22 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         return HttpResponseRedirect(reverse(
             f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[run.pk]))
 
+    def retry_panel_view(self, request, object_id):
+        """GET: the retry panel alone, for its own polling (HTMX); changes nothing."""
+        require(self.has_view_permission(request))
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        original = get_object_or_404(TaskExecution, pk=object_id)
+        if not request.htmx:
+            return HttpResponseRedirect(reverse(
+                f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+                args=[original.pk]))
+        new = None
+        if request.GET.get("new", "").isdigit():
+            new = original.retries.filter(pk=int(request.GET["new"])).first()
+        context = {**self.retry_context(request, original, new), "opts": self.opts}
+        return TemplateResponse(request, RETRY_PANEL, context)
+
     @admin.action(permissions=["retry"], description=_("Retry selected runs"))
     def retry_selected(self, request, queryset):
         require(self.has_retry_permission(request))
@@ -298,6 +358,8 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 RETRY_PANEL = "admin/gyrinx_tasks/taskexecution/_retry.html"
 RETRY_CONFIRM = "admin/gyrinx_tasks/taskexecution/retry_confirm.html"
 RETRIES_SHOWN = 20
+RETRY_POLL_SECONDS = 2
+UNSETTLED = (State.READY, State.RUNNING)
 
 
 def retried_message(new_id: int, new_result_id: str, published: bool) -> str:

@@ -1,7 +1,8 @@
 """The overview: per task over a time window, what ran, what failed, how long it took.
 
-A thin face over ``gyrinx_tasks.stats``. The page polls itself through HTMX while anything
-is queued or running and answers 286 (stop polling) once nothing is.
+A thin face over ``gyrinx_tasks.stats``. The page polls itself through HTMX: often while
+anything is queued or running, slowly while nothing is, so a page loaded idle still notices new
+work.
 """
 
 from collections import Counter
@@ -14,18 +15,19 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
-from django_htmx.http import HttpResponseStopPolling
 
 from .. import stats
+from ..dates import format_when
 from ..exceptions import RegistryError
 from ..models import ScheduledJob, State
 from ..schedule_health import Health, schedule_health
 from .base import PageAdmin, has_model_permission, page_context, require
 
-POLL_SECONDS = 5
+POLL_SECONDS = 5  # while runs are queued or running
+IDLE_POLL_SECONDS = 30  # while nothing is: one cheap query set every half minute
 # A run READY for longer than this has probably not been delivered: worth a look.
 STUCK_AFTER = timedelta(minutes=5)
-CHART_WIDTH, CHART_HEIGHT = 150, 28
+CHART_WIDTH, CHART_HEIGHT = 100, 28
 WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT = 1000, 90
 COUNTED_STATES = (State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED,
                   State.RUNNING, State.READY)
@@ -58,12 +60,7 @@ class OverviewAdmin(PageAdmin):
         context = page_context(self, request, str(_("Overview")), error=error,
                                **overview_context(stats.overview(window), request))
         if getattr(request, "htmx", False):
-            response = TemplateResponse(request, self.fragment_template, context)
-            if not context["overview"].active:
-                # Nothing queued or running: the last answer to a poll ends the polling.
-                response.render()
-                return HttpResponseStopPolling(response.content)
-            return response
+            return TemplateResponse(request, self.fragment_template, context)
         return TemplateResponse(request, self.page_template, context,
                                 status=400 if error else 200)
 
@@ -113,7 +110,7 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
         "windows": [{"key": w.key, "label": w.label, "url": f"{page_url}?window={w.key}",
                      "current": w.key == overview.window.key} for w in stats.WINDOWS.values()],
         "poll_url": f"{page_url}?{poll_query}",
-        "poll_seconds": POLL_SECONDS,
+        "poll_seconds": POLL_SECONDS if overview.active else IDLE_POLL_SECONDS,
         "page_url": page_url,
         "runs_url": runs_url,
         "all_failed_url": runs_link(status=State.FAILED, **window_params),
@@ -158,24 +155,23 @@ def chart(values: list[float], failed: list[float], overview: stats.Overview,
     step = width / count
     gap = 1 if step >= 3 else 0
     bucket = overview.window.bucket
-    fmt = "%a %H:%M" if overview.window.length >= timedelta(days=1) else "%H:%M"
     bars = []
     for index, value in enumerate(values):
         if not value:
             continue
         high = value / peak * height
         low = failed[index] / peak * height if failed else 0.0
-        start = timezone.localtime(overview.since + bucket * index)
+        start = overview.since + bucket * index
         bars.append({
             "x": f"{index * step:.2f}", "w": f"{max(step - gap, 0.5):.2f}",
             "y": f"{height - high:.2f}", "h": f"{high:.2f}",
             "fy": f"{height - low:.2f}", "fh": f"{low:.2f}",
-            "title": f"{start.strftime(fmt)}: {value:.2f} runs/min"
+            "title": f"{format_when(start)}: {value:.2f} runs/min"
                      + (f", {failed[index]:.2f} failed" if low else ""),
         })
     return {"bars": bars, "width": width, "height": height, "peak": peak,
-            "start": timezone.localtime(overview.since).strftime(fmt),
-            "end": timezone.localtime(overview.until).strftime(fmt)}
+            "start": format_when(overview.since, zone=False),
+            "end": format_when(overview.until)}
 
 
 def format_rate(value: float | None) -> str:

@@ -21,11 +21,12 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils import timezone
+from django.utils import dateformat, timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from ..conf import tasks_settings
+from ..dates import TIME, format_when, zones_agree
 from ..exceptions import RegistryError, UnknownTask
 from ..models import ScheduledJob, State, TaskExecution
 from ..provisioning import (
@@ -62,17 +63,20 @@ def scheduler_config() -> ProvisioningConfig:
 
 def next_runs(route: TaskRoute, now: datetime) -> list[dict[str, str]]:
     """The next fire times, as text in the route's zone and in the viewer's (Django's current
-    time zone). Formatted here because the template's date filter would convert both."""
+    time zone), or once when both read the same. Formatted here because the template's date
+    filter would convert both."""
     zone, viewer = schedule_zone(route), timezone.get_current_timezone()
     runs, at = [], now
     for _ in range(NEXT_RUNS):
         at = next_fire_time(route, at)
-        local, theirs = at.astimezone(zone), at.astimezone(viewer)
+        theirs = at.astimezone(viewer)
+        same_day = theirs.date() == at.astimezone(zone).date()
         runs.append({
             "iso": at.isoformat(),
-            "route": local.strftime("%a %d %b %H:%M %Z"),
-            "viewer": theirs.strftime("%H:%M %Z" if theirs.date() == local.date()
-                                      else "%a %d %b %H:%M %Z"),
+            "route": format_when(at, tz=zone),
+            "viewer": "" if zones_agree(at, zone, viewer) else (
+                f"{dateformat.format(theirs, TIME)} {dateformat.format(theirs, 'T')}"
+                if same_day else format_when(at, tz=viewer)),
         })
     return runs
 

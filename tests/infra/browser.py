@@ -70,7 +70,9 @@ def page(browser: Any) -> Iterator[Any]:
 # --- The admin in a browser ---------------------------------------------------------------
 
 SCREENSHOTS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "screenshots")
-VIEWPORT = {"width": 1400, "height": 900}
+# A laptop with Django's nav sidebar open (the sidebar shows from 768 px up), and a phone.
+VIEWPORT = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 
 
 def log_in(page: Any, base_url: str, username: str, password: str) -> None:
@@ -86,7 +88,8 @@ def log_in(page: Any, base_url: str, username: str, password: str) -> None:
 def save_screenshot(page: Any, name: str, *, dark: bool = False) -> str:
     """Save a full-page PNG under docs/screenshots/ (``name-dark.png`` in dark mode).
 
-    Dark mode is the admin's own: it follows ``prefers-color-scheme``, emulated here.
+    Dark mode is the admin's own: it follows ``prefers-color-scheme``, emulated here. The
+    page is left in light mode afterwards.
     """
     os.makedirs(SCREENSHOTS, exist_ok=True)
     path = os.path.join(SCREENSHOTS, f"{name}{'-dark' if dark else ''}.png")
@@ -94,6 +97,103 @@ def save_screenshot(page: Any, name: str, *, dark: bool = False) -> str:
     page.screenshot(path=path, full_page=True)
     page.emulate_media(color_scheme="light")
     return os.path.abspath(path)
+
+
+# What a page must hold to at any width: measured in the page, reported as readable lines.
+LAYOUT_PROBLEMS_JS = r"""() => {
+    const root = document.scrollingElement || document.documentElement;
+    const width = root.clientWidth;
+    const problems = [];
+    const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+        (typeof el.className === 'string' && el.className.trim()
+            ? '.' + el.className.trim().split(/\s+/).join('.') : '');
+    const scrollsInside = (el) => {
+        for (let up = el.parentElement; up && up !== document.body; up = up.parentElement) {
+            const overflow = getComputedStyle(up).overflowX;
+            if (overflow === 'auto' || overflow === 'scroll') return true;
+        }
+        return false;
+    };
+    const visible = (el) => {
+        const box = el.getBoundingClientRect();
+        return box.width > 0 && box.height > 0 && getComputedStyle(el).visibility !== 'hidden';
+    };
+    if (root.scrollWidth > width) {
+        const wide = [...document.body.querySelectorAll('*')]
+            .filter((el) => visible(el) && !scrollsInside(el) &&
+                    el.getBoundingClientRect().right > width + 1)
+            .slice(-3).map(name);
+        problems.push(`the page scrolls sideways: scrollWidth ${root.scrollWidth} > ` +
+                      `clientWidth ${width} (widest: ${wide.join(', ')})`);
+    }
+    // Buttons and links styled as buttons can be reached: on screen, or in a box that scrolls.
+    for (const el of document.querySelectorAll(
+            '#content button, #content .button, #content input[type=submit], ' +
+            '#content summary')) {
+        if (!visible(el) || scrollsInside(el)) continue;
+        const box = el.getBoundingClientRect();
+        if (box.left < 0 || box.right > width + 1) {
+            problems.push(`${name(el)} "${el.textContent.trim()}" is off-screen ` +
+                          `(${Math.round(box.left)}..${Math.round(box.right)} of ${width})`);
+        }
+    }
+    // Form fields fit the screen even inside a box that scrolls: half a select is no use.
+    for (const el of document.querySelectorAll(
+            '#content select, #content textarea, #content input:not([type=hidden])')) {
+        if (!visible(el)) continue;
+        const box = el.getBoundingClientRect();
+        if (box.left < 0 || box.right > width + 1) {
+            problems.push(`${name(el)} is cut off at the screen's edge ` +
+                          `(${Math.round(box.left)}..${Math.round(box.right)} of ${width})`);
+        }
+    }
+    // No word squeezed until it breaks: a word of letters laid out on more than one line.
+    // Identifiers (dots, dashes, digits: task paths, resource names) may wrap anywhere.
+    const walker = document.createTreeWalker(
+        document.getElementById('content') || document.body, NodeFilter.SHOW_TEXT);
+    const range = document.createRange();
+    const broken = new Set();
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const parent = node.parentElement;
+        if (!parent || parent.closest('pre, code, script, style, svg')) continue;
+        const re = /(^|\s)([A-Za-z\u00c0-\u024f]{3,}[,.:;!?)]?)(?=\s|$)/g;
+        let match;
+        while ((match = re.exec(node.data)) !== null) {
+            const start = match.index + match[1].length;
+            range.setStart(node, start);
+            range.setEnd(node, start + match[2].length);
+            const lines = new Set([...range.getClientRects()]
+                .filter((r) => r.width > 0).map((r) => Math.round(r.top)));
+            if (lines.size > 1) broken.add(`"${match[2]}" in ${name(parent)}`);
+        }
+    }
+    for (const word of [...broken].slice(0, 5)) problems.push(`word broken across lines: ${word}`);
+    return problems;
+}"""
+
+
+def layout_problems(page: Any) -> list[str]:
+    """What is wrong with the layout of ``page`` as it is now: sideways scrolling,
+    unreachable buttons, words broken letter by letter. Empty when it holds up."""
+    return list(page.evaluate(LAYOUT_PROBLEMS_JS))
+
+
+def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")) -> list[str]:
+    """axe-core's violations of ``impacts`` on ``page`` as readable lines (rule, impact, help,
+    the first elements). axe-core comes from the axe-playwright-python package, which bundles
+    axe.min.js; nothing is fetched at run time."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page).response
+    lines = []
+    for violation in results["violations"]:
+        if violation.get("impact") not in impacts:
+            continue
+        targets = [", ".join(map(str, node["target"])) for node in violation["nodes"][:3]]
+        summary = violation["nodes"][0].get("failureSummary", "").replace("\n", " ")
+        lines.append(f"{violation['id']} ({violation['impact']}): {violation['help']} "
+                     f"at {targets}; {summary[:300]}")
+    return lines
 
 
 @pytest.fixture
