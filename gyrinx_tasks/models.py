@@ -3,10 +3,13 @@
 import uuid
 
 from django.db import models
+from django.db.models import F
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, transition
+
+from .expressions import LastErrorClassName
 
 
 class State(models.TextChoices):
@@ -28,6 +31,9 @@ class Trigger(models.TextChoices):
 # status_detail of a READY run whose publish timed out: Pub/Sub may still deliver it.
 PUBLISH_UNCONFIRMED = ("Publishing was not confirmed in time: Pub/Sub may still deliver the "
                        "task, and the run starts if it does.")
+
+# Runs that need a successful retry before they count as recovered (the run list's filter).
+NEEDS_RECOVERY = (State.FAILED, State.REJECTED)
 
 # A redelivery of a run in one of these states changes nothing (FAILED runs that gave up too).
 SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)
@@ -64,9 +70,41 @@ def capped(entries: list, entry: object, omitted: int) -> tuple[list, int]:
     return entries[:HISTORY_HEAD] + entries[HISTORY_HEAD + extra:], omitted + extra
 
 
+# How far "recovered" looks along retries of retries (each generation is one EXISTS).
+RECOVERY_DEPTH = 3
+
+
+def _successful_retry_of(outer: str, depth: int) -> models.Q:
+    """A successful run retries the run ``outer`` names, within ``depth`` generations."""
+    found = models.Q()
+    for generation in range(1, depth + 1):
+        lookup = "__".join(["retry_of"] * generation)
+        found |= models.Exists(TaskExecution.objects.filter(
+            status=State.SUCCESSFUL, **{lookup: models.OuterRef(outer)}))
+    return found
+
+
 class TaskExecutionQuerySet(models.QuerySet):
     def failed(self):
         return self.filter(status=State.FAILED)
+
+    def recovered(self):
+        """Failed or rejected runs that a successful retry made good.
+
+        A retry counts when it, or a retry of it (up to RECOVERY_DEPTH generations), ended
+        SUCCESSFUL; so does a successful sibling, another retry of the run this one retries.
+        Each check is an index lookup on retry_of.
+        """
+        return self.filter(status__in=NEEDS_RECOVERY).filter(self._recovery())
+
+    def not_recovered(self):
+        """Failed or rejected runs that no successful retry has made good yet."""
+        return self.filter(status__in=NEEDS_RECOVERY).exclude(self._recovery())
+
+    @staticmethod
+    def _recovery() -> models.Q:
+        return (_successful_retry_of("pk", RECOVERY_DEPTH)
+                | _successful_retry_of("retry_of", RECOVERY_DEPTH - 1))
 
     def for_task(self, name: str):
         return self.filter(task_name=name)
@@ -158,6 +196,10 @@ class TaskExecution(models.Model):
             # rather than INCLUDE, which SQLite lacks (models.W040).
             models.Index(fields=["created_at", "task_name", "status", "started_at",
                                  "finished_at"], name="gyrinx_exec_window"),
+            # The run list's search by exception class (gyrinx_tasks/search.py), newest
+            # first, so a page of matches is read in order without sorting them all.
+            models.Index(LastErrorClassName(), F("created_at").desc(), F("id").desc(),
+                         name="gyrinx_exec_error_class"),
         ]
         # Admin actions beyond Django's four: each is checked on the server per request.
         permissions = [

@@ -3,6 +3,7 @@
 import json
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -10,18 +11,21 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Q
+from django.db.models import Count, DateTimeField, F, OuterRef, Subquery
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..conf import tasks_settings
+from ..expressions import last_error_class
 from ..models import State, TaskExecution
 from ..redaction import REDACTED_NOTE, is_redacted
+from ..search import search
 from ..retry import (
     RETRYABLE,
     Retried,
@@ -36,7 +40,7 @@ from ..retry import (
 )
 from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
 from .exports import ExecutionExportMixin
-from .filters import StatusFilter, TaskNameFilter, TriggerFilter
+from .filters import RecoveryFilter, StatusFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
 
 # Columns the changelist never shows and which can hold long tracebacks or payloads.
@@ -44,9 +48,77 @@ HEAVY_FIELDS = ("args", "kwargs", "return_value", "errors", "timeline", "raw_mes
                 "worker_ids", "status_detail")
 
 
+# Range lookups the URL may carry on time and id columns (the overview's window links, the
+# bulk retry's link to its new runs). Django applies them without showing them anywhere; the
+# list shows each as a chip with a link that removes it.
+RANGE_LOOKUPS = {"gte": "from", "gt": "after", "lte": "up to", "lt": "before"}
+
+
 class ExecutionChangeList(ChangeList):
     def get_queryset(self, request, exclude_parameters=None):
         return super().get_queryset(request, exclude_parameters).defer(*HEAVY_FIELDS)
+
+    def get_results(self, request):
+        super().get_results(request)
+        # One query for the page's rows, never for the whole list: the last error's class
+        # (read in the database, so the tracebacks beside it stay there) and the retries.
+        rows = list(self.result_list)
+        extras = page_extras([row.pk for row in rows])
+        for row in rows:
+            row.__dict__.update(extras.get(row.pk, {}))
+        self.result_list = rows
+        self.range_chips = range_chips(self, request)
+
+
+def page_extras(pks: list[int]) -> dict[int, dict[str, Any]]:
+    """Per run: its last error's class, its newest retry and how many, the run it retries."""
+    if not pks:
+        return {}
+    retries = TaskExecution.objects.filter(retry_of=OuterRef("pk")).order_by("-pk")
+    rows = TaskExecution.objects.filter(pk__in=pks).values(
+        "pk",
+        error_class=last_error_class(),
+        retry_count=Subquery(retries.order_by().values("retry_of").annotate(
+            n=Count("pk")).values("n")[:1]),
+        latest_retry_pk=Subquery(retries.values("pk")[:1]),
+        latest_retry_result_id=Subquery(retries.values("result_id")[:1]),
+        latest_retry_status=Subquery(retries.values("status")[:1]),
+        retry_of_result_id=F("retry_of__result_id"),
+    )
+    return {row.pop("pk"): row for row in rows}
+
+
+def range_chips(cl: ChangeList, request) -> list[dict[str, str]]:
+    """The URL's range lookups on time and id columns, one chip per column, in words."""
+    fields = {field.name: field for field in cl.model._meta.concrete_fields
+              if isinstance(field, DateTimeField) or field.primary_key}
+    chips = []
+    for name, field in fields.items():
+        keys = [f"{name}__{lookup}" for lookup in RANGE_LOOKUPS]
+        parts = []
+        for key in keys:
+            if key in request.GET:
+                value = request.GET[key]
+                if isinstance(field, DateTimeField):
+                    value = _chip_time(value)
+                parts.append(f"{RANGE_LOOKUPS[key.rsplit('__', 1)[1]]} {value}")
+        if parts:
+            label = "run id" if field.primary_key else str(field.verbose_name)
+            chips.append({
+                "label": label[:1].upper() + label[1:],
+                "text": " ".join(parts),
+                "remove_url": cl.get_query_string(remove=keys),
+            })
+    return chips
+
+
+def _chip_time(value: str) -> str:
+    parsed = parse_datetime(value.replace(" ", "+")) if value else None
+    if parsed is None:
+        return value
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return timezone.localtime(parsed).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.ModelAdmin):
@@ -54,13 +126,15 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     # Compact, unwrapped times and a duration instead of three long dates, so the list fits
     # 1400 px with the filter sidebar (the enqueue time is on each run's page).
-    list_display = ("short_result_id", "task_name", "status_badge", "trigger", "attempts",
-                    "created", "duration")
-    list_filter = (StatusFilter, TriggerFilter, TaskNameFilter)
+    list_display = ("short_result_id", "task_name", "status_badge", "error_class",
+                    "retried", "trigger", "attempts", "created", "duration")
+    list_filter = (StatusFilter, RecoveryFilter, TriggerFilter, TaskNameFilter)
     # Only columns with an index behind them; sorting by others would sort the whole table.
     sortable_by = ("created",)
-    search_fields = ("=result_id", "=task_id", "=message_id")
-    search_help_text = _("Exact result id, message task id or Pub/Sub message id.")
+    search_fields = ("=result_id", "=task_id", "=message_id")  # see get_search_results
+    search_help_text = _("A task's name or path (or part of it), an exception class such as "
+                         "RuntimeError, or an exact result id, message task id or Pub/Sub "
+                         "message id. Several words must all match.")
     list_per_page = 50
     show_full_result_count = False  # a second COUNT(*) over the whole table
     show_facets = ShowFacets.NEVER  # one COUNT per filter choice
@@ -106,13 +180,9 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         return super().lookup_allowed(lookup, value, request)
 
     def get_search_results(self, request, queryset, search_term):
-        # Django's "=" prefix means a case-insensitive match, which cannot use the unique
-        # indexes on PostgreSQL; these ids are matched exactly instead.
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        matches = Q(result_id=term) | Q(task_id=term) | Q(message_id=term)
-        return queryset.filter(matches), False
+        # Django's search would be icontains (or iexact with "="), which no index serves at
+        # millions of runs; gyrinx_tasks.search answers each kind of word from an index.
+        return search(queryset, search_term), False
 
     @admin.display(description=_("result id"))
     def short_result_id(self, obj):
@@ -124,6 +194,37 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
             '<span class="gyrinx-status gyrinx-status-{}">{}</span>',
             obj.status.lower(), obj.get_status_display(),
         )
+
+    @admin.display(description=_("last error"))
+    def error_class(self, obj):
+        path = getattr(obj, "error_class", None)
+        if not path:
+            return "-"
+        return format_html('<code class="gyrinx-error-class" title="{}">{}</code>', path,
+                           path.rsplit(".", 1)[-1])
+
+    @admin.display(description=_("retried"))
+    def retried(self, obj):
+        """The newest retry of this run (link and state), or the run this one retries."""
+        pk = getattr(obj, "latest_retry_pk", None)
+        if pk:
+            count = getattr(obj, "retry_count", 0) or 1
+            status = State(obj.latest_retry_status)
+            more = ""
+            if count > 1:
+                more = format_html(' <a class="gyrinx-muted" href="{}?retry_of={}">+{}</a>',
+                                   reverse("admin:gyrinx_tasks_taskexecution_changelist"),
+                                   obj.pk, count - 1)
+            return format_html(
+                '<span class="gyrinx-nowrap gyrinx-retried">{} <a href="{}">{}</a> '
+                '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}</span>',
+                _("as"), _change_url(pk), obj.latest_retry_result_id[:8], status.lower(),
+                status.label, more)
+        if obj.retry_of_id and getattr(obj, "retry_of_result_id", None):
+            return format_html('<span class="gyrinx-nowrap gyrinx-muted">{} '
+                               '<a href="{}">{}</a></span>', _("retry of"),
+                               _change_url(obj.retry_of_id), obj.retry_of_result_id[:8])
+        return "-"
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj):
@@ -201,8 +302,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         if error:
             self.message_user(request, error, messages.ERROR)
         else:
-            self.message_user(request, f"This run is the retry of {original.result_id}.",
-                              messages.SUCCESS)
+            self.message_user(request, format_html(
+                'Retried run <a href="{}">{}</a> of {}: this is the new run.',
+                _change_url(original.pk), original.result_id[:8], original.task_name),
+                messages.SUCCESS)
         target = new or original
         return HttpResponseRedirect(reverse(
             f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[target.pk]))
@@ -227,13 +330,18 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                          if key not in ("p", "o")],
                 changelist_url=request.get_full_path(),
             ))
+        new_ids: list[int] = []
+
+        def retried(done: list[Retried]) -> None:
+            new_ids.extend(item.new_id for item in done if item.new_id)
+            self._log_retries(request, done)
+
         try:
-            report = retry_queryset(queryset, request.user, limit,
-                                    on_retried=lambda done: self._log_retries(request, done))
+            report = retry_queryset(queryset, request.user, limit, on_retried=retried)
         except RetryLimitExceeded as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return None
-        for level, text in report_messages(report, limit):
+        for level, text in report_messages(report, limit, new_runs_link(new_ids)):
             self.message_user(request, text, level)
         return None
 
@@ -267,12 +375,36 @@ def capped_count(count: int, limit: int) -> str:
     return f"more than {limit:,}" if count > limit else f"{count:,}"
 
 
-def report_messages(report: RetryReport, limit: int) -> list[tuple[int, str]]:
+def _change_url(pk: int) -> str:
+    return reverse("admin:gyrinx_tasks_taskexecution_change", args=[pk])
+
+
+def new_runs_link(new_ids: list[int]) -> str:
+    """Where the runs a bulk retry made are: the one run's page, or the list of them.
+
+    The list is the retries whose ids lie between the first and the last new run's, so a
+    retry someone else made in the same moment can show up beside them.
+    """
+    if not new_ids:
+        return ""
+    if len(new_ids) == 1:
+        return _change_url(new_ids[0])
+    query = urlencode({"trigger": "retry", "id__gte": min(new_ids), "id__lte": max(new_ids)})
+    return f"{reverse('admin:gyrinx_tasks_taskexecution_changelist')}?{query}"
+
+
+def report_messages(report: RetryReport, limit: int,
+                    link: str = "") -> list[tuple[int, str]]:
     """The bulk retry's outcome as admin messages: what was done, then what was not."""
-    out: list[tuple[int, str]] = [
-        (messages.SUCCESS if report.retried else messages.WARNING,
-         f"Retried {report.retried:,} run{'s' if report.retried != 1 else ''} as new runs."),
-    ]
+    done = (f"Retried {report.retried:,} run as a new run" if report.retried == 1
+            else f"Retried {report.retried:,} runs as new runs")
+    made = report.retried + report.publish_failed
+    out: list[tuple[int, str]] = [(
+        messages.SUCCESS if report.retried else messages.WARNING,
+        format_html('{}: <a href="{}">{}</a>.', done, link,
+                    "see it" if made == 1 else f"see the {made:,} new runs")
+        if link and made else f"{done}.",
+    )]
     if report.not_retryable:
         count = capped_count(report.not_retryable, limit).capitalize()
         out.append((messages.INFO, f"{count} selected runs were not failed, rejected or "
