@@ -75,12 +75,23 @@ RECOVERY_DEPTH = 3
 
 
 def _successful_retry_of(outer: str, depth: int) -> models.Q:
-    """A successful run retries the run ``outer`` names, within ``depth`` generations."""
+    """A successful run retries the run ``outer`` names, within ``depth`` generations.
+
+    Each check also compares a second column with the outer run's (a retry is created after
+    the run it retries; a sibling is another run). Both are true anyway, and they keep
+    PostgreSQL from trading the per-row index probe for a hash of every successful run,
+    which would mean reading the whole table.
+    """
     found = models.Q()
     for generation in range(1, depth + 1):
         lookup = "__".join(["retry_of"] * generation)
-        found |= models.Exists(TaskExecution.objects.filter(
-            status=State.SUCCESSFUL, **{lookup: models.OuterRef(outer)}))
+        runs = TaskExecution.objects.filter(status=State.SUCCESSFUL,
+                                            **{lookup: models.OuterRef(outer)})
+        if outer == "pk":
+            runs = runs.filter(created_at__gte=models.OuterRef("created_at"))
+        else:
+            runs = runs.exclude(pk=models.OuterRef("pk"))
+        found |= models.Exists(runs)
     return found
 
 
@@ -105,9 +116,6 @@ class TaskExecutionQuerySet(models.QuerySet):
     def _recovery() -> models.Q:
         return (_successful_retry_of("pk", RECOVERY_DEPTH)
                 | _successful_retry_of("retry_of", RECOVERY_DEPTH - 1))
-
-    def for_task(self, name: str):
-        return self.filter(task_name=name)
 
 
 class TaskExecution(models.Model):
@@ -200,6 +208,12 @@ class TaskExecution(models.Model):
             # first, so a page of matches is read in order without sorting them all.
             models.Index(LastErrorClassName(), F("created_at").desc(), F("id").desc(),
                          name="gyrinx_exec_error_class"),
+            # The run list's "not yet recovered" filter: failed and rejected runs, newest
+            # first, in one ordered scan (two states cannot share the status index's order).
+            # retry_of is in it too, so counting the matches needs no visit to the rows.
+            models.Index(fields=["-created_at", "-id", "retry_of"],
+                         condition=models.Q(status__in=NEEDS_RECOVERY),
+                         name="gyrinx_exec_unrecovered"),
         ]
         # Admin actions beyond Django's four: each is checked on the server per request.
         permissions = [
