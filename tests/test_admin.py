@@ -457,6 +457,58 @@ def test_change_view_shows_payload_errors_per_attempt_and_timeline(admin_client)
     assert "Raw message" not in page
 
 
+def test_change_view_has_a_compact_attempt_table_above_errors_and_timeline(admin_client):
+    t0 = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+
+    def at(seconds):
+        return (t0 + timedelta(seconds=seconds)).isoformat()
+
+    run = make_run("flaky", State.SUCCESSFUL, attempts=3, enqueued_at=t0,
+                   worker_ids=["worker-a", "worker-b", "worker-c"])
+    run.timeline = [
+        {"at": at(0), "from": "", "to": "READY", "note": "enqueued"},
+        {"at": at(2), "from": "READY", "to": "RUNNING", "note": "attempt 1 on worker-a"},
+        {"at": at(2.25), "from": "RUNNING", "to": "FAILED",
+         "note": "attempt 1: builtins.ValueError"},
+        {"at": at(12.25), "from": "FAILED", "to": "RUNNING", "note": "attempt 2 on worker-b"},
+        # Attempt 2 never ended (its worker died); attempt 3 took over.
+        {"at": at(400), "from": "RUNNING", "to": "RUNNING", "note": "attempt 3 on worker-c"},
+        {"at": at(400.5), "from": "RUNNING", "to": "SUCCESSFUL"},
+    ]
+    run.errors = [error("builtins.ValueError", 1) | {"at": at(2.25)}]
+    run.save()
+
+    page = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
+                                    args=[run.pk])).content.decode()
+
+    table = page[page.index('class="module gyrinx-attempts"'):]
+    rows = [" ".join(re.sub(r"<[^>]+>", " ", row).split()) for row in
+            re.findall(r'<tr class="gyrinx-attempt">(.*?)</tr>', table, re.S)]
+    local = timezone.localtime
+
+    def clock(seconds, day=False):
+        return local(t0 + timedelta(seconds=seconds)).strftime(
+            "%Y-%m-%d %H:%M:%S" if day else "%H:%M:%S")
+
+    assert rows == [
+        f"1 {clock(2, True)} {clock(2.25)} 2.0 s 250 Failed builtins.ValueError worker-a",
+        f"2 {clock(12.25, True)} – 10.0 s – cut off worker-b",
+        # Waited since attempt 1 ended (a cut-off attempt has no end to count from).
+        f"3 {clock(400, True)} {clock(400.5)} 6.6 min 500 Successful worker-c",
+    ]
+    # On the first screen: after the summary, before the errors, payload and timeline.
+    assert (page.index(">Attempts<") < page.index('id="error-1"') < page.index(">Payload<")
+            < page.index("gyrinx-timeline"))
+    assert page.index(">Attempts<") < page.index(">Identity<")
+
+
+def test_attempt_table_is_left_out_for_a_run_that_never_started(admin_client):
+    run = make_run("add")
+    page = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
+                                    args=[run.pk])).content.decode()
+    assert "gyrinx-attempts" not in page
+
+
 def test_change_view_shows_the_raw_message_of_a_rejected_run(admin_client):
     raw = json.dumps({"task_id": "t-1", "task_name": "nope", "args": [], "kwargs": {}})
     run = make_run("nope", State.REJECTED, raw_message=raw,

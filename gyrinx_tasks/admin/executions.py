@@ -1,6 +1,7 @@
 """The task run pages: a changelist that stays fast at millions of rows, a read-only detail."""
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -449,10 +450,58 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
     return {
         "execution_payload": payload,
         "execution_errors": errors,
+        "execution_attempts": attempt_rows(obj),
         "execution_timeline": timeline,
         "execution_raw_message": (REDACTED_NOTE if redact and obj.raw_message
                                   else _pretty_text(obj.raw_message)),
     }
+
+
+ATTEMPT_NOTE = re.compile(r"^attempt (\d+) on (.+)$")
+
+
+def attempt_rows(obj: Any) -> list[dict[str, Any]]:
+    """One row per attempt, read from the timeline: when it started and finished, how long
+    it waited (since the enqueue, or since the previous attempt ended) and ran, where, and
+    how it ended (with the error's class). An attempt that never recorded an end (its worker
+    died, or its ack deadline passed) ends when the next one starts, marked as cut off."""
+    classes = {error.get("attempt"): error.get("exception_class_path", "")
+               for error in obj.errors or [] if isinstance(error, dict)}
+    rows: list[dict[str, Any]] = []
+    ready_since = obj.enqueued_at or obj.created_at
+    current: dict[str, Any] | None = None
+    for entry in obj.timeline or []:
+        if not isinstance(entry, dict):
+            continue
+        at = _when(entry.get("at"))
+        if not isinstance(at, datetime):
+            continue
+        if entry.get("to") == State.RUNNING:
+            if current is not None and current["finished"] is None:
+                current["outcome"] = "cut off"
+            match = ATTEMPT_NOTE.match(entry.get("note") or "")
+            number = int(match.group(1)) if match else len(rows) + 1
+            current = {"number": number, "worker": match.group(2) if match else "",
+                       "started": at, "finished": None, "ran_ms": None, "outcome": "running",
+                       "error_class": classes.get(number, ""),
+                       "waited": _seconds(at - ready_since) if ready_since else None}
+            rows.append(current)
+        elif (entry.get("from") == State.RUNNING and current is not None
+              and current["finished"] is None):
+            current["finished"] = ready_since = at
+            current["ran_ms"] = round((at - current["started"]).total_seconds() * 1000)
+            current["outcome"] = State(entry["to"]).label if entry.get("to") in State.values \
+                else entry.get("to", "")
+    return rows
+
+
+def _seconds(delta: Any) -> str:
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
 
 
 def _pretty(value: Any) -> str:
