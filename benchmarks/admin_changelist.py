@@ -78,7 +78,8 @@ def _case(column: str, mix: list[tuple[str, float]]) -> str:
 
 LOAD_SQL = f"""
 INSERT INTO {TABLE} (
-    result_id, task_id, task_name, task_path, backend, status, trigger, args, kwargs,
+    result_id, task_id, task_name, task_path, backend, status, trigger, retry_of_id, args,
+    kwargs,
     return_value, errors, attempts, worker_ids, status_detail, raw_message, message_id,
     delivery_attempt, created_at, enqueued_at, started_at, last_attempted_at, finished_at,
     timeline)
@@ -88,6 +89,9 @@ SELECT
     task, 'tests.tasks.' || task, 'default', status,
     CASE WHEN task = 'nightly_cleanup' THEN 'schedule' WHEN r_trigger < 0.03 THEN 'retry'
          WHEN r_trigger < 0.035 THEN 'run_now' ELSE 'enqueue' END,
+    -- A retry retries an earlier run (ids follow i in a fresh table).
+    CASE WHEN task <> 'nightly_cleanup' AND r_trigger < 0.03 AND i > 100
+         THEN i - 1 - mod(i, 97) END,
     jsonb_build_array(mod(i, 100), mod(i, 7)),
     CASE WHEN task = 'echo' THEN jsonb_build_object('key', 'k' || i) ELSE '{{}}'::jsonb END,
     CASE WHEN status = 'SUCCESSFUL' THEN to_jsonb(mod(i, 100) + mod(i, 7)) END,
@@ -232,6 +236,8 @@ def scenarios(search_id: str, rows: int) -> list[tuple[str, str, str, str]]:
         (f"search class: PaymentDeclined ({share['FAILED'] / 1000:.3%})", "?q=PaymentDeclined",
          "?q=PaymentDeclined", "PaymentDeclined"),
         ("not yet recovered (stock: status=FAILED)", "?recovery=pending",
+         "?status__exact=FAILED", ""),
+        ("recovered by a retry (stock: status=FAILED)", "?recovery=recovered",
          "?status__exact=FAILED", ""),
         ("overview's 24 h window (created_at range)", window, window, ""),
     ]

@@ -70,29 +70,21 @@ def capped(entries: list, entry: object, omitted: int) -> tuple[list, int]:
     return entries[:HISTORY_HEAD] + entries[HISTORY_HEAD + extra:], omitted + extra
 
 
-# How far "recovered" looks along retries of retries (each generation is one EXISTS).
-RECOVERY_DEPTH = 3
+def _recoveries() -> list[models.Exists]:
+    """One EXISTS per way a failed run counts as recovered by a successful retry: a retry
+    of it, a retry of one of its retries, or another retry of the run it retries.
 
-
-def _successful_retry_of(outer: str, depth: int) -> models.Q:
-    """A successful run retries the run ``outer`` names, within ``depth`` generations.
-
-    Each check also compares a second column with the outer run's (a retry is created after
-    the run it retries; a sibling is another run). Both are true anyway, and they keep
-    PostgreSQL from trading the per-row index probe for a hash of every successful run,
-    which would mean reading the whole table.
+    Each reads only successful retries, through their own partial index
+    (gyrinx_exec_recovered_by), so PostgreSQL can answer them per run with an index probe,
+    or at once as an anti-join over that small index, but never by reading the whole table.
     """
-    found = models.Q()
-    for generation in range(1, depth + 1):
-        lookup = "__".join(["retry_of"] * generation)
-        runs = TaskExecution.objects.filter(status=State.SUCCESSFUL,
-                                            **{lookup: models.OuterRef(outer)})
-        if outer == "pk":
-            runs = runs.filter(created_at__gte=models.OuterRef("created_at"))
-        else:
-            runs = runs.exclude(pk=models.OuterRef("pk"))
-        found |= models.Exists(runs)
-    return found
+    successful = TaskExecution.objects.filter(status=State.SUCCESSFUL, retry_of__isnull=False)
+    return [
+        models.Exists(successful.filter(retry_of=models.OuterRef("pk"))),
+        models.Exists(successful.filter(retry_of__retry_of=models.OuterRef("pk"))),
+        models.Exists(successful.filter(retry_of=models.OuterRef("retry_of"))
+                      .exclude(pk=models.OuterRef("pk"))),
+    ]
 
 
 class TaskExecutionQuerySet(models.QuerySet):
@@ -100,22 +92,22 @@ class TaskExecutionQuerySet(models.QuerySet):
         return self.filter(status=State.FAILED)
 
     def recovered(self):
-        """Failed or rejected runs that a successful retry made good.
-
-        A retry counts when it, or a retry of it (up to RECOVERY_DEPTH generations), ended
-        SUCCESSFUL; so does a successful sibling, another retry of the run this one retries.
-        Each check is an index lookup on retry_of.
-        """
-        return self.filter(status__in=NEEDS_RECOVERY).filter(self._recovery())
+        """Failed or rejected runs that a successful retry made good (see _recoveries)."""
+        found = models.Q()
+        for exists in _recoveries():
+            found |= exists
+        return self.filter(status__in=NEEDS_RECOVERY).filter(found)
 
     def not_recovered(self):
         """Failed or rejected runs that no successful retry has made good yet."""
-        return self.filter(status__in=NEEDS_RECOVERY).exclude(self._recovery())
+        runs = self.filter(status__in=NEEDS_RECOVERY)
+        # One NOT EXISTS each, side by side, so that each can become an anti-join.
+        for exists in _recoveries():
+            runs = runs.filter(~exists)
+        return runs
 
-    @staticmethod
-    def _recovery() -> models.Q:
-        return (_successful_retry_of("pk", RECOVERY_DEPTH)
-                | _successful_retry_of("retry_of", RECOVERY_DEPTH - 1))
+    def for_task(self, name: str):
+        return self.filter(task_name=name)
 
 
 class TaskExecution(models.Model):
@@ -214,6 +206,10 @@ class TaskExecution(models.Model):
             models.Index(fields=["-created_at", "-id", "retry_of"],
                          condition=models.Q(status__in=NEEDS_RECOVERY),
                          name="gyrinx_exec_unrecovered"),
+            # The successful retries, by the run they retry: what "recovered" looks up.
+            models.Index(fields=["retry_of"],
+                         condition=models.Q(status=State.SUCCESSFUL, retry_of__isnull=False),
+                         name="gyrinx_exec_recovered_by"),
         ]
         # Admin actions beyond Django's four: each is checked on the server per request.
         permissions = [

@@ -197,20 +197,27 @@ def test_list_shows_which_runs_were_retried_and_by_what(admin_client):
 
     response = admin_client.get(reverse(CHANGELIST))
 
-    rows = {m.group(1): m.group(2) for m in re.finditer(
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
         r'class="field-short_result_id"><a [^>]*>([0-9a-f]{8})</a>.*?'
-        r'<td class="field-retried">(.*?)</td>', response.content.decode(), re.S)}
+        r'<td class="field-status_badge">(.*?)</td>.*?<td class="field-trigger_cell">(.*?)</td>',
+        response.content.decode(), re.S)}
     change = "/admin/gyrinx_tasks/taskexecution/{}/change/"
-    # The original: its newest retry, linked, with its state, and a link to the other one.
-    assert f'<a href="{change.format(second.pk)}">{second.result_id[:8]}</a>' in rows[
-        failed.result_id[:8]]
-    assert "gyrinx-status-successful" in rows[failed.result_id[:8]]
-    assert f"?retry_of={failed.pk}\">+1</a>" in rows[failed.result_id[:8]]
-    # The retries link back to what they retry; a run never retried says so with a dash.
+    # The original: under its state, its newest retry, linked, with that retry's state, and
+    # a link to the other retries.
+    status, trigger = rows[failed.result_id[:8]]
+    assert (f'retried as <a href="{change.format(second.pk)}">{second.result_id[:8]}</a> '
+            '<span class="gyrinx-status gyrinx-status-successful">Successful</span>') in status
+    assert f'?retry_of={failed.pk}" title="All retries of this run">+1</a>' in status
+    assert trigger == "Enqueued"
+    # The retries say, under their trigger, what they retry; a run never retried shows only
+    # its state.
     for retry in (first, second):
-        assert "retry of" in rows[retry.result_id[:8]]
-        assert f'href="{change.format(failed.pk)}"' in rows[retry.result_id[:8]]
-    assert rows[lonely.result_id[:8]] == "-"
+        status, trigger = rows[retry.result_id[:8]]
+        assert "retried as" not in status
+        assert trigger.startswith("Retry <span class=\"gyrinx-retry-of gyrinx-nowrap\">of <a")
+        assert f'href="{change.format(failed.pk)}">{failed.result_id[:8]}</a>' in trigger
+    assert rows[lonely.result_id[:8]][0] == (
+        '<span class="gyrinx-status gyrinx-status-failed">Failed</span>')
 
 
 def test_not_yet_recovered_filter(admin_client):
@@ -256,9 +263,9 @@ def test_time_and_id_ranges_in_the_url_show_as_chips_that_remove_them(admin_clie
     assert shown(response) == short(recent)
     page = response.content.decode()
     local = timezone.localtime(since).strftime("%Y-%m-%d %H:%M:%S")
-    chip = re.search(r'<li class="gyrinx-chip"><span>(.*?)</span>\s*<a href="([^"]+)"', page)
+    chip = re.search(r'<span class="gyrinx-chip"><span>(.*?)</span>\s*<a href="([^"]+)"', page)
     assert chip, page
-    assert chip.group(1).startswith(f"Created from {local} before ")
+    assert chip.group(1).startswith(f"Created from {local} until ")
     removed = admin_client.get(url + html.unescape(chip.group(2)))
     assert shown(removed) == short(recent, old)  # the task filter stays
     assert "gyrinx-chip" not in removed.content.decode()

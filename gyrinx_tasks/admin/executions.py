@@ -52,7 +52,7 @@ HEAVY_FIELDS = ("args", "kwargs", "return_value", "errors", "timeline", "raw_mes
 # Range lookups the URL may carry on time and id columns (the overview's window links, the
 # bulk retry's link to its new runs). Django applies them without showing them anywhere; the
 # list shows each as a chip with a link that removes it.
-RANGE_LOOKUPS = {"gte": "from", "gt": "after", "lte": "up to", "lt": "before"}
+RANGE_LOOKUPS = {"gte": "from", "gt": "after", "lte": "up to", "lt": "until"}
 
 
 class ExecutionChangeList(ChangeList):
@@ -127,8 +127,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     # Compact, unwrapped times and a duration instead of three long dates, so the list fits
     # 1400 px with the filter sidebar (the enqueue time is on each run's page).
+    # The retries of a run show under its status, and the run a retry retries under its
+    # trigger, so the list keeps its width.
     list_display = ("short_result_id", "task_name", "status_badge", "error_class",
-                    "retried", "trigger", "attempts", "created", "duration")
+                    "trigger_cell", "attempts", "created", "duration")
     list_filter = (StatusFilter, RecoveryFilter, TriggerFilter, TaskNameFilter)
     # Only columns with an index behind them; sorting by others would sort the whole table.
     sortable_by = ("created",)
@@ -192,9 +194,18 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     @admin.display(description=_("status"))
     def status_badge(self, obj):
         return format_html(
-            '<span class="gyrinx-status gyrinx-status-{}">{}</span>',
-            obj.status.lower(), obj.get_status_display(),
+            '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}',
+            obj.status.lower(), obj.get_status_display(), self.retried(obj),
         )
+
+    @admin.display(description=_("trigger"))
+    def trigger_cell(self, obj):
+        if obj.retry_of_id and getattr(obj, "retry_of_result_id", None):
+            return format_html('{} <span class="gyrinx-retry-of gyrinx-nowrap">{} '
+                               '<a href="{}">{}</a></span>', obj.get_trigger_display(),
+                               _("of"), _change_url(obj.retry_of_id),
+                               obj.retry_of_result_id[:8])
+        return obj.get_trigger_display()
 
     @admin.display(description=_("last error"))
     def error_class(self, obj):
@@ -204,28 +215,24 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         return format_html('<code class="gyrinx-error-class" title="{}">{}</code>', path,
                            path.rsplit(".", 1)[-1])
 
-    @admin.display(description=_("retried"))
     def retried(self, obj):
-        """The newest retry of this run (link and state), or the run this one retries."""
+        """The newest retry of this run (link and state) and how many more, or ""."""
         pk = getattr(obj, "latest_retry_pk", None)
-        if pk:
-            count = getattr(obj, "retry_count", 0) or 1
-            status = State(obj.latest_retry_status)
-            more = ""
-            if count > 1:
-                more = format_html(' <a class="gyrinx-muted" href="{}?retry_of={}">+{}</a>',
-                                   reverse("admin:gyrinx_tasks_taskexecution_changelist"),
-                                   obj.pk, count - 1)
-            return format_html(
-                '<span class="gyrinx-nowrap gyrinx-retried">{} <a href="{}">{}</a> '
-                '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}</span>',
-                _("as"), _change_url(pk), obj.latest_retry_result_id[:8], status.lower(),
-                status.label, more)
-        if obj.retry_of_id and getattr(obj, "retry_of_result_id", None):
-            return format_html('<span class="gyrinx-nowrap gyrinx-muted">{} '
-                               '<a href="{}">{}</a></span>', _("retry of"),
-                               _change_url(obj.retry_of_id), obj.retry_of_result_id[:8])
-        return "-"
+        if not pk:
+            return ""
+        count = getattr(obj, "retry_count", 0) or 1
+        status = State(obj.latest_retry_status)
+        more = ""
+        if count > 1:
+            more = format_html(' <a class="gyrinx-more-retries" href="{}?retry_of={}" title="{}">'
+                               '+{}</a>',
+                               reverse("admin:gyrinx_tasks_taskexecution_changelist"), obj.pk,
+                               _("All retries of this run"), count - 1)
+        return format_html(
+            '<div class="gyrinx-retried gyrinx-nowrap">{} <a href="{}">{}</a> '
+            '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}</div>',
+            _("retried as"), _change_url(pk), obj.latest_retry_result_id[:8], status.lower(),
+            status.label, more)
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj):
