@@ -229,7 +229,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                                reverse("admin:gyrinx_tasks_taskexecution_changelist"), obj.pk,
                                _("All retries of this run"), count - 1)
         return format_html(
-            '<div class="gyrinx-retried gyrinx-nowrap">{} <a href="{}">{}</a> '
+            '<div class="gyrinx-retried">{} <a href="{}">{}</a> '
             '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}</div>',
             _("retried as"), _change_url(pk), obj.latest_retry_result_id[:8], status.lower(),
             status.label, more)
