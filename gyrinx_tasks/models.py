@@ -1,6 +1,7 @@
 """Task runs (a django-fsm state machine) and the database kill switches."""
 
 import uuid
+from typing import Any
 
 from django.db import models
 from django.db.models import F
@@ -93,9 +94,10 @@ class TaskExecutionQuerySet(models.QuerySet):
 
     def recovered(self):
         """Failed or rejected runs that a successful retry made good (see _recoveries)."""
-        found = models.Q()
-        for exists in _recoveries():
-            found |= exists
+        first, *others = _recoveries()
+        found: Any = first
+        for exists in others:
+            found = found | exists
         return self.filter(status__in=NEEDS_RECOVERY).filter(found)
 
     def not_recovered(self):

@@ -90,8 +90,12 @@ def test_plain_post_retries_and_redirects_to_the_new_run(retrier, fake_publisher
     assert (entry.user, entry.object_id) == (retrier.user, str(run.pk))
     assert entry.change_message == f"Retried as run {new.pk} ({new.result_id})."
     # The new run's page links back; the original's page lists it.
-    assert change_url(run) in retrier.get(change_url(new)).content.decode()
+    page = retrier.get(change_url(new)).content.decode()
+    assert change_url(run) in page
     assert change_url(new) in retrier.get(change_url(run)).content.decode()
+    # The message names what happened and links to it (it used to print the raw result id).
+    assert (f'Retried run <a href="{change_url(run)}">{run.result_id[:8]}</a> of add: this is '
+            "the new run.") in page
 
 
 def test_htmx_post_answers_the_panel_with_a_link_to_the_new_run(retrier, fake_publisher):

@@ -26,7 +26,6 @@ from ..conf import tasks_settings
 from ..expressions import last_error_class
 from ..models import State, TaskExecution
 from ..redaction import REDACTED_NOTE, is_redacted
-from ..search import search
 from ..retry import (
     RETRYABLE,
     Retried,
@@ -39,6 +38,7 @@ from ..retry import (
     retry_queryset,
     retry_run,
 )
+from ..search import search
 from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
 from .exports import ExecutionExportMixin
 from .filters import RecoveryFilter, StatusFilter, TaskNameFilter, TriggerFilter
@@ -86,7 +86,8 @@ def page_extras(pks: list[int]) -> dict[int, dict[str, Any]]:
         latest_retry_status=Subquery(retries.values("status")[:1]),
         retry_of_result_id=F("retry_of__result_id"),
     )
-    return {row.pop("pk"): row for row in rows}
+    return {row["pk"]: {key: value for key, value in row.items() if key != "pk"}
+            for row in rows}
 
 
 def range_chips(cl: ChangeList, request) -> list[dict[str, str]]:

@@ -106,8 +106,8 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
     # Only asked for when the window holds failures (the counts above already say so).
     failures = [{
         "run": run,
-        "error_class": run.error_class or "",
-        "error_name": (run.error_class or "").rsplit(".", 1)[-1],
+        "error_class": getattr(run, "error_class", None) or "",
+        "error_name": (getattr(run, "error_class", None) or "").rsplit(".", 1)[-1],
         "at": run.finished_at or run.created_at,
         "url": reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk]),
         "task_url": runs_link(task_name=run.task_name, status=State.FAILED, **window_params),

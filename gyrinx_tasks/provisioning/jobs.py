@@ -59,10 +59,9 @@ def run_now(route: TaskRoute, *, scheduler: Any = None,
             f"Cloud Scheduler is running job {name.rsplit('/', 1)[-1]} now; the run is "
             "recorded when Pub/Sub delivers it.",
         )
+    from ..backend import PubSubBackend
     from ..models import Trigger
     from ..scheduling import fire_scheduled
-
-    from ..backend import PubSubBackend
 
     ident = fire_scheduled(route, Trigger.RUN_NOW, requested_by=requested_by)
     if not uses_cloud_scheduler(route):
