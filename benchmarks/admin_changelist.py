@@ -22,7 +22,8 @@ same things: ``search_fields`` with the exact ids and ``icontains`` on the task 
 and on the errors (where the exception class is). Both show 50 rows a page, so the
 comparison is about counting, filtering and searching rather than page size. The output
 is a Markdown table of median and p90 times, the ratio stock/ours of the medians, and the
-number of SQL queries per page with the slowest one. Only 127.0.0.1 is contacted; every query is capped at 120 s.
+number of SQL queries per page with the slowest one. Only 127.0.0.1 is contacted; every
+query is capped at 120 s.
 """
 
 import argparse
