@@ -314,6 +314,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 rows, 5 repetitions")
     parser.add_argument("--budget", type=float, default=90.0,
                         help="seconds per case after which repetitions stop (at least 3 run)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="time only the cases whose label contains TEXT (repeatable)")
     parser.add_argument("--show-queries", action="store_true",
                         help="print each case's SQL with its time (to stderr)")
     args = parser.parse_args()
@@ -345,6 +347,8 @@ def main() -> None:
                    "stock/ours", "queries ours / stock", "slowest query ms ours / stock", "n"]
         rows = []
         for label, ours_qs, stock_qs, must_show in scenarios(search_id, args.rows):
+            if args.only and not any(text in label for text in args.only):
+                continue
             print(f"  timing {label} ...", file=sys.stderr)
             rows.append(run_case(client, label, f"/admin/gyrinx_tasks/taskexecution/{ours_qs}",
                                  f"/stock/gyrinx_tasks/taskexecution/{stock_qs}", must_show,

@@ -249,6 +249,21 @@ def test_not_yet_recovered_filter(admin_client):
     assert "?recovery=pending" in page and "Not yet recovered" in page
 
 
+def test_recovery_filter_counts_no_further_than_its_cap(admin_client, monkeypatch):
+    from gyrinx_tasks.admin.executions import TaskExecutionAdmin
+
+    monkeypatch.setattr(TaskExecutionAdmin, "recovery_count_cap", 3)
+    for _ in range(5):
+        make_run("flaky", State.FAILED)
+
+    pending = admin_client.get(reverse(CHANGELIST), {"recovery": "pending"})
+    failed = admin_client.get(reverse(CHANGELIST), {"status": "FAILED"})
+
+    assert re.search(r">more than 3</span> task executions", pending.content.decode())
+    assert len(shown(pending)) == 5  # the page itself is not cut
+    assert re.search(r"\n5 task executions", failed.content.decode())  # other filters count on
+
+
 def test_time_and_id_ranges_in_the_url_show_as_chips_that_remove_them(admin_client):
     now = timezone.now().replace(microsecond=0)
     old = make_run("add", created_at=now - timedelta(hours=30))

@@ -173,6 +173,19 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     def get_changelist(self, request, **kwargs):
         return ExecutionChangeList
 
+    # The recovery filter checks each candidate's retries, so its list counts only this far
+    # ("more than 1,000"): a bounded number of index probes, however many runs failed.
+    recovery_count_cap = 1_000
+
+    def get_paginator(self, request, queryset, per_page, orphans=0,
+                      allow_empty_first_page=True):
+        paginator = super().get_paginator(request, queryset, per_page, orphans,
+                                          allow_empty_first_page)
+        if request.GET.get(RecoveryFilter.parameter_name) and isinstance(
+                paginator, EstimatedCountPaginator):
+            paginator.count_cap = self.recovery_count_cap
+        return paginator
+
     def lookup_allowed(self, lookup, value, request=None):
         # Django allows any lookup on the model's own fields in the URL. The payload and
         # history columns are refused: filtering by them (?kwargs__email=...,
