@@ -250,9 +250,13 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj):
-        return format_html('<span class="gyrinx-nowrap" title="{}">{}</span>',
-                           obj.created_at.isoformat(),
-                           timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S"))
+        # Date and time may go on two lines when the list is tight (the error class and
+        # retry columns need the room), never inside either.
+        local = timezone.localtime(obj.created_at)
+        return format_html('<span title="{}"><span class="gyrinx-nowrap">{}</span> '
+                           '<span class="gyrinx-nowrap">{}</span></span>',
+                           obj.created_at.isoformat(), local.strftime("%Y-%m-%d"),
+                           local.strftime("%H:%M:%S"))
 
     @admin.display(description=_("duration"))
     def duration(self, obj):
