@@ -22,6 +22,11 @@ round (``--rounds``, median reported), emptying the run table before each case:
 - ``ours, enqueue_many()``: ``--bulk`` calls, rows bulk-created, published in batches,
   every publish confirmed; ``ours, publish_on_commit``: ``--bulk`` ``enqueue()`` calls in one
   transaction on a backend with ``publish_on_commit``, all published at commit, confirmed;
+- ``floor, INSERTs + one batched publish``: what ``publish_on_commit`` cannot beat: ``--bulk``
+  hand-written parameterised INSERTs in one transaction into a table with the runs table's
+  columns and indexes (``CREATE TABLE ... (LIKE ... INCLUDING ALL)``), then, after the commit,
+  the same messages published together (``clients.publish_many``), confirmed. The report
+  prints ``publish_on_commit`` as a fraction of it;
 - ``django-tasks-pubsub 0.5.0``: its ``.enqueue()`` ``--bulk`` times in its own virtualenv
   (Python 3.13 from pyenv, created under .cache/bench-peer from PyPI on first use). It
   records nothing and never waits for the publish.
@@ -101,6 +106,11 @@ class Bench:
         admin.stop()
         self.raw = clients.publisher_client()  # the library's default batch settings
         self.raw.publish(self.topic, b"{}").result(timeout=30)
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "
+                           "(LIKE gyrinx_tasks_taskexecution INCLUDING ALL)")
 
     def data(self, n: int) -> bytes:
         return json.dumps({"task_id": f"raw-{n}", "task_name": "add", "args": [n, 1],
@@ -112,6 +122,7 @@ class Bench:
 
         with connection.cursor() as cursor:
             cursor.execute("TRUNCATE gyrinx_tasks_taskexecution RESTART IDENTITY CASCADE")
+            cursor.execute(f"TRUNCATE {FLOOR_TABLE} RESTART IDENTITY")
 
     # Each case returns (count, seconds).
 
@@ -191,6 +202,37 @@ class Bench:
                 add.enqueue(n, 1)
         return {"ours, publish_on_commit": (self.bulk, time.perf_counter() - start)}
 
+    def floor_commit(self) -> dict[str, tuple[int, float]]:
+        """Hand-written INSERTs of the rows enqueue() writes, then one batched publish."""
+        import uuid
+        from datetime import UTC, datetime
+
+        from django.db import connection, transaction
+
+        from gyrinx_tasks import clients
+
+        sql = (f"INSERT INTO {FLOOR_TABLE} (result_id, task_id, task_name, task_path, backend, "
+               "status, trigger, args, kwargs, errors, attempts, worker_ids, status_detail, "
+               "raw_message, created_at, enqueued_at, timeline, timeline_omitted, "
+               "errors_omitted, gave_up) VALUES (%s, %s, 'add', 'tests.tasks.add', 'default', "
+               "'READY', 'enqueue', %s, '{}', '[]', 0, '[]', '', '', %s, %s, %s, 0, 0, false)")
+        start = time.perf_counter()
+        messages = []
+        with transaction.atomic(), connection.cursor() as cursor:
+            for n in range(self.bulk):
+                result_id, now = str(uuid.uuid4()), datetime.now(UTC)
+                timeline = json.dumps([{"at": now.isoformat(), "from": "", "to": "READY",
+                                        "note": "enqueued"}])
+                cursor.execute(sql, [result_id, result_id, f"[{n}, 1]", now, now, timeline])
+                messages.append((json.dumps(
+                    {"task_id": result_id, "task_name": "add", "args": [n, 1], "kwargs": {},
+                     "enqueued_at": now.isoformat()}, separators=(",", ":")).encode(),
+                    {"gyrinx_recorded": "1"}))
+        ids = clients.publish_many(self.raw, self.topic, messages, 60)
+        seconds = time.perf_counter() - start
+        assert all(isinstance(i, str) for i in ids)
+        return {"floor, INSERTs + one batched publish": (self.bulk, seconds)}
+
     def peer(self, python: Path | None) -> dict[str, tuple[int, float]]:
         if python is None:
             return {}
@@ -205,8 +247,9 @@ class Bench:
 ORDER = [
     "raw fire-and-forget", "raw, all confirmed", "raw, wait each", "raw, one request each",
     "django-tasks-pubsub 0.5.0", "ours, enqueue()", "ours, enqueue(), 8 threads",
-    "ours, enqueue_many()", "ours, publish_on_commit",
+    "ours, enqueue_many()", "ours, publish_on_commit", "floor, INSERTs + one batched publish",
 ]
+FLOOR_TABLE = "bench_floor_runs"
 NOTES = {
     "raw fire-and-forget": "publish() returned, nothing confirmed",
     "raw, all confirmed": "every future resolved",
@@ -217,6 +260,7 @@ NOTES = {
     "ours, enqueue(), 8 threads": "row + confirmed publish each",
     "ours, enqueue_many()": "rows + confirmed publishes",
     "ours, publish_on_commit": "rows + confirmed publishes at commit",
+    "floor, INSERTs + one batched publish": "hand-written rows, then one batched publish",
 }
 
 
@@ -242,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         samples: dict[str, list[tuple[int, float]]] = {}
         cases = [bench.raw_fire_and_forget, bench.raw_wait_each, bench.raw_request_each,
                  lambda: bench.peer(python), bench.ours_single, bench.ours_threads,
-                 bench.ours_many, bench.ours_commit]
+                 bench.ours_many, bench.ours_commit, bench.floor_commit]
         for round_ in range(args.rounds):
             for case in cases:
                 bench.truncate()
@@ -273,6 +317,11 @@ def report(result: dict[str, Any]) -> str:
                      f"{rates[name] / peer:.2f}" if peer else "-", NOTES[name]])
     text = table(["case", "messages", "rate (median)", "x raw fire-and-forget", "x peer",
                   "what is timed"], rows)
+    floor = rates.get("floor, INSERTs + one batched publish")
+    if floor and "ours, publish_on_commit" in rates:
+        text += (f"\n\npublish_on_commit runs at {rates['ours, publish_on_commit'] / floor:.2f} of "
+                 "the floor (hand-written INSERTs in one transaction, then one batched "
+                 "publish).")
     if result["peer_problem"]:
         text += f"\n\ndjango-tasks-pubsub was not measured: {result['peer_problem']}."
     return text

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -24,8 +25,13 @@ from django.utils.module_loading import import_string
 
 from . import clients
 from .conf import tasks_settings
-from .exceptions import TaskPublishError, UnknownTask
-from .push import check_publish_size
+from .exceptions import (
+    InvalidTaskArguments,
+    PublishNotConfirmed,
+    TaskPublishError,
+    UnknownTask,
+)
+from .push import check_publish_size, text_problem
 from .registry import get_route
 from .runner import RECORDED_ATTRIBUTE
 from .statements import insert_run
@@ -75,8 +81,15 @@ def current_enqueue_context() -> EnqueueContext | None:
 
 
 def encode_message(message: dict[str, Any]) -> bytes:
-    """A task message's bytes as published."""
-    return json.dumps(message, separators=(",", ":")).encode()
+    """A task message's bytes as published. ValueError for NaN or Infinity, which are not
+    JSON."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+
+
+# In the message's JSON (ASCII, every other character escaped), a NUL or a lone surrogate can
+# only be one of these escapes; a match (also a paired surrogate, or an escaped backslash
+# before "u0000") only costs the full check.
+SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
@@ -91,12 +104,13 @@ def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
 
 
 def publish_unconfirmed(exc: BaseException) -> bool:
-    """Whether a failed publish may still have reached Pub/Sub (it timed out), rather than
-    having been refused."""
+    """Whether a failed publish may still have reached Pub/Sub, rather than having been
+    refused: it timed out, or its last error was one the client retries (UNAVAILABLE,
+    DEADLINE_EXCEEDED, ...) when the deadline ran out, or a try before it was."""
     from google.api_core import exceptions as api_exceptions
 
-    return isinstance(exc, TimeoutError | api_exceptions.DeadlineExceeded
-                      | api_exceptions.RetryError)
+    return isinstance(exc, (TimeoutError, api_exceptions.RetryError, PublishNotConfirmed,
+                            *clients.TRANSIENT))
 
 
 def result_from_execution(execution: Any, task: Any) -> TaskResult:
@@ -143,8 +157,8 @@ def insert_runs(using: str, executions: list[Any]) -> None:
 
     On PostgreSQL with psycopg 3 the rows go in with COPY, and every column but VARYING is
     prepared once: bulk_create compiles each of ~25 values per row, which profiling showed
-    was most of enqueue_many's time. The runs get no primary key here; _mark_failed looks
-    one up if it needs it. Elsewhere, bulk_create.
+    was most of enqueue_many's time. The runs get no primary key here; _mark_failed finds
+    them by result_id. Elsewhere, bulk_create.
     """
     if not executions:
         return
@@ -266,7 +280,21 @@ class PubSubBackend(BaseTaskBackend):
         # enqueue's commit instead of creating it (runner._claim), and a rolled-back enqueue
         # is never run.
         attributes[RECORDED_ATTRIBUTE] = "1"
-        data = encode_message(message)
+        # Refused before anything is published or recorded: values JSON (or the database)
+        # cannot carry would publish a message whose row then fails to insert, or a row
+        # whose delivery can never run. The message's own encoding finds them: NaN and
+        # Infinity fail it, and NUL or a lone surrogate can only appear as a \u escape.
+        try:
+            data = encode_message(message)
+        except ValueError:
+            data = b""
+        if not data or SUSPECT_ESCAPE.search(data):
+            problem = text_problem({"args": args, "kwargs": kwargs})
+            if problem:
+                raise InvalidTaskArguments(
+                    f"Task {route.path!r} was not enqueued: the JSON of its arguments "
+                    f"{problem} Pass finite numbers, and text without NUL characters or "
+                    "unpaired surrogates.")
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
         check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
         execution._log("", execution.status, (context and context.note) or "enqueued")
@@ -336,7 +364,9 @@ class PubSubBackend(BaseTaskBackend):
                     pending.attributes, self.publish_timeout)
             message_id = wait()
         except Exception as exc:
-            self._mark_failed(pending, exc)
+            if not self._mark_failed(pending, exc):
+                task_enqueued.send(type(self), task_result=pending.result)
+                return
             raise TaskPublishError(
                 f"Could not publish task {route.path!r} to topic "
                 f"{self.topic_path(route.topic_name)!r}: {exc}. The run "
@@ -348,27 +378,33 @@ class PubSubBackend(BaseTaskBackend):
         execution.message_id = message_id
         task_enqueued.send(type(self), task_result=pending.result)
 
-    def _mark_failed(self, pending: "Pending", exc: BaseException) -> None:
+    def _mark_failed(self, pending: "Pending", exc: BaseException,
+                     in_doubt: bool = False) -> bool:
+        """Record a failed publish on its run; False if a delivery had already recorded the
+        run, which means Pub/Sub had the message after all (then the run is left as it is).
+
+        ``in_doubt``: an earlier publish of the message may have reached Pub/Sub (a re-publish
+        from the admin), so the run stays READY whatever the error."""
         execution = pending.execution
-        if execution.pk is None:  # inserted by COPY (insert_runs)
-            # From the database it was written to (a read replica may not have it yet).
-            using = router.db_for_write(type(execution), instance=execution)
-            execution.pk = type(execution).objects.using(using).values_list(
-                "pk", flat=True).get(result_id=execution.result_id)
-            execution._state.adding = False
-            execution._state.db = using
+        # On the database the run was written to (a read replica may not have it yet).
+        using = execution._state.db or router.db_for_write(type(execution), instance=execution)
         path = f"{type(exc).__module__}.{type(exc).__qualname__}"
-        if publish_unconfirmed(exc):
+        unconfirmed = in_doubt or publish_unconfirmed(exc)
+        trace = "".join(traceback.format_exception(exc))
+        if not execution.record_publish_failure(using, path, trace, unconfirmed):
+            logger.warning(
+                "Publishing task %s (%s) reported %s, but a delivery has already recorded the "
+                "run: Pub/Sub had the message, so the run is left as the delivery recorded it.",
+                pending.route.path, execution.result_id, path)
+            return False
+        if unconfirmed:
             # Pub/Sub may have the message and deliver it: the run stays READY, marked
             # unconfirmed, and the delivery (if any) starts it as usual.
             logger.error("Publishing task %s (%s) was not confirmed in time: %s",
                          pending.route.path, execution.result_id, exc)
-            execution.publish_unconfirmed(path, "".join(traceback.format_exception(exc)))
         else:
             logger.error("Publishing task %s (%s) failed: %s", pending.route.path,
                          execution.result_id, exc)
-            execution.fail_to_enqueue(path, "".join(traceback.format_exception(exc)))
-        execution.save()
         if pending.result is not None:
             if execution.status != "READY":
                 object.__setattr__(pending.result, "status", TaskResultStatus.FAILED)
@@ -376,12 +412,14 @@ class PubSubBackend(BaseTaskBackend):
                 exception_class_path=execution.errors[-1]["exception_class_path"],
                 traceback=execution.errors[-1]["traceback"],
             ))
+        return True
 
-    def publish_executions(self, pendings: list["Pending"]) -> list["Pending"]:
+    def publish_executions(self, pendings: list["Pending"],
+                           in_doubt: bool = False) -> list["Pending"]:
         """Publish saved runs' messages together, PUBLISH_WINDOW at a time (see
         clients.publish_many: requests of up to 1,000 messages, all in flight, then awaited).
-        Returns the runs whose publish failed, each recorded FAILED (exactly those); the
-        others get task_enqueued.
+        Returns the runs whose publish failed, each recorded FAILED or READY "unconfirmed"
+        (exactly those; see _mark_failed for ``in_doubt``); the others get task_enqueued.
         """
         failed = []
         for start in range(0, len(pendings), PUBLISH_WINDOW):
@@ -394,8 +432,10 @@ class PubSubBackend(BaseTaskBackend):
                     [(p.data, p.attributes) for p in runs], self.publish_timeout)
                 for pending, outcome in zip(runs, outcomes, strict=True):
                     if isinstance(outcome, Exception):
-                        self._mark_failed(pending, outcome)
-                        failed.append(pending)
+                        if self._mark_failed(pending, outcome, in_doubt):
+                            failed.append(pending)
+                        elif pending.result is not None:
+                            task_enqueued.send(type(self), task_result=pending.result)
                     else:
                         pending.execution.message_id = outcome
                         if pending.result is not None:
@@ -403,21 +443,21 @@ class PubSubBackend(BaseTaskBackend):
         return failed
 
     def _raise_for(self, failed: list["Pending"]) -> None:
-        if not failed:
-            return
+        if failed:
+            raise TaskPublishError(self._failure_message(failed))
+
+    def _failure_message(self, failed: list["Pending"]) -> str:
         ids = ", ".join(p.execution.result_id for p in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         first = failed[0]
         error = first.execution.errors[-1]["exception_class_path"]
         unconfirmed = sum(1 for p in failed if p.execution.status == "READY")
-        state = (f"FAILED, or READY with the publish unconfirmed after a timeout "
-                 f"({unconfirmed}; they run if Pub/Sub delivers them after all)"
+        state = (f"FAILED, or READY with the publish unconfirmed ({unconfirmed}; Pub/Sub "
+                 "may have them, and they run if it delivers them)"
                  if unconfirmed else "FAILED")
-        raise TaskPublishError(
-            f"Could not publish {len(failed)} run(s), the first of {first.route.path!r} to "
-            f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
-            f"{state}: {ids}{more}."
-        )
+        return (f"Could not publish {len(failed)} run(s), the first of {first.route.path!r} to "
+                f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
+                f"{state}: {ids}{more}.")
 
     def _publish_on_commit(self, using: str, pendings: list["Pending"]) -> None:
         """Publish these runs when the transaction commits, together with every other run
@@ -434,7 +474,11 @@ class PubSubBackend(BaseTaskBackend):
             queue = []
             setattr(connection, PENDING_ATTR, queue)
         queue.extend(pendings)
-        transaction.on_commit(partial(self._flush_pending, using), using=using, robust=False)
+        # robust: the transaction has committed, so nothing here may fail the caller (its
+        # request would answer 500 after its work was done) or stop the on_commit callbacks
+        # registered after this one (an e-mail confirming the order). A failed publish is
+        # recorded on its runs and logged instead (_flush_pending).
+        transaction.on_commit(partial(self._flush_pending, using), using=using, robust=True)
 
     def _flush_pending(self, using: str) -> None:
         from .models import TaskExecution
@@ -458,7 +502,9 @@ class PubSubBackend(BaseTaskBackend):
         for alias, runs in by_backend.items():
             backend = self if alias == self.alias else _backend(alias)
             failed += backend.publish_executions(runs)
-        self._raise_for(failed)
+        if failed:
+            # Not raised: the caller's transaction has committed (see _publish_on_commit).
+            logger.error("%s", self._failure_message(failed))
 
     def result_from_execution(self, execution: Any, task: Any = None) -> TaskResult:
         return result_from_execution(execution, task or self._task_for_execution(execution))

@@ -133,8 +133,11 @@ def _send(client: Any, topic: str, request: Any, deadline: float,
     from google.api_core import exceptions
 
     # The routing header the GAPIC client sends with every Publish.
+    from .exceptions import PublishNotConfirmed
+
     metadata = (("x-goog-request-params", f"topic={topic}"),)
     call, delay = client.transport.publish, 0.1
+    earlier: Exception | None = None  # a transient failure: that try may have been stored
     while True:
         try:
             if first is not None:
@@ -147,8 +150,13 @@ def _send(client: Any, topic: str, request: Any, deadline: float,
             return [str(message_id) for message_id in response.message_ids]
         except grpc.RpcError as error:
             exc = exceptions.from_grpc_error(error)
+            if not isinstance(exc, TRANSIENT) and earlier is not None:
+                raise PublishNotConfirmed(
+                    f"{exc} (after an earlier try failed with {type(earlier).__name__}: "
+                    "Pub/Sub may have stored that one)") from exc
             if not isinstance(exc, TRANSIENT) or time.monotonic() + delay > deadline:
                 raise exc from error
+            earlier = exc
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
 

@@ -16,6 +16,14 @@ class TaskPublishError(TaskException):
     """Publishing a task message to Pub/Sub failed; the run is recorded as FAILED."""
 
 
+class InvalidTaskArguments(TaskException, ValueError):
+    """A task's arguments cannot travel as JSON or be stored (NaN, NUL, lone surrogates)."""
+
+
+class PublishNotConfirmed(Exception):
+    """A publish failed after an earlier try of it may have reached Pub/Sub."""
+
+
 class TaskSkipped(TaskException):
     """The run was skipped because the task's kill switch is off."""
 

@@ -1,5 +1,7 @@
 """Run history as CSV: one column definition for the admin export, the stream and the command.
 
+Every cell of every export goes through ``spreadsheet_safe()``, so none is a formula.
+
 ``COLUMNS`` is the only list of export columns. Each names its source (a field path or a
 database expression), so every exporter reads the same ``values_list`` rows and never loads
 model instances or the heavy JSON columns it does not show (tracebacks, timelines):
@@ -26,12 +28,28 @@ from import_export.resources import ModelResource
 from import_export.widgets import Widget
 
 from .models import State, TaskExecution
-from .redaction import REDACTED, redacted_task_names
+from .redaction import REDACTED, shown_task_names
 
 # Rows fetched from the database per round trip (a server-side cursor on PostgreSQL).
 CHUNK_SIZE = 2000
 # Rows written into the CSV buffer before it is handed to the response or file.
 ROWS_PER_WRITE = 500
+
+
+# A spreadsheet reads a cell starting with one of these as a formula (or, for tab and CR, may
+# drop them and read what follows as one). Task names, ids and message ids come from the
+# Pub/Sub message, so anyone who can publish could otherwise put "=HYPERLINK(...)" in front
+# of the staff member who opens the export.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a leading apostrophe if a spreadsheet would evaluate it (OWASP's advice).
+
+    Applied to every cell of every export. import-export's own
+    IMPORT_EXPORT_ESCAPE_FORMULAE_ON_EXPORT only strips a leading "=", so it is not used.
+    """
+    return f"'{text}" if text.startswith(FORMULA_TRIGGERS) else text
 
 
 def _text(value: Any) -> str:
@@ -112,21 +130,20 @@ REDACTED_CELL = _RedactedCell(REDACTED)
 
 def redacted_rows(cols: Sequence[Column], values: Iterable[tuple],
                   reveal_redacted: bool = False) -> Iterator[tuple]:
-    """``values`` with the payload cells of redacted routes' runs replaced by REDACTED_CELL.
+    """``values`` with the payload cells of redacted runs replaced by REDACTED_CELL.
 
-    ``reveal_redacted`` (the user holds view_payload_taskexecution) passes them through.
+    Redacted: runs of routes with ``redact=True`` and runs of no route in the registry (see
+    gyrinx_tasks/redaction.py). ``reveal_redacted`` (the user holds
+    view_payload_taskexecution) passes them through.
     """
     payload = [i for i, column in enumerate(cols) if column.payload]
     if reveal_redacted or not payload:
         yield from values
         return
-    names = redacted_task_names()
-    if not names:
-        yield from values
-        return
+    shown = shown_task_names()
     name_at = [column.name for column in cols].index("task_name")
     for row in values:
-        if row[name_at] in names:
+        if row[name_at] not in shown:
             row = tuple(REDACTED_CELL if i in payload else value
                         for i, value in enumerate(row))
         yield row
@@ -138,9 +155,12 @@ def rows(queryset: QuerySet, include_payload: bool = False,
     cols = columns(include_payload)
     renderers = [column.render for column in cols]
     for values in redacted_rows(cols, raw_rows(queryset, cols, chunk_size), reveal_redacted):
-        # A redacted cell is written as is, not as the JSON string "[redacted]".
-        yield [value if isinstance(value, _RedactedCell) else render(value)
-               for render, value in zip(renderers, values, strict=True)]
+        yield [_cell(render, value) for render, value in zip(renderers, values, strict=True)]
+
+
+def _cell(render: Callable[[Any], str], value: Any) -> str:
+    # A redacted cell is written as is, not as the JSON string "[redacted]".
+    return value if isinstance(value, _RedactedCell) else spreadsheet_safe(render(value))
 
 
 def stream_csv(queryset: QuerySet, include_payload: bool = False,
@@ -246,7 +266,7 @@ class _CellWidget(Widget):
         self._render = render
 
     def render(self, value: Any, obj: Any = None, **kwargs: Any) -> str:
-        return value if isinstance(value, _RedactedCell) else self._render(value)
+        return _cell(self._render, value)
 
 
 class TaskExecutionResource(ModelResource):

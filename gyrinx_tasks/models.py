@@ -1,10 +1,11 @@
 """Task runs (a django-fsm state machine) and the database kill switches."""
 
+import copy
 import uuid
 from typing import Any
 
 from django.db import models
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Q
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -110,6 +111,18 @@ class TaskExecutionQuerySet(models.QuerySet):
 
     def for_task(self, name: str):
         return self.filter(task_name=name)
+
+    # --- Enqueue and retry transitions (queryset side) ---
+
+    def with_live_retry(self):
+        """Annotate ``has_live_retry``: whether a retry of the run may still run or has run."""
+        return self.annotate(has_live_retry=Exists(
+            TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
+
+    def without_live_retry(self):
+        """Runs no retry stands for: none, or only retries that ended without running."""
+        return self.exclude(Exists(
+            TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
 
 
 class TaskExecution(models.Model):
@@ -324,6 +337,91 @@ class TaskExecution(models.Model):
             self.raw_message = raw_message
         self.finished_at = timezone.now()
         self._log(self.status, State.REJECTED, reason)
+
+
+    # --- Enqueue and retry transitions ---
+    #
+    # Each is one conditional UPDATE on the state the caller read (status, attempts and the
+    # detail), through the public ORM; the number of rows it changed says whether it won. The
+    # instance is changed only when it won: a loser's copy is stale and must not be written.
+
+    def _apply(self, using: str, expect: dict, change, fields: tuple[str, ...],
+               exclude: Q | Exists | None = None) -> bool:
+        candidate = copy.copy(self)
+        change(candidate)
+        runs = type(self).objects.using(using).filter(result_id=self.result_id, **expect)
+        if exclude is not None:
+            runs = runs.exclude(exclude)
+        if not runs.update(**{name: getattr(candidate, name) for name in fields}):
+            return False
+        for name in fields:
+            setattr(self, name, getattr(candidate, name))
+        return True
+
+    def _as_enqueued(self) -> dict:
+        # The enqueue side owns a run only until a delivery (or staff) changes it.
+        return {"status": State.READY, "attempts": 0, "status_detail": self.status_detail}
+
+    def record_publish_failure(self, using: str, exception_class_path: str, traceback: str,
+                               unconfirmed: bool) -> bool:
+        """READY → READY "publish unconfirmed" (Pub/Sub may have the message), or READY →
+        FAILED "never delivered" (Pub/Sub refused it), only if no delivery has touched the run
+        since it was enqueued. False: a delivery got there first, so the message did arrive
+        and its record stands."""
+        def change(run: "TaskExecution") -> None:
+            if unconfirmed:
+                run.publish_unconfirmed(exception_class_path, traceback)
+            else:
+                run.fail_to_enqueue(exception_class_path, traceback)
+
+        return self._apply(using, self._as_enqueued(), change, (
+            "status", "errors", "errors_omitted", "status_detail", "finished_at", "timeline",
+            "timeline_omitted"))
+
+    def record_republished(self, using: str, note: str) -> bool:
+        """READY (publish unconfirmed, or never delivered) → READY, published again by staff.
+
+        Safe however many messages of one run Pub/Sub holds: every delivery claims the same
+        row, so the task runs once."""
+        def change(run: "TaskExecution") -> None:
+            if run.status_detail == PUBLISH_UNCONFIRMED:
+                run.status_detail = ""
+            run.note(note)
+
+        return self._apply(using, self._as_enqueued(), change,
+                           ("status_detail", "timeline", "timeline_omitted"))
+
+    def record_retried(self, using: str, sentence: str, settle: bool) -> bool:
+        """A FAILED, REJECTED or SKIPPED run is retried as a new run: the sentence is added
+        to its detail and timeline. ``settle``: Pub/Sub still redelivers it (FAILED, attempts
+        left), so it becomes FAILED for good and its next delivery is acknowledged unrun.
+
+        Only if the run is as read and no other retry of it may still run (or has run): two
+        staff retrying one run at once make one retry."""
+        def change(run: "TaskExecution") -> None:
+            run.status_detail = f"{run.status_detail} {sentence}".strip()
+            if settle:
+                run.gave_up = True
+                run.finished_at = timezone.now()
+            run.note(sentence)
+
+        expect = {"status": self.status, "attempts": self.attempts,
+                  "status_detail": self.status_detail, "gave_up": self.gave_up}
+        return self._apply(using, expect, change, (
+            "status_detail", "gave_up", "finished_at", "timeline", "timeline_omitted"),
+            exclude=Exists(TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
+
+    @property
+    def redelivered_by_pubsub(self) -> bool:
+        """Whether Pub/Sub will deliver this run again: it failed with attempts left."""
+        return self.status == State.FAILED and not self.gave_up
+
+
+# A retry that stands for its original: it may still run (READY, RUNNING, or FAILED with
+# attempts left, which Pub/Sub redelivers) or it ran. A retry that was rejected, skipped or
+# gave up does not: its original can be retried again.
+LIVE_RETRY = (Q(status__in=[State.READY, State.RUNNING, State.SUCCESSFUL])
+              | Q(status=State.FAILED, gave_up=False))
 
 
 class SwitchMode(models.TextChoices):

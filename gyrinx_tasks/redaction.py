@@ -1,8 +1,10 @@
 """Redaction of the payload (args, kwargs, return value) of routes with ``redact=True``.
 
 Such runs keep their payload in the database, since the task needs it, but the admin and
-the exports show REDACTED in its place unless the user holds PAYLOAD_PERMISSION. The
-delivery path never logs a payload, redacted or not.
+the exports show REDACTED in its place unless the user holds PAYLOAD_PERMISSION. Runs of no
+route in the registry (name missing, unknown, renamed or removed) are redacted too: whether
+their payload is personal data cannot be known. The delivery path never logs a payload,
+redacted or not.
 """
 
 import logging
@@ -18,16 +20,19 @@ REDACTED_NOTE = (
     "run but shown only to users with the permission \"Can see arguments and results of "
     "redacted tasks\"."
 )
-
-
-class _Everything(frozenset):
-    """Stands for every task name: used when the registry cannot be read."""
-
-    def __contains__(self, item: object) -> bool:
-        return True
-
-    def __bool__(self) -> bool:  # an empty frozenset underneath, but it holds every name
-        return True
+_PERMISSION_SENTENCE = (
+    "shown only to users with the permission \"Can see arguments and results of redacted "
+    "tasks\"."
+)
+REDACTED_UNKNOWN_NOTE = (
+    "[redacted] This run's task is not in TASKS_REGISTRY (its name is missing, or its route "
+    "was renamed or removed), so whether its arguments and result hold personal data is "
+    f"unknown: they are {_PERMISSION_SENTENCE}"
+)
+REDACTED_UNREADABLE_NOTE = (
+    "[redacted] TASKS_REGISTRY cannot be loaded, so no run's arguments and result are known "
+    f"to be free of personal data: they are {_PERMISSION_SENTENCE}"
+)
 
 
 def redacted_routes() -> tuple[Any, ...] | None:
@@ -40,16 +45,24 @@ def redacted_routes() -> tuple[Any, ...] | None:
         return None
 
 
-def redacted_task_names() -> frozenset[str]:
-    """Names of the routes whose payload is redacted.
+def shown_task_names() -> frozenset[str]:
+    """Names of the registry's routes without ``redact=True``: the only runs whose payload
+    everyone who may see the run may see.
 
-    Every name, if the registry cannot be loaded: not knowing which tasks carry personal
-    data must not reveal it.
+    The list is of what may be shown, not of what is hidden, so redaction fails closed: a run
+    whose task name is missing (rejected before its name was read), unknown, or of a route
+    since renamed or removed is redacted, and so is every run while the registry cannot be
+    loaded. Whether such a run carries personal data cannot be known.
     """
-    routes = redacted_routes()
-    if routes is None:
-        return _Everything()
-    return frozenset(route.name for route in routes)
+    from .registry import get_routes
+
+    try:
+        routes = get_routes()
+    except RegistryError:
+        return frozenset()
+    redacted = {route.name for route in routes if route.redact}
+    # A name shared by a redacted and a plain route stays redacted.
+    return frozenset(route.name for route in routes if route.name not in redacted)
 
 
 def can_view_payload(user: Any) -> bool:
@@ -57,11 +70,22 @@ def can_view_payload(user: Any) -> bool:
     return bool(user is not None and user.is_active and user.has_perm(PAYLOAD_PERMISSION))
 
 
-def is_redacted(task_name: str, user: Any = None) -> bool:
+def is_redacted(task_name: str | None, user: Any = None) -> bool:
     """Whether the payload of a run of ``task_name`` must be hidden from ``user``."""
     if user is not None and can_view_payload(user):
         return False
-    return task_name in redacted_task_names()
+    return task_name not in shown_task_names()
+
+
+def redaction_note(task_name: str | None) -> str:
+    """What the run page shows in place of a redacted value, saying why it is hidden."""
+    from .registry import get_routes
+
+    try:
+        known = {route.name for route in get_routes()}
+    except RegistryError:
+        return REDACTED_UNREADABLE_NOTE
+    return REDACTED_NOTE if task_name in known else REDACTED_UNKNOWN_NOTE
 
 
 class RedactedTaskLogFilter(logging.Filter):

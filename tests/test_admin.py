@@ -433,6 +433,55 @@ def test_unfiltered_changelist_skips_count_star_on_postgresql(admin_client, monk
     assert any("COUNT(" in q["sql"].upper() for q in filtered.captured_queries)
 
 
+# Issue 17, item 12. Before: a page number far past the approximate end made the database
+# skip that many rows (reading every row of the list), and past 2**63 rows the OFFSET
+# overflowed: a 500.
+FAR_PAGES = [10**6, 10**19, 10**200]
+
+
+def run_table_offsets(captured):
+    return [q["sql"] for q in captured.captured_queries
+            if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"] and "OFFSET" in q["sql"]]
+
+
+def test_pages_past_the_highest_id_are_empty_without_a_query(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    for _ in range(5):
+        make_run("echo")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("-created_at"), 2)
+    assert paginator.is_approximate and paginator.is_capped
+    assert len(paginator.page(3).object_list) == 1  # the real 5th row, past the counted end
+    for number in FAR_PAGES:
+        with CaptureQueriesContext(connection) as captured:
+            assert list(paginator.page(number).object_list) == []
+        assert run_table_offsets(captured) == []
+
+
+def test_changelist_pages_far_past_the_end_answer_at_once(admin_client, monkeypatch):
+    from gyrinx_tasks.admin.executions import TaskExecutionAdmin
+
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_below", 0)
+    monkeypatch.setattr(TaskExecutionAdmin, "list_per_page", 2)
+    for _ in range(6):
+        make_run("echo")
+    if connection.vendor == "postgresql":
+        analyze()
+    lists = [{"task_name": "echo"}]  # capped: "more than 3"
+    if connection.vendor == "postgresql":
+        lists.append({})  # unfiltered: the planner's estimate
+    for params in lists:
+        for number in FAR_PAGES:
+            with CaptureQueriesContext(connection) as captured:
+                response = admin_client.get(reverse(CHANGELIST), {**params, "p": number})
+            assert response.status_code == 200, (params, number)
+            assert shown(response) == []
+            assert run_table_offsets(captured) == []
+        # A page that exists still shows its runs.
+        assert len(shown(admin_client.get(reverse(CHANGELIST), {**params, "p": 3}))) == 2
+
+
 # --- Task execution detail -----------------------------------------------------------------
 
 def test_change_view_shows_payload_errors_per_attempt_and_timeline(admin_client):
@@ -601,3 +650,63 @@ def test_staff_log_in_and_see_a_run(page, live_server):
     row.locator("th a").click()
     page.wait_for_selector(".gyrinx-timeline")
     assert "enqueued" in page.locator(".gyrinx-timeline").inner_text()
+
+
+# --- Nothing changes on GET (issue 17, item 13) ----------------------------------------------
+
+def our_admin_urls():
+    """(name, pattern) of every admin URL of this app, found in the admin site's URLconf."""
+    from django.contrib import admin
+    from django.urls import URLResolver
+
+    found = []
+
+    def walk(patterns):
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns)
+            elif pattern.name and pattern.name.startswith("gyrinx_tasks_"):
+                found.append((pattern.name, pattern))
+
+    walk(admin.site.get_urls())
+    return found
+
+
+def test_no_get_of_any_of_our_admin_urls_writes_to_the_database(admin_client, monkeypatch):
+    # Every admin URL of the app, including ones added later, as a superuser, as a page and
+    # as an HTMX request: not one INSERT, UPDATE or DELETE. (Before issue 17 the stream
+    # exported and wrote its audit entry on GET.)
+    from gyrinx_tasks.admin import provisioning as provisioning_page
+    from gyrinx_tasks.admin import schedules as schedules_page
+    from gyrinx_tasks.models import KillSwitch
+    from gyrinx_tasks.provisioning import ProvisioningError
+
+    def no_gcp(*args, **kwargs):
+        raise ProvisioningError("GCP is not reached in this test.")
+
+    monkeypatch.setattr(provisioning_page, "read_plan", no_gcp)
+    monkeypatch.setattr(schedules_page, "get_job", no_gcp)
+    run = make_run("add", State.FAILED, args=[1], attempts=1)
+    switch = KillSwitch.objects.create(task_name="retired_task", enabled=False, reason="r")
+    object_ids = {"taskexecution": run.pk, "killswitch": switch.pk}
+    admin_client.get(reverse(CHANGELIST))  # the session is saved before we start counting
+
+    urls = our_admin_urls()
+    assert len(urls) > 20
+    for name, pattern in urls:
+        kwargs = {}
+        for key in pattern.pattern.converters:
+            if key == "object_id":
+                kwargs[key] = object_ids[name.split("_")[2]]
+            elif key in ("task", "task_name"):
+                kwargs[key] = "nightly_cleanup"  # a scheduled route of tests/registry.py
+            else:
+                raise AssertionError(f"Give {name}'s URL argument {key!r} a value here.")
+        path = reverse(f"admin:{name}", kwargs=kwargs)
+        for headers in ({}, {"HX-Request": "true"}):
+            with CaptureQueriesContext(connection) as captured:
+                response = admin_client.get(path, headers=headers)
+            assert response.status_code < 500, (path, response.status_code)
+            writes = [q["sql"] for q in captured.captured_queries
+                      if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
+            assert writes == [], (path, headers, writes)

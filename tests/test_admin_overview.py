@@ -18,7 +18,7 @@ from tests.test_sample_site import manage, shell
 
 OVERVIEW = "admin:gyrinx_tasks_overview_changelist"
 sample_env = test_sample_site.site_env  # that module's fixture, reused here under this name
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 
 def finished(task_name, status, seconds, ago=timedelta(minutes=10), **fields):

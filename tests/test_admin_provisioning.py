@@ -374,3 +374,74 @@ def test_browser_in_sync_then_missing_then_provision_now_fixes_it(emulator_env, 
     assert page.locator(".gyrinx-state-ok").count() == 2 * count
     assert audit_entries()[0].startswith(
         f"Provision now: create subscription {route.subscription_name}: created")
+
+
+# --- What a failure shows to whom (issue 17, item 14) ----------------------------------------
+# Before: every viewer saw the Google client's own text (key file paths, service accounts,
+# the project id) and the settings' values.
+
+KEY_FILE = "/srv/secrets/tasks-sa-key.json"
+
+
+def failing_plan(monkeypatch, exc):
+    def read():
+        raise exc
+    monkeypatch.setattr(page_module, "read_plan", read)
+
+
+def credentials_failure():
+    try:
+        raise DefaultCredentialsError(f"File {KEY_FILE} was not found.")
+    except DefaultCredentialsError as cause:
+        try:
+            raise ProvisioningError(f"Could not create the publisher client: {cause}") from cause
+        except ProvisioningError as exc:
+            return exc
+
+
+@pytest.mark.parametrize("make_exc, sentence", [
+    (credentials_failure, "No usable Google credentials were found for this service."),
+    (lambda: ProvisioningError("Reading the current state from GCP failed: PermissionDenied: "
+                               "projects/test-project denied to sa@test-project.iam"),
+     "Reading the state of GCP failed."),
+    (lambda: __import__("google.api_core.exceptions", fromlist=["x"]).PermissionDenied(
+        "projects/test-project: caller sa@test-project.iam lacks pubsub.topics.list"),
+     "GCP refused the credentials of this service, or they lack a role."),
+    (lambda: __import__("django.core.exceptions", fromlist=["x"]).ImproperlyConfigured(
+        f"GOOGLE_APPLICATION_CREDENTIALS={KEY_FILE} for test-project"),
+     "The provisioning settings are incomplete or wrong."),
+])
+def test_view_only_staff_see_a_sentence_not_the_error_text(client, monkeypatch, settings,
+                                                           make_exc, sentence):
+    settings.GCP_PROJECT_ID = "test-project"
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "10.1.2.3:8085")
+    failing_plan(monkeypatch, make_exc())
+    client.force_login(staff_user("looker", "view_provisioningstatus"))
+    for headers in ({"HX-Request": "true"}, {}):
+        body = client.get(url("plan"), headers=headers).content.decode()
+        assert "Could not read the state of GCP" in body and sentence in body
+        assert "shown to superusers" in body
+        for secret in (KEY_FILE, "test-project", "sa@", "10.1.2.3"):
+            assert secret not in body, secret
+
+
+def test_superusers_and_provisioners_see_the_detail(client, admin_client, monkeypatch,
+                                                    settings):
+    settings.GCP_PROJECT_ID = "test-project"
+    failing_plan(monkeypatch, credentials_failure())
+    provisioner = staff_user("provisioner", "view_provisioningstatus",
+                             "provision_provisioningstatus")
+    client.force_login(provisioner)
+    for who in (admin_client, client):
+        body = htmx(who, "get", url("plan")).content.decode()
+        assert KEY_FILE in body and "GCP_PROJECT_ID is &#x27;test-project&#x27;" in body
+    confirm = htmx(client, "get", url("confirm")).content.decode()
+    assert KEY_FILE in confirm
+
+
+def test_the_detail_goes_to_the_server_log(client, monkeypatch, caplog):
+    failing_plan(monkeypatch, credentials_failure())
+    client.force_login(staff_user("looker", "view_provisioningstatus"))
+    with caplog.at_level("WARNING", logger="gyrinx_tasks"):
+        htmx(client, "get", url("plan"))
+    assert KEY_FILE in caplog.text

@@ -27,7 +27,7 @@ from tests.infra.browser import save_screenshot
 from tests.test_admin import make_run, staff_user
 
 pytest_plugins = ["tests.fakes.scheduler"]  # the scheduler_fake fixture
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 PAGE = "admin:gyrinx_tasks_scheduledjob_changelist"
 NIGHTLY = "nightly_cleanup"
@@ -225,6 +225,22 @@ def test_polling_gives_up_on_a_run_never_delivered(admin_client):
 
     assert response.status_code == 286
     assert "not delivered within 10 minutes" in response.content.decode()
+
+
+# Issue 17, item 12. Before: inf and nan made int(since) raise (a 500), 1e400 parsed as inf,
+# and a time in the future kept a watch polling for ever.
+@pytest.mark.parametrize("since", ["inf", "-inf", "nan", "1e400", "-1", "1e300", "soon", ""])
+def test_a_since_that_is_not_a_past_unix_time_is_a_400_with_a_sentence(admin_client, since):
+    response = htmx(admin_client, "get", f"{url('lastrun')}?watch=m-9&since={since}")
+    assert response.status_code == 400
+    assert "since must be the Unix time in seconds" in response.content.decode()
+
+
+def test_a_since_a_little_ahead_of_this_server_is_accepted(admin_client):
+    # Another instance's clock may run a few seconds ahead.
+    since = int(time.time()) + 30
+    response = htmx(admin_client, "get", f"{url('lastrun')}?watch=m-9&since={since}")
+    assert response.status_code == 200 and 'hx-trigger="every 1s"' in response.content.decode()
 
 
 def test_run_now_that_cannot_publish_says_why_in_place(admin_client, monkeypatch):

@@ -20,6 +20,8 @@ from tests import tasks as jobs
 from tests.helpers import FakePublisher, envelope, use_publisher
 from tests.registry import tasks as GOOD_ROUTES
 
+pytestmark = pytest.mark.clock
+
 URL = "/tasks/pubsub/"
 
 # This module is also a registry (TASKS_REGISTRY = "tests.test_attempts"): the good routes,

@@ -12,6 +12,8 @@ from gyrinx_tasks.auth import PushTokenVerifier, get_verifier, reset_verifier, v
 from gyrinx_tasks.conf import tasks_settings
 from gyrinx_tasks.exceptions import OIDCVerificationError
 
+pytestmark = pytest.mark.clock
+
 pytest_plugins = ["tests.oidc"]  # the oidc fixtures
 
 SERVICE_ACCOUNT = "pubsub-invoker@test-project.iam.gserviceaccount.com"

@@ -3,7 +3,7 @@ from django.db import transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.tasks.signals import task_enqueued
-from google.api_core.exceptions import ServiceUnavailable
+from google.api_core.exceptions import PermissionDenied
 
 from gyrinx_tasks.backend import PubSubBackend
 from gyrinx_tasks.exceptions import TaskPublishError
@@ -71,19 +71,19 @@ def test_enqueue_sends_task_enqueued_after_publishing(fake_publisher):
 
 
 def test_failed_publish_raises_and_leaves_the_run_failed(fake_publisher):
-    fake_publisher.error = ServiceUnavailable("pubsub is down")
+    fake_publisher.error = PermissionDenied("not allowed to publish")
 
     with pytest.raises(TaskPublishError, match="Could not publish task 'tests.tasks.add'"):
         tasks.add.enqueue(1, 2)
 
     execution = TaskExecution.objects.get()
     assert execution.status == State.FAILED
-    assert execution.errors[0]["exception_class_path"].endswith("ServiceUnavailable")
-    assert "pubsub is down" in execution.errors[0]["traceback"]
+    assert execution.errors[0]["exception_class_path"].endswith("PermissionDenied")
+    assert "not allowed to publish" in execution.errors[0]["traceback"]
     assert "never delivered" in execution.status_detail
     result = tasks.add.get_result(execution.result_id)
     assert result.status == TaskResultStatus.FAILED
-    assert result.errors[0].exception_class_path.endswith("ServiceUnavailable")
+    assert result.errors[0].exception_class_path.endswith("PermissionDenied")
 
 
 def test_unrouted_task_is_invalid(fake_publisher):

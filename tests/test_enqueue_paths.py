@@ -10,7 +10,7 @@ import pytest
 from django.db import OperationalError, connection, transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.test.utils import CaptureQueriesContext
-from google.api_core.exceptions import ServiceUnavailable
+from google.api_core.exceptions import PermissionDenied
 
 from gyrinx_tasks import backend as backend_module
 from gyrinx_tasks import clients
@@ -33,7 +33,7 @@ class PickyPublisher(FakePublisher):
     def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
         if json.loads(data)["args"][:1] and json.loads(data)["args"][0] in self.refuse:
             future: Future = Future()
-            future.set_exception(ServiceUnavailable("pubsub is down for this one"))
+            future.set_exception(PermissionDenied("not allowed to publish this one"))
             return future
         return super().publish(topic, data, **attrs)
 
@@ -76,14 +76,14 @@ def test_single_enqueue_writes_once_and_leaves_the_message_id_to_the_delivery(fa
 
 @pytest.mark.django_db
 def test_single_enqueue_publish_failure_still_raises_and_fails_the_run(fake_publisher):
-    fake_publisher.error = ServiceUnavailable("down")
+    fake_publisher.error = PermissionDenied("not allowed")
 
     with pytest.raises(TaskPublishError, match="recorded as FAILED"):
         tasks.add.enqueue(1, 2)
 
     [execution] = TaskExecution.objects.all()
     assert execution.status == State.FAILED
-    assert execution.errors[-1]["exception_class_path"].endswith("ServiceUnavailable")
+    assert execution.errors[-1]["exception_class_path"].endswith("PermissionDenied")
 
 
 @pytest.mark.django_db
@@ -242,11 +242,12 @@ def test_all_enqueues_in_a_rolled_back_savepoint_publish_nothing(on_commit_backe
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_publish_on_commit_raises_and_marks_exactly_those_runs(on_commit_backend):
+def test_a_failed_publish_on_commit_logs_and_marks_exactly_those_runs(on_commit_backend,
+                                                                     caplog):
     picky = PickyPublisher(refuse={2, 4})
     use_publisher(picky)
 
-    with pytest.raises(TaskPublishError) as raised, transaction.atomic():
+    with transaction.atomic():  # committed: its caller sees no error (issue 16, behaviour 3)
         results = {n: tasks.add.enqueue(n, 0) for n in range(6)}
 
     failed = set(TaskExecution.objects.filter(status=State.FAILED)
@@ -254,10 +255,45 @@ def test_a_failed_publish_on_commit_raises_and_marks_exactly_those_runs(on_commi
     assert failed == {results[2].id, results[4].id}
     assert TaskExecution.objects.filter(status=State.READY).count() == 4
     assert published_args(picky) == [0, 1, 3, 5]
-    assert "2 run(s)" in str(raised.value)
-    assert results[2].id in str(raised.value) and results[4].id in str(raised.value)
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    summary = [text for text in logged if "2 run(s)" in text]
+    assert len(summary) == 1
+    assert results[2].id in summary[0] and results[4].id in summary[0]
     assert results[2].status == TaskResultStatus.FAILED
     assert results[0].status == TaskResultStatus.READY
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_publish_on_commit_never_stops_later_on_commit_callbacks(on_commit_backend):
+    """Issue 16, behaviour 3: the order confirmation registered after the enqueue still goes
+    out, and the block that committed does not raise."""
+    use_publisher(FakePublisher(error=PermissionDenied("not allowed to publish")))
+    sent = []
+
+    with transaction.atomic():
+        result = tasks.add.enqueue(1, 2)
+        transaction.on_commit(lambda: sent.append("order confirmation"))
+
+    assert sent == ["order confirmation"]
+    assert TaskExecution.objects.get(result_id=result.id).status == State.FAILED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_publish_on_commit_never_turns_a_committed_request_into_a_500(
+        on_commit_backend, client, settings):
+    """Issue 16, behaviour 3, through a request: a view that enqueues in ATOMIC_REQUESTS."""
+    use_publisher(FakePublisher(error=PermissionDenied("not allowed to publish")))
+    settings.ROOT_URLCONF = "tests.urls_enqueue"
+    settings.DATABASES["default"]["ATOMIC_REQUESTS"] = True
+    try:
+        response = client.post("/order/", {"x": 1, "y": 2})
+    finally:
+        settings.DATABASES["default"]["ATOMIC_REQUESTS"] = False
+
+    assert response.status_code == 200
+    run = TaskExecution.objects.get(result_id=response.content.decode())
+    assert run.status == State.FAILED
+    assert response.wsgi_request.confirmation_sent  # the callback after the enqueue ran
 
 
 # -- enqueue_many --------------------------------------------------------------------------

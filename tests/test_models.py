@@ -3,7 +3,7 @@ from django_fsm import TransitionNotAllowed
 
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 
 def test_happy_path_builds_a_timeline():

@@ -92,7 +92,6 @@ def test_redact_is_off_by_default_and_per_route():
     assert TaskRoute(public_add).redact is False
     assert is_redacted("welcome_member") and is_redacted("close_account")
     assert not is_redacted("public_add")
-    assert not is_redacted("not_in_the_registry")
 
 
 def test_the_permission_exists_and_superusers_hold_it(django_user_model):
@@ -216,7 +215,7 @@ def test_resource_and_stream_agree_cell_for_cell():
 def test_admin_stream_redacts_without_the_permission(client):
     redacted_run()
     viewer(client, "export_taskexecution")
-    response = client.get(reverse(STREAM_PAYLOAD))
+    response = client.post(reverse(STREAM_PAYLOAD))
     text = b"".join(response.streaming_content).decode()
     assert not leaks(text)
     assert payload_cells(parse(text), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
@@ -225,7 +224,7 @@ def test_admin_stream_redacts_without_the_permission(client):
 def test_admin_stream_reveals_with_the_permission(client):
     redacted_run()
     viewer(client, "export_taskexecution", "view_payload_taskexecution")
-    text = b"".join(client.get(reverse(STREAM_PAYLOAD)).streaming_content).decode()
+    text = b"".join(client.post(reverse(STREAM_PAYLOAD)).streaming_content).decode()
     assert EMAIL in text and SECRET_NAME in text
 
 
@@ -399,8 +398,71 @@ def test_payload_columns_cannot_be_filtered_through_the_url(client, lookup):
     redacted_run()
     viewer(client, "export_taskexecution")
     changelist = reverse("admin:gyrinx_tasks_taskexecution_changelist")
-    for url in (changelist, reverse(STREAM_PAYLOAD)):
-        response = client.get(f"{url}?{lookup}")
+    for url, method in ((changelist, client.get), (reverse(STREAM_PAYLOAD), client.post)):
+        response = method(f"{url}?{lookup}")
         assert response.status_code in (302, 400), (url, response.status_code)
         body = b"".join(response.streaming_content) if response.streaming else response.content
         assert not leaks(body.decode())
+
+
+# --- Failing closed: runs of no route in the registry (issue 17, item 9) ---------------------
+# Before: only names listed with redact=True were hidden, so a run rejected before its name
+# was read, or of a route since renamed or removed, showed its payload to every viewer.
+
+def orphan_runs():
+    """A rejected run without a task name, and a run of a route renamed since it ran."""
+    nameless = make_run("", State.REJECTED, raw_message=f'{{"args": ["{EMAIL}"]}}',
+                        status_detail="The task message has no usable 'task_name'.")
+    renamed = make_run("send_welcome_v1", State.SUCCESSFUL, args=[EMAIL],
+                       kwargs={"name": SECRET_NAME}, return_value={"sent_to": EMAIL})
+    return nameless, renamed
+
+
+@pytest.mark.parametrize("name", ["", None, "not_in_the_registry", "welcome_member_old"])
+def test_runs_of_no_registered_route_are_redacted(name, django_user_model):
+    assert is_redacted(name)
+    allowed = staff_user("allowed", "view_taskexecution", "view_payload_taskexecution")
+    assert not is_redacted(name, allowed)
+
+
+def test_run_page_redacts_runs_of_no_registered_route(client):
+    nameless, renamed = orphan_runs()
+    viewer(client)
+    for run in (nameless, renamed):
+        page = client.get(reverse(CHANGE, args=[run.pk])).content.decode()
+        assert not leaks(page), run.task_name
+        assert "is not in TASKS_REGISTRY" in page
+        assert "Can see arguments and results of redacted tasks" in page
+
+
+def test_run_page_shows_runs_of_no_registered_route_with_the_permission(client):
+    nameless, renamed = orphan_runs()
+    viewer(client, "view_payload_taskexecution")
+    assert EMAIL in client.get(reverse(CHANGE, args=[nameless.pk])).content.decode()
+    assert SECRET_NAME in client.get(reverse(CHANGE, args=[renamed.pk])).content.decode()
+
+
+def test_exports_redact_runs_of_no_registered_route(client):
+    orphan_runs()
+    public_run()
+    viewer(client, "export_taskexecution")
+    exported = client.post(reverse(EXPORT), export_form(resource=1)).content.decode()
+    streamed = b"".join(client.post(reverse(STREAM_PAYLOAD)).streaming_content).decode()
+    command = export_command("--include-payload")
+    for text in (exported, streamed, command):
+        rows = parse(text)
+        for name in ("", "send_welcome_v1"):
+            assert payload_cells(rows, name) == [(REDACTED, REDACTED, REDACTED)], name
+        # A registered route without redact is still shown.
+        assert payload_cells(rows, "public_add") == [(f'["{EMAIL}"]', '{"y": 2}', "7")]
+    revealed = export_command("--include-payload", "--include-redacted")
+    assert SECRET_NAME in revealed
+
+
+def test_an_unreadable_registry_names_itself_on_the_run_page(client, settings):
+    run = public_run()
+    settings.TASKS_REGISTRY = "tests.no_such_registry_module"
+    clear_cache()
+    viewer(client)
+    page = client.get(reverse(CHANGE, args=[run.pk])).content.decode()
+    assert not leaks(page) and "TASKS_REGISTRY cannot be loaded" in page

@@ -5,7 +5,7 @@ from concurrent.futures import Future
 import pytest
 from django.tasks import task_backends
 from django.test import override_settings
-from google.api_core.exceptions import ServiceUnavailable
+from google.api_core.exceptions import PermissionDenied
 
 from gyrinx_tasks import TaskRoute
 from gyrinx_tasks.conf import tasks_settings
@@ -36,7 +36,7 @@ class PickyPublisher(FakePublisher):
     def __init__(self, refuse: str = "bad", error: Exception | None = None) -> None:
         super().__init__()
         self.refuse = f'"args":["{refuse}"'.encode()
-        self.failure = error or ServiceUnavailable("pubsub is down for this one")
+        self.failure = error or PermissionDenied("not allowed to publish this one")
 
     def publish(self, topic: str, data: bytes, **attrs: str) -> Future:
         if self.refuse in data:
@@ -64,9 +64,12 @@ def test_retry_run_publishes_a_new_linked_run(fake_publisher, admin_user, status
     assert topic.endswith("--tests.tasks.add")
     assert message["task_id"] == new.result_id and message["args"] == [2]
     assert attrs == {"trigger": "retry", "gyrinx_recorded": "1"}
-    # The original keeps its history and state.
+    # The original keeps its history and state, and says it was retried (issue 16).
     original.refresh_from_db()
-    assert (original.status, original.timeline) == (status, timeline_before)
+    assert original.status == status
+    assert original.timeline[:-1] == timeline_before
+    assert original.timeline[-1]["note"].startswith(f"Retried as run {new.result_id} by admin.")
+    assert f"Retried as run {new.result_id} by admin." in original.status_detail
     assert list(original.retries.all()) == [new]
 
 
@@ -152,10 +155,10 @@ def test_retry_run_refuses_while_the_environment_kill_switch_is_off(fake_publish
 
 
 def test_retry_run_publish_failure_leaves_a_failed_new_run(fake_publisher):
-    fake_publisher.error = ServiceUnavailable("pubsub is down")
+    fake_publisher.error = PermissionDenied("not allowed to publish")
     original = make_run("add", State.FAILED, args=[1, 2])
 
-    with pytest.raises(RetryPublishFailed, match="recorded as FAILED") as caught:
+    with pytest.raises(RetryPublishFailed, match="that run is FAILED") as caught:
         retry_run(original)
 
     new = caught.value.execution
@@ -270,7 +273,7 @@ def test_a_failed_publish_in_a_bulk_retry_marks_exactly_that_run():
     assert (report.retried, report.publish_failed) == (2, 1)
     [bad_retry] = bad.retries.all()
     assert bad_retry.status == State.FAILED
-    assert "pubsub is down for this one" in bad_retry.errors[0]["traceback"]
+    assert "not allowed to publish this one" in bad_retry.errors[0]["traceback"]
     for run in (before, after):
         assert [r.status for r in run.retries.all()] == [State.READY]
     # The failed retry is not picked up again by the same bulk retry.

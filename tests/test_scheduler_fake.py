@@ -7,6 +7,8 @@ from google.api_core import exceptions
 from google.cloud import scheduler_v1
 from google.protobuf import field_mask_pb2
 
+pytestmark = pytest.mark.clock
+
 pytest_plugins = ["tests.fakes.scheduler"]
 
 Job = scheduler_v1.Job

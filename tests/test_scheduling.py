@@ -29,6 +29,8 @@ from gyrinx_tasks.scheduling import (
 from tests import scheduling_tasks
 from tests.helpers import FakePublisher, use_publisher
 
+pytestmark = pytest.mark.clock
+
 LONDON, NEW_YORK = ZoneInfo("Europe/London"), ZoneInfo("America/New_York")
 SCHEDULING_REGISTRY = override_settings(TASKS_REGISTRY="tests.scheduling_tasks")
 

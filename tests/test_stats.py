@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from gyrinx_tasks import stats
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 NOW = datetime(2026, 11, 23, 12, 34, 56, 789000, tzinfo=UTC)
 # The 1h window at NOW: bars are whole minutes, so it is [11:35:00, 12:35:00).

@@ -25,7 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from ..conf import tasks_settings
 from ..expressions import last_error_class
 from ..models import State, TaskExecution
-from ..redaction import REDACTED_NOTE, is_redacted
+from ..redaction import is_redacted, redaction_note
 from ..retry import (
     RETRYABLE,
     Retried,
@@ -35,6 +35,9 @@ from ..retry import (
     RetryReport,
     count_selection,
     limit_message,
+    live_retry_refusal,
+    republish_refusal,
+    republish_run,
     retry_queryset,
     retry_run,
 )
@@ -289,20 +292,31 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         name = f"{self.opts.app_label}_{self.opts.model_name}_retry"
         retry = path("<int:object_id>/retry/", self.admin_site.admin_view(self.retry_view),
                      name=name)
-        return [retry, *super().get_urls()]
+        republish = path("<int:object_id>/republish/",
+                         self.admin_site.admin_view(self.republish_view),
+                         name=f"{self.opts.app_label}_{self.opts.model_name}_republish")
+        return [retry, republish, *super().get_urls()]
 
-    def retry_context(self, request, obj, new=None, error: str = "") -> dict[str, Any]:
+    def retry_context(self, request, obj, new=None, error: str = "",
+                      republished: bool = False) -> dict[str, Any]:
         """What the retry panel (taskexecution/_retry.html) shows for ``obj``."""
         retries = list(obj.retries.only("pk", "result_id", "status", "created_at")
                        .order_by("-pk")[:RETRIES_SHOWN + 1])
+        allowed = self.has_retry_permission(request)
+        already = live_retry_refusal(obj) if obj.status in RETRYABLE else ""
         return {
             "original": obj,
             "retry_of": obj.retry_of if obj.retry_of_id else None,
             "retries": retries[:RETRIES_SHOWN],
             "more_retries": len(retries) > RETRIES_SHOWN,
-            "can_retry": self.has_retry_permission(request) and obj.status in RETRYABLE,
+            "can_retry": allowed and obj.status in RETRYABLE and not already,
+            "already_retried": already,
+            # A READY run whose message may never have reached Pub/Sub (issue 16).
+            "can_republish": allowed and obj.status == State.READY
+                             and not republish_refusal(obj),
             "retry_new": new,
             "retry_error": error,
+            "republished": republished,
         }
 
     def retry_view(self, request, object_id):
@@ -336,6 +350,36 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         return HttpResponseRedirect(reverse(
             f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[target.pk]))
 
+    def republish_view(self, request, object_id):
+        """POST: publish a READY run's message again (its first publish is in doubt)."""
+        require(self.has_retry_permission(request))
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = get_object_or_404(TaskExecution, pk=object_id)
+        error, published = "", False
+        try:
+            published = republish_run(run, request.user)
+        except RetryError as exc:
+            error = str(exc)
+        else:
+            audit(request, run, "Published again." if published else
+                  "Published again; the publish failed, the run stays READY.")
+            if not published:
+                error = ("Publishing it again failed; the run stays READY with the error "
+                         "recorded. Try again once Pub/Sub answers.")
+        run.refresh_from_db()
+        if request.htmx:
+            context = {**self.retry_context(request, run, None, error, published),
+                       "opts": self.opts}
+            return TemplateResponse(request, RETRY_PANEL, context)
+        if error:
+            self.message_user(request, error, messages.ERROR)
+        else:
+            self.message_user(request, "Published again: the run starts when it is delivered.",
+                              messages.SUCCESS)
+        return HttpResponseRedirect(reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[run.pk]))
+
     @admin.action(permissions=["retry"], description=_("Retry selected runs"))
     def retry_selected(self, request, queryset):
         require(self.has_retry_permission(request))
@@ -349,6 +393,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                 selection=selection,
                 total_label=capped_count(selection.total, limit),
                 retryable_label=capped_count(selection.retryable, limit),
+                already_retried_label=capped_count(selection.already_retried, limit),
                 limit_label=f"{limit:,}",
                 limit_message=limit_message(limit),
                 selected=request.POST.getlist(ACTION_CHECKBOX_NAME),
@@ -431,6 +476,15 @@ def report_messages(report: RetryReport, limit: int,
                     "see it" if made == 1 else f"see the {made:,} new runs")
         if link and made else f"{done}.",
     )]
+    if report.already_retried:
+        count = capped_count(report.already_retried, limit).capitalize()
+        out.append((messages.INFO, f"{count} selected runs were skipped because a retry of "
+                                   "each is waiting, running or succeeded; retry those runs "
+                                   "instead if they fail."))
+    if report.changed:
+        out.append((messages.WARNING, f"{report.changed:,} runs changed while they were "
+                                      "being retried (a delivery, or another retry) and were "
+                                      "left alone; reload the list to see them."))
     if report.not_retryable:
         count = capped_count(report.not_retryable, limit).capitalize()
         out.append((messages.INFO, f"{count} selected runs were not failed, rejected or "
@@ -449,8 +503,10 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
     ``redact`` (gyrinx_tasks/redaction.py) hides the args, kwargs, return value, and what
     holds them too: the raw message and the tracebacks.
     """
+    note = redaction_note(obj.task_name) if redact else ""
+
     def shown(value: Any) -> str:
-        return REDACTED_NOTE if redact else _pretty(value)
+        return note if redact else _pretty(value)
 
     payload = [(_("Args"), shown(obj.args)), (_("Kwargs"), shown(obj.kwargs))]
     if obj.return_value is not None or obj.status == State.SUCCESSFUL:
@@ -461,7 +517,7 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
             "at": _when(error.get("at")),
             "exception_class_path": error.get("exception_class_path", ""),
             # The exception's message often quotes the arguments; its class stays visible.
-            "traceback": REDACTED_NOTE if redact else error.get("traceback", ""),
+            "traceback": note if redact else error.get("traceback", ""),
         }
         for error in obj.errors or []
         if isinstance(error, dict)
@@ -477,7 +533,7 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
         "execution_errors": errors,
         "execution_attempts": attempt_rows(obj),
         "execution_timeline": timeline,
-        "execution_raw_message": (REDACTED_NOTE if redact and obj.raw_message
+        "execution_raw_message": (note if redact and obj.raw_message
                                   else _pretty_text(obj.raw_message)),
     }
 

@@ -161,6 +161,19 @@ def build_rows(routes: tuple[TaskRoute, ...], switches: dict[str, KillSwitch]
     return rows, orphans
 
 
+def switches_task(switch: KillSwitch) -> bool:
+    """Whether ``switch`` keeps a registered task off, so that deleting it turns the task on.
+
+    While the registry cannot be loaded every switch that is off counts: failing closed.
+    """
+    if switch.enabled:
+        return False
+    try:
+        return any(route.name == switch.task_name for route in get_routes())
+    except RegistryError:
+        return True
+
+
 def turn_off(task_name: str, reason: str, mode: str, username: str) -> tuple[KillSwitch, str]:
     """Switch a task off in ``mode``; return the switch and what changed ("" if nothing)."""
     with transaction.atomic(using=router.db_for_write(KillSwitch)):
@@ -249,6 +262,31 @@ class KillSwitchAdmin(admin.ModelAdmin):
                  name=f"{prefix}_turn_on"),
             *super().get_urls(),
         ]
+
+    # Django's add, change and delete views reach the same rows as the page, so they need the
+    # same permission to change what deliveries do: add_killswitch or delete_killswitch alone
+    # must not switch a task off or back on around change_killswitch.
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A new switch may be off: adding one is switching the task.
+        return super().has_add_permission(request) and self.has_change_permission(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        if obj is not None and switches_task(obj):
+            return self.has_change_permission(request)  # deleting it turns the task on
+        return True  # an orphan switch, or one that is on: deleting it changes nothing
+
+    def delete_model(self, request: HttpRequest, obj: KillSwitch) -> None:
+        # Checked again under a lock: the switch may have been turned off since the
+        # confirmation page was shown. PermissionDenied rolls back Django's LogEntry too.
+        with transaction.atomic(using=router.db_for_write(KillSwitch)):
+            current = KillSwitch.objects.select_for_update().filter(pk=obj.pk).first()
+            if current is None:
+                return
+            require(self.has_delete_permission(request, current))
+            current.delete()
 
     # Django's add/change forms: record who changed the switch and when it went off.
 

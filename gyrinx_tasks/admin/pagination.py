@@ -4,7 +4,9 @@
   kept fresh by autovacuum) instead of ``COUNT(*)``, which reads every row.
 - A filtered list counts at most ``count_cap + 1`` rows and says "more than N" beyond that.
 - Either way the total is approximate, so pages past it are served (empty at worst) rather
-  than redirected, and no "last page" link is offered.
+  than redirected, and no "last page" link is offered. A page that starts past the table's
+  highest id is empty without a query: no list has more rows than that, and asking the
+  database to skip that many rows would read every one of them (or overflow its OFFSET).
 Small tables, and tables never analysed, are counted exactly.
 """
 
@@ -13,6 +15,9 @@ from django.db import connections
 from django.db.models import QuerySet
 from django.db.models.sql.datastructures import Join
 from django.utils.functional import cached_property
+
+INTEGER_IDS = {"AutoField", "BigAutoField", "SmallAutoField", "IntegerField",
+               "BigIntegerField", "PositiveIntegerField", "PositiveBigIntegerField"}
 
 
 class EstimatedCountPaginator(Paginator):
@@ -79,7 +84,26 @@ class EstimatedCountPaginator(Paginator):
         if not self.is_approximate:
             return super().page(number)
         bottom = (number - 1) * self.per_page
+        bound = self.row_bound
+        if bound is not None and bottom >= bound:
+            # row_bound is None unless object_list is a QuerySet.
+            assert isinstance(self.object_list, QuerySet)
+            return Page(self.object_list.none(), number, self)
         return Page(self.object_list[bottom : bottom + self.per_page], number, self)
+
+    @cached_property
+    def row_bound(self) -> int | None:
+        """More rows than any list of this table can have: its highest integer id (ids count
+        up from 1), read from the primary key's index. None if the ids are not integers."""
+        queryset = self.object_list
+        if not isinstance(queryset, QuerySet):
+            return None
+        pk = queryset.model._meta.pk
+        if pk is None or pk.get_internal_type() not in INTEGER_IDS:
+            return None
+        highest = (queryset.model._default_manager.db_manager(queryset.db)
+                   .order_by("-pk").values_list("pk", flat=True).first())
+        return highest or 0
 
     def get_elided_page_range(self, number=1, *, on_each_side=3, on_ends=2):
         if not self.is_approximate:

@@ -56,8 +56,17 @@ def read_plan() -> Plan:
     return build_plan(config=config)
 
 
-def describe_failure(exc: Exception) -> dict[str, Any]:
-    """What failed, and what to check, as the fragment shows it in place of the plan."""
+def describe_failure(exc: Exception, detail: bool = True) -> dict[str, Any]:
+    """What failed, and what to check, as the fragment shows it in place of the plan.
+
+    ``detail`` (superusers and provisioners) shows the error's own text and the settings'
+    values. Without it the fragment says what kind of failure it was in a sentence: the
+    Google clients' messages name key files, service accounts and project ids, which staff
+    who may only look at the page need not see. The server log has the detail either way.
+    """
+    if not detail:
+        return {"what": failure_sentence(exc), "checks": GENERIC_CHECKS,
+                "timeout": CALL_TIMEOUT}
     emulator = tasks_settings.emulator_host
     try:
         from ..provisioning.config import default_project
@@ -85,6 +94,39 @@ def describe_failure(exc: Exception) -> dict[str, Any]:
     )
     return {"what": str(exc) or type(exc).__name__, "checks": checks,
             "timeout": CALL_TIMEOUT}
+
+
+GENERIC_CHECKS = [
+    "The provisioning settings (GCP_PROJECT_ID, CLOUD_RUN_SERVICE_URL, "
+    "TASKS_SERVICE_ACCOUNT); see docs/provisioning.md.",
+    "The service's Google credentials and the roles listed in docs/provisioning.md, or, "
+    "locally, that the Pub/Sub emulator named by PUBSUB_EMULATOR_HOST is running.",
+]
+
+
+def failure_sentence(exc: BaseException) -> str:
+    """One sentence on what kind of failure ``exc`` is, quoting nothing from it."""
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(causes) < 10:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(cause, ImproperlyConfigured) for cause in causes):
+        kind = "The provisioning settings are incomplete or wrong."
+    elif any(isinstance(cause, RegistryError) for cause in causes):
+        kind = "TASKS_REGISTRY cannot be loaded."
+    elif any(isinstance(cause, (api_exceptions.RetryError, api_exceptions.DeadlineExceeded,
+                                api_exceptions.ServiceUnavailable)) for cause in causes):
+        kind = "GCP did not answer in time."
+    elif any(isinstance(cause, (api_exceptions.PermissionDenied, api_exceptions.Unauthenticated,
+                                api_exceptions.Forbidden)) for cause in causes):
+        kind = "GCP refused the credentials of this service, or they lack a role."
+    elif any(type(cause).__module__.startswith("google.auth") for cause in causes):
+        kind = "No usable Google credentials were found for this service."
+    else:
+        kind = "Reading the state of GCP failed."
+    return (f"{kind} The text of the error is shown to superusers and to staff who may "
+            "provision, and is in the server log.")
 
 
 def cell(action: Action | None, empty: str = "") -> dict[str, Any]:
@@ -161,15 +203,22 @@ class ProvisioningStatusAdmin(PageAdmin):
                                fragment=f"{TEMPLATES}/{fragment}", **context)
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context, status=status)
 
-    def _plan_or_failure(self) -> tuple[Plan | None, dict[str, Any] | None]:
+    def may_see_failure_detail(self, request: HttpRequest) -> bool:
+        return bool(request.user.is_active and request.user.is_superuser
+                    or self.has_provision_permission(request))
+
+    def _plan_or_failure(self, request: HttpRequest
+                         ) -> tuple[Plan | None, dict[str, Any] | None]:
+        detail = self.may_see_failure_detail(request)
         try:
             return read_plan(), None
         except (ProvisioningError, ImproperlyConfigured, RegistryError,
                 api_exceptions.GoogleAPIError) as exc:
-            return None, describe_failure(exc)
+            logger.warning("Reading the provisioning plan failed: %s", exc)
+            return None, describe_failure(exc, detail)
         except Exception as exc:  # never a 500 on a status page; the log has the traceback
             logger.exception("Reading the provisioning plan failed")
-            return None, describe_failure(exc)
+            return None, describe_failure(exc, detail)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         require(self.has_view_permission(request))
@@ -178,7 +227,7 @@ class ProvisioningStatusAdmin(PageAdmin):
 
     def plan_view(self, request: HttpRequest) -> HttpResponse:
         require(self.has_view_permission(request))
-        plan, failure = self._plan_or_failure()
+        plan, failure = self._plan_or_failure(request)
         if plan is None:
             return self._render(request, "_failure.html", {"failure": failure})
         with plan:
@@ -187,7 +236,7 @@ class ProvisioningStatusAdmin(PageAdmin):
 
     def confirm_view(self, request: HttpRequest) -> HttpResponse:
         require(self.has_provision_permission(request))
-        plan, failure = self._plan_or_failure()
+        plan, failure = self._plan_or_failure(request)
         if plan is None:
             return self._render(request, "_failure.html", {"failure": failure})
         with plan:
@@ -200,7 +249,7 @@ class ProvisioningStatusAdmin(PageAdmin):
 
     def apply_view(self, request: HttpRequest) -> HttpResponse:
         require(self.has_provision_permission(request))
-        plan, failure = self._plan_or_failure()
+        plan, failure = self._plan_or_failure(request)
         if plan is None:
             return self._render(request, "_failure.html", {"failure": failure})
         with plan:

@@ -5,13 +5,20 @@ the page itself never waits on GCP. Run now answers with the row's last-run cell
 polls ``last-run/<name>/?watch=<message id>`` every second until the run settles.
 """
 
+import math
 import time
 from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import ImproperlyConfigured
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+)
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -43,6 +50,8 @@ NEXT_RUNS = 5
 SETTLED = {State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED}
 # Stop watching a Run now whose message has not been delivered after this long.
 WATCH_LIMIT = 600
+# How far in the future a watch's start time may be (servers' clocks differ a little).
+CLOCK_SKEW = 60
 
 
 def scheduler_config() -> ProvisioningConfig:
@@ -79,6 +88,21 @@ def last_run(route: TaskRoute) -> TaskExecution | None:
     # Served by the (task_name, -created_at) index.
     return TaskExecution.objects.filter(task_name=route.name).order_by("-created_at",
                                                                        "-id").first()
+
+
+def parse_since(text: str) -> float | None:
+    """The ``since`` of a watched Run now: a Unix time no later than now, or None.
+
+    inf, nan, 1e400 and times in the future would keep a watch polling for ever (or fail as
+    a 500 when rounded); a little clock skew between servers is allowed.
+    """
+    try:
+        since = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(since) or not 0 <= since <= time.time() + CLOCK_SKEW:
+        return None
+    return since
 
 
 def run_now_message(message: str, ident: str) -> str:
@@ -228,10 +252,12 @@ class ScheduledJobAdmin(PageAdmin):
     def last_run_view(self, request: HttpRequest, task: str) -> HttpResponse:
         require(self.has_view_permission(request))
         route = self._route(task)
-        try:
-            since = float(request.GET.get("since", "0"))
-        except ValueError:
-            since = 0
+        since = parse_since(request.GET.get("since", "0"))
+        if since is None:
+            return HttpResponseBadRequest(
+                "since must be the Unix time in seconds at which Run now was clicked, as the "
+                "page writes it; reload the scheduled jobs page.",
+                content_type="text/plain; charset=utf-8")
         context = self._last_run_context(route, request.GET.get("watch", "")[:100], since)
         if not getattr(request, "htmx", False):
             return HttpResponseRedirect(self._url("changelist"))

@@ -6,6 +6,8 @@ The public API, used by ``manage.py tasks_provision``, the on-startup mode and t
     for action in plan.actions:    # kind, name, verb, changes (field diffs), note, state
         ...
     apply_plan(plan, progress=print)
+    desired_state(config)          # what the plan compares against, from settings alone
+    terraform_config()             # the same, as Terraform JSON (.tf.json)
     run_now(route); pause_job(route); resume_job(route)
 
 Google clients may be passed in (``build_plan(publisher=..., subscriber=..., scheduler=...)``);
@@ -19,7 +21,7 @@ from .config import (
     ProvisioningConfigError,
     ProvisioningError,
 )
-from .core import Clients, apply_plan, build_plan, provision
+from .core import Clients, apply_plan, build_plan, desired_state, provision
 from .jobs import (
     RunNowResult,
     get_job,
@@ -30,6 +32,7 @@ from .jobs import (
     uses_cloud_scheduler,
 )
 from .plan import Action, FieldChange, Kind, Plan, Verb
+from .terraform import terraform_config
 
 __all__ = [
     "EMULATOR_PUSH_ENDPOINT",
@@ -45,11 +48,13 @@ __all__ = [
     "Verb",
     "apply_plan",
     "build_plan",
+    "desired_state",
     "get_job",
     "job_name",
     "pause_job",
     "provision",
     "resume_job",
     "run_now",
+    "terraform_config",
     "uses_cloud_scheduler",
 ]

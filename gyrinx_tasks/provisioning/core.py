@@ -12,8 +12,15 @@ from ..registry import get_routes
 from ..routes import TaskRoute
 from .config import DOCS, ProvisioningConfig, ProvisioningError
 from .plan import Action, Desired, Kind, Plan, Verb, diff
-from .pubsub import SubscriptionHandler, TopicHandler, conflict_note, plan_pubsub
-from .scheduler import JobHandler, plan_scheduler
+from .pubsub import (
+    SubscriptionHandler,
+    TopicHandler,
+    conflict_note,
+    desired_subscriptions,
+    desired_topics,
+    plan_pubsub,
+)
+from .scheduler import JobHandler, desired_jobs, plan_scheduler
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -106,6 +113,20 @@ def build_plan(publisher: Any = None, subscriber: Any = None, scheduler: Any = N
         count = sum(1 for route in routes if route.is_scheduled)
         plan.notes.append(LOCAL_SCHEDULER_NOTE.format(count=count))
     return plan
+
+
+def desired_state(config: ProvisioningConfig, routes: Iterable[TaskRoute] | None = None,
+                  parts: Collection[str] = PARTS) -> list[Desired]:
+    """Every resource the registry wants, as build_plan() compares them: topics (dead-letter
+    topics included), subscriptions, then scheduler jobs (none against the emulator). Reads
+    the registry and ``config`` only; no GCP call is made."""
+    routes = list(get_routes() if routes is None else routes)
+    wanted: list[Desired] = []
+    if "pubsub" in parts:
+        wanted += desired_topics(config, routes) + desired_subscriptions(config, routes)
+    if "scheduler" in parts and config.uses_cloud_scheduler:
+        wanted += desired_jobs(config, routes)
+    return wanted
 
 
 def apply_plan(plan: Plan, progress: Callable[[Action], Any] | None = None) -> Plan:

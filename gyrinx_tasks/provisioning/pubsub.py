@@ -70,6 +70,11 @@ def desired_subscription(config: ProvisioningConfig, route: TaskRoute) -> Desire
     return Desired(Kind.SUBSCRIPTION, path, body, fields, route)
 
 
+def desired_subscriptions(config: ProvisioningConfig,
+                          routes: Iterable[TaskRoute]) -> list[Desired]:
+    return [desired_subscription(config, route) for route in routes]
+
+
 def subscription_fields(sub: Any, emulator: bool) -> dict[str, str]:
     """The fields of an existing subscription that desired_subscription() manages."""
     fields = {"topic": sub.topic}
@@ -190,7 +195,7 @@ def plan_pubsub(config: ProvisioningConfig, routes: Iterable[TaskRoute], publish
     wanted_topics = desired_topics(config, routes)
     for desired in wanted_topics:
         actions.append(compare(desired, actual_topics.get(desired.name), topics))
-    wanted_subs = [desired_subscription(config, route) for route in routes]
+    wanted_subs = desired_subscriptions(config, routes)
     for desired in wanted_subs:
         actions.append(compare(desired, actual_subs.get(desired.name), subs))
     # Orphans: named with this environment's prefix, declared by no route. Reported only.

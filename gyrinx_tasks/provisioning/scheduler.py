@@ -61,6 +61,11 @@ def desired_job(config: ProvisioningConfig, route: TaskRoute) -> Desired:
     return Desired(Kind.SCHEDULER_JOB, path, body, fields, route)
 
 
+def desired_jobs(config: ProvisioningConfig, routes: Iterable[TaskRoute]) -> list[Desired]:
+    """One job per scheduled route."""
+    return [desired_job(config, route) for route in routes if route.is_scheduled]
+
+
 def job_fields(job: Any) -> dict[str, str]:
     """The fields of an existing job that desired_job() manages."""
     fields = {"description": job.description, "schedule": job.schedule,
@@ -121,10 +126,7 @@ def plan_scheduler(config: ProvisioningConfig, routes: Iterable[TaskRoute],
     actual = handler.list_all()
     actions = []
     declared = set()
-    for route in routes:
-        if not route.is_scheduled:
-            continue
-        desired = desired_job(config, route)
+    for desired in desired_jobs(config, routes):
         declared.add(desired.name)
         job = actual.get(desired.name)
         action = compare(desired, job, handler)

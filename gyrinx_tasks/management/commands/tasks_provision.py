@@ -1,5 +1,6 @@
 """manage.py tasks_provision: make Pub/Sub and Cloud Scheduler match the task registry."""
 
+import json
 from collections.abc import Callable
 
 from django.core.management.base import BaseCommand, CommandError
@@ -13,6 +14,7 @@ from gyrinx_tasks.provisioning import (
     Verb,
     apply_plan,
     build_plan,
+    terraform_config,
 )
 
 
@@ -20,7 +22,8 @@ class Command(BaseCommand):
     help = (
         "Create or update the Pub/Sub topics, push subscriptions and Cloud Scheduler jobs that "
         "TASKS_REGISTRY declares, and delete this environment's scheduler jobs that no route "
-        "declares. With --dry-run, print the plan and change nothing."
+        "declares. With --dry-run, print the plan and change nothing. With --format "
+        "terraform, print the same resources as Terraform JSON and change nothing."
     )
 
     def add_arguments(self, parser):
@@ -32,8 +35,17 @@ class Command(BaseCommand):
                  "/tasks/pubsub/; against the emulator to TASKS_EMULATOR_PUSH_ENDPOINT, else "
                  "a local http:// CLOUD_RUN_SERVICE_URL, else http://127.0.0.1:8000/tasks/pubsub/.",
         )
+        parser.add_argument(
+            "--format", choices=["text", "terraform"], default="text", dest="output_format",
+            help="terraform: print the desired topics, subscriptions and scheduler jobs as "
+                 "Terraform JSON (save it as a .tf.json file) instead of provisioning. It "
+                 "reads settings and the registry only, so it needs no Google credentials.",
+        )
 
-    def handle(self, *args, dry_run, push_endpoint, **options):
+    def handle(self, *args, dry_run, push_endpoint, output_format, **options):
+        if output_format == "terraform":
+            self._terraform(push_endpoint)
+            return
         try:
             config = ProvisioningConfig.from_settings(push_endpoint=push_endpoint)
             self._header(config)
@@ -42,6 +54,16 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         with plan:
             self._show_and_apply(plan, dry_run)
+
+    def _terraform(self, push_endpoint: str | None) -> None:
+        try:
+            # Terraform provisions Google Cloud, so the production settings apply even
+            # when PUBSUB_EMULATOR_HOST is set.
+            config = ProvisioningConfig.from_settings(push_endpoint=push_endpoint,
+                                                      emulator=False)
+        except ProvisioningConfigError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(json.dumps(terraform_config(config), indent=2))
 
     def _show_and_apply(self, plan, dry_run):
         for line in plan.lines():
