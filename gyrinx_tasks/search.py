@@ -51,7 +51,8 @@ def term_filter(term: str) -> Q:
       runs whose last error is of that class (the name after the last dot, any case; with a
       dot, the whole path must match as well), or runs of a task of exactly that name that
       is not in the registry (renamed or removed).
-    - And always an exact result id, message task id or Pub/Sub message id.
+    - Otherwise, and also beside a class: an exact result id, message task id or Pub/Sub
+      message id.
     """
     names = matching_task_names(term)
     if names:
