@@ -2,13 +2,16 @@
 
 import copy
 import uuid
+from typing import Any
 
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.tasks import TaskResultStatus
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, transition
+
+from .expressions import LastErrorClassName
 
 
 class State(models.TextChoices):
@@ -30,6 +33,9 @@ class Trigger(models.TextChoices):
 # status_detail of a READY run whose publish timed out: Pub/Sub may still deliver it.
 PUBLISH_UNCONFIRMED = ("Publishing was not confirmed in time: Pub/Sub may still deliver the "
                        "task, and the run starts if it does.")
+
+# Runs that need a successful retry before they count as recovered (the run list's filter).
+NEEDS_RECOVERY = (State.FAILED, State.REJECTED)
 
 # A redelivery of a run in one of these states changes nothing (FAILED runs that gave up too).
 SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)
@@ -66,9 +72,42 @@ def capped(entries: list, entry: object, omitted: int) -> tuple[list, int]:
     return entries[:HISTORY_HEAD] + entries[HISTORY_HEAD + extra:], omitted + extra
 
 
+def _recoveries() -> list[models.Exists]:
+    """One EXISTS per way a failed run counts as recovered by a successful retry: a retry
+    of it, a retry of one of its retries, or another retry of the run it retries.
+
+    Each reads only successful retries, through their own partial index
+    (gyrinx_exec_recovered_by), so PostgreSQL can answer them per run with an index probe,
+    or at once as an anti-join over that small index, but never by reading the whole table.
+    """
+    successful = TaskExecution.objects.filter(status=State.SUCCESSFUL, retry_of__isnull=False)
+    return [
+        models.Exists(successful.filter(retry_of=models.OuterRef("pk"))),
+        models.Exists(successful.filter(retry_of__retry_of=models.OuterRef("pk"))),
+        models.Exists(successful.filter(retry_of=models.OuterRef("retry_of"))
+                      .exclude(pk=models.OuterRef("pk"))),
+    ]
+
+
 class TaskExecutionQuerySet(models.QuerySet):
     def failed(self):
         return self.filter(status=State.FAILED)
+
+    def recovered(self):
+        """Failed or rejected runs that a successful retry made good (see _recoveries)."""
+        first, *others = _recoveries()
+        found: Any = first
+        for exists in others:
+            found = found | exists
+        return self.filter(status__in=NEEDS_RECOVERY).filter(found)
+
+    def not_recovered(self):
+        """Failed or rejected runs that no successful retry has made good yet."""
+        runs = self.filter(status__in=NEEDS_RECOVERY)
+        # One NOT EXISTS each, side by side, so that each can become an anti-join.
+        for exists in _recoveries():
+            runs = runs.filter(~exists)
+        return runs
 
     def for_task(self, name: str):
         return self.filter(task_name=name)
@@ -172,6 +211,20 @@ class TaskExecution(models.Model):
             # rather than INCLUDE, which SQLite lacks (models.W040).
             models.Index(fields=["created_at", "task_name", "status", "started_at",
                                  "finished_at"], name="gyrinx_exec_window"),
+            # The run list's search by exception class (gyrinx_tasks/search.py), newest
+            # first, so a page of matches is read in order without sorting them all.
+            models.Index(LastErrorClassName(), F("created_at").desc(), F("id").desc(),
+                         name="gyrinx_exec_error_class"),
+            # The run list's "not yet recovered" filter: failed and rejected runs, newest
+            # first, in one ordered scan (two states cannot share the status index's order).
+            # retry_of is in it too, so counting the matches needs no visit to the rows.
+            models.Index(fields=["-created_at", "-id", "retry_of"],
+                         condition=models.Q(status__in=NEEDS_RECOVERY),
+                         name="gyrinx_exec_unrecovered"),
+            # The successful retries, by the run they retry: what "recovered" looks up.
+            models.Index(fields=["retry_of"],
+                         condition=models.Q(status=State.SUCCESSFUL, retry_of__isnull=False),
+                         name="gyrinx_exec_recovered_by"),
         ]
         # Admin actions beyond Django's four: each is checked on the server per request.
         permissions = [

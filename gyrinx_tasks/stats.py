@@ -23,12 +23,15 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .exceptions import RegistryError
+from .expressions import last_error_class
 from .models import State, TaskExecution
 from .registry import get_routes
 
 # Finished runs whose duration means something: they started and ran to an outcome.
 TIMED_STATES = (State.SUCCESSFUL, State.FAILED)
 ACTIVE_STATES = (State.READY, State.RUNNING)
+# The overview's panel of the newest failures.
+RECENT_FAILURES_LIMIT = 10
 RUNNING_LIST_LIMIT = 20
 
 
@@ -301,3 +304,20 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
 
     return Overview(window=window, since=since, until=until, tasks=list(tasks.values()),
                     running=running)
+
+
+def recent_failures(since: datetime, until: datetime,
+                    limit: int = RECENT_FAILURES_LIMIT) -> list[TaskExecution]:
+    """The newest FAILED runs created in [since, until), each with its last error's class.
+
+    One query along the (status, created_at) index; the class is read in the database, so
+    the tracebacks beside it are not loaded.
+    """
+    return list(
+        TaskExecution.objects.filter(status=State.FAILED, created_at__gte=since,
+                                     created_at__lt=until)
+        .only("id", "result_id", "task_name", "status", "attempts", "gave_up", "created_at",
+              "finished_at")
+        .annotate(error_class=last_error_class())
+        .order_by("-created_at", "-id")[:limit]
+    )

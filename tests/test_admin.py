@@ -1,13 +1,16 @@
 """The admin pages for task runs (kill switches: tests/test_killswitches.py)."""
 
+import html
 import json
 import re
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from gyrinx_tasks.admin.pagination import EstimatedCountPaginator
 from gyrinx_tasks.models import State, TaskExecution, Trigger
@@ -57,18 +60,22 @@ def test_changelist_loads_with_a_bounded_number_of_queries(
         make_run("add")
     url = reverse(CHANGELIST)
 
-    # Session, user, one count, one page of rows: nothing per row or per filter choice.
-    # PostgreSQL first reads the row estimate, which is too small here to be used.
-    bound = 5 if connection.vendor == "postgresql" else 4
+    # Session, user, one count, one page of rows, and one query for the page's error classes
+    # and retries: nothing per row or per filter choice. PostgreSQL first reads the row
+    # estimate, which is too small here to be used.
+    bound = 6 if connection.vendor == "postgresql" else 5
     with django_assert_max_num_queries(bound) as captured:
         response = admin_client.get(url)
 
     assert response.status_code == 200
     assert len(shown(response)) == 42
     assert not any("DISTINCT" in q["sql"].upper() for q in captured.captured_queries)
-    # The heavy JSON columns are not loaded for the list.
-    page_query = captured.captured_queries[-1]["sql"]
+    # The heavy JSON columns are not loaded for the list: the page's rows leave them out, and
+    # the per-page query reads only the last error's class out of them, in the database.
+    page_query, extras_query = (q["sql"] for q in captured.captured_queries[-2:])
     assert '"traceback"' not in page_query and '"errors"' not in page_query
+    assert "exception_class_path" in extras_query
+    assert not re.search(r'SELECT [^()]*"errors"[,\s]', extras_query)
     assert "date_hierarchy" not in response.content.decode()
 
 
@@ -122,6 +129,204 @@ def test_search_matches_ids_exactly(admin_client):
     assert shown(admin_client.get(url, {"q": run.result_id[:8]})) == []
     assert shown(admin_client.get(url, {"q": run.result_id.upper()})) == []
     assert other.result_id[:8] in shown(admin_client.get(url))
+
+
+def error(path, attempt=1):
+    return {"exception_class_path": path, "traceback": f"Traceback ...\n{path}: boom",
+            "attempt": attempt, "at": "2026-01-01T00:00:00+00:00"}
+
+
+def test_search_finds_runs_by_task_name_or_path_in_part_and_any_case(admin_client):
+    flaky = make_run("flaky", State.FAILED)
+    echo = make_run("echo")
+    add = make_run("add")
+    url = reverse(CHANGELIST)
+
+    # Before: only exact ids were found, so these all showed nothing.
+    assert shown(admin_client.get(url, {"q": "flaky"})) == short(flaky)
+    assert shown(admin_client.get(url, {"q": "FLAK"})) == short(flaky)
+    assert shown(admin_client.get(url, {"q": "tests.tasks.echo"})) == short(echo)
+    # "a" is in "add", "flaky" and in every path ("tests.tasks..."): all of them.
+    assert shown(admin_client.get(url, {"q": "tasks.a"})) == short(add)
+    # A task that left the registry is found by its exact name.
+    gone = make_run("retired_task")
+    assert shown(admin_client.get(url, {"q": "retired_task"})) == short(gone)
+    assert shown(admin_client.get(url, {"q": "retired"})) == []
+
+
+def test_search_finds_runs_by_their_last_errors_class(admin_client):
+    runtime = make_run("flaky", State.FAILED, errors=[error("builtins.ValueError"),
+                                                      error("builtins.RuntimeError", 2)])
+    earlier = make_run("flaky", State.FAILED, errors=[error("builtins.RuntimeError"),
+                                                      error("builtins.KeyError", 2)])
+    other_module = make_run("explode", State.FAILED,
+                            errors=[error("myapp.errors.RuntimeError")])
+    make_run("add", State.SUCCESSFUL)
+    url = reverse(CHANGELIST)
+
+    assert shown(admin_client.get(url, {"q": "RuntimeError"})) == short(other_module, runtime)
+    assert shown(admin_client.get(url, {"q": "runtimeerror"})) == short(other_module, runtime)
+    assert shown(admin_client.get(url, {"q": "builtins.RuntimeError"})) == short(runtime)
+    assert shown(admin_client.get(url, {"q": "myapp.errors.RuntimeError"})) == short(
+        other_module)
+    assert shown(admin_client.get(url, {"q": "KeyError"})) == short(earlier)
+    assert shown(admin_client.get(url, {"q": "ValueError"})) == []  # not the last error
+    # Several words must all match: a task and a class.
+    assert shown(admin_client.get(url, {"q": "flaky RuntimeError"})) == short(runtime)
+    assert shown(admin_client.get(url, {"q": "explode KeyError"})) == []
+
+
+def test_list_shows_the_last_errors_class(admin_client):
+    make_run("flaky", State.FAILED, errors=[error("builtins.ValueError"),
+                                           error("requests.exceptions.ConnectionError", 2)])
+    make_run("add", State.SUCCESSFUL)
+
+    page = admin_client.get(reverse(CHANGELIST)).content.decode()
+
+    assert re.search(r'<code class="gyrinx-error-class" '
+                     r'title="requests.exceptions.ConnectionError">ConnectionError</code>', page)
+    assert page.count("gyrinx-error-class") == 1
+    assert "ValueError" not in page
+
+
+def test_list_shows_which_runs_were_retried_and_by_what(admin_client):
+    failed = make_run("flaky", State.FAILED)
+    first = make_run("flaky", State.FAILED, trigger=Trigger.RETRY, retry_of=failed)
+    second = make_run("flaky", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=failed)
+    lonely = make_run("flaky", State.FAILED)
+
+    response = admin_client.get(reverse(CHANGELIST))
+
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
+        r'class="field-short_result_id"><a [^>]*>([0-9a-f]{8})</a>.*?'
+        r'<td class="field-status_badge">(.*?)</td>.*?<td class="field-trigger_cell">(.*?)</td>',
+        response.content.decode(), re.S)}
+    change = "/admin/gyrinx_tasks/taskexecution/{}/change/"
+    # The original: under its state, its newest retry, linked, with that retry's state, and
+    # a link to the other retries.
+    status, trigger = rows[failed.result_id[:8]]
+    assert (f'retried as <a href="{change.format(second.pk)}">{second.result_id[:8]}</a> '
+            '<span class="gyrinx-status gyrinx-status-successful">Successful</span>') in status
+    assert f'?retry_of={failed.pk}" title="All retries of this run">+1</a>' in status
+    assert trigger == "Enqueued"
+    # The retries say, under their trigger, what they retry; a run never retried shows only
+    # its state.
+    for retry in (first, second):
+        status, trigger = rows[retry.result_id[:8]]
+        assert "retried as" not in status
+        assert trigger.startswith("Retry <span class=\"gyrinx-retry-of gyrinx-nowrap\">of <a")
+        assert f'href="{change.format(failed.pk)}">{failed.result_id[:8]}</a>' in trigger
+    assert rows[lonely.result_id[:8]][0] == (
+        '<span class="gyrinx-status gyrinx-status-failed">Failed</span>')
+
+
+def test_not_yet_recovered_filter(admin_client):
+    recovered = make_run("flaky", State.FAILED)
+    make_run("flaky", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=recovered)
+    # Recovered through a retry of a retry; the failed retry in between is recovered too.
+    deep = make_run("flaky", State.FAILED)
+    middle = make_run("flaky", State.FAILED, trigger=Trigger.RETRY, retry_of=deep)
+    make_run("flaky", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=middle)
+    # A failed retry whose sibling succeeded is recovered as well.
+    twice = make_run("echo", State.REJECTED)
+    sibling = make_run("echo", State.FAILED, trigger=Trigger.RETRY, retry_of=twice)
+    make_run("echo", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=twice)
+    # Still broken: never retried, retried without success, retry still queued.
+    never = make_run("add", State.FAILED)
+    rejected = make_run("add", State.REJECTED)
+    again = make_run("add", State.FAILED)
+    failed_retry = make_run("add", State.FAILED, trigger=Trigger.RETRY, retry_of=again)
+    waiting = make_run("add", State.FAILED)
+    make_run("add", State.READY, trigger=Trigger.RETRY, retry_of=waiting)
+    make_run("add", State.SKIPPED)
+    url = reverse(CHANGELIST)
+
+    pending = shown(admin_client.get(url, {"recovery": "pending"}))
+    assert pending == short(waiting, failed_retry, again, rejected, never)
+    assert sorted(shown(admin_client.get(url, {"recovery": "recovered"}))) == sorted(
+        short(recovered, deep, middle, twice, sibling))
+    page = admin_client.get(url).content.decode()
+    assert "?recovery=pending" in page and "Not yet recovered" in page
+
+
+def test_recovery_filter_counts_no_further_than_its_cap(admin_client, monkeypatch):
+    from gyrinx_tasks.admin.executions import TaskExecutionAdmin
+
+    monkeypatch.setattr(TaskExecutionAdmin, "recovery_count_cap", 3)
+    for _ in range(5):
+        make_run("flaky", State.FAILED)
+
+    pending = admin_client.get(reverse(CHANGELIST), {"recovery": "pending"})
+    failed = admin_client.get(reverse(CHANGELIST), {"status": "FAILED"})
+
+    assert re.search(r">more than 3</span> task executions", pending.content.decode())
+    assert len(shown(pending)) == 5  # the page itself is not cut
+    assert re.search(r"\n5 task executions", failed.content.decode())  # other filters count on
+
+
+def test_time_and_id_ranges_in_the_url_show_as_chips_that_remove_them(admin_client):
+    now = timezone.now().replace(microsecond=0)
+    old = make_run("add", created_at=now - timedelta(hours=30))
+    recent = make_run("add", created_at=now - timedelta(hours=1))
+    url = reverse(CHANGELIST)
+    since = now - timedelta(hours=24)
+    query = {"created_at__gte": since.isoformat(), "created_at__lt": now.isoformat(),
+             "task_name": "add"}
+
+    response = admin_client.get(url, query)
+
+    assert shown(response) == short(recent)
+    page = response.content.decode()
+    local = timezone.localtime(since).strftime("%Y-%m-%d %H:%M:%S")
+    chip = re.search(r'<span class="gyrinx-chip"><span>(.*?)</span>\s*<a href="([^"]+)"', page)
+    assert chip, page
+    assert chip.group(1).startswith(f"Created from {local} until ")
+    removed = admin_client.get(url + html.unescape(chip.group(2)))
+    assert shown(removed) == short(recent, old)  # the task filter stays
+    assert "gyrinx-chip" not in removed.content.decode()
+    assert 'class="gyrinx-chips"' not in admin_client.get(url).content.decode()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN output is PostgreSQL's")
+@pytest.mark.parametrize("query, index", [
+    ({"q": "RuntimeError"}, "gyrinx_exec_error_class"),
+    ({"q": "builtins.RuntimeError"}, "gyrinx_exec_error_class"),
+    ({"q": "flaky"}, "gyrinx_exec_task"),
+    ({"q": "0b5e2a3c-1f00-4c1e-9d7e-2a1b3c4d5e6f"}, "result_id"),
+    # The retry lookups of every candidate go through the small index of successful retries.
+    ({"recovery": "pending"}, "gyrinx_exec_recovered_by"),
+    ({"recovery": "recovered"}, "gyrinx_exec_recovered_by"),
+])
+def test_search_queries_use_an_index_on_postgresql(admin_client, query, index):
+    """With sequential scans priced out, the run list's search has an index for every kind
+    of word, including the exception class, which lives inside the errors JSON; the recovery
+    filters look retries up in the partial index of successful retries."""
+    # What is searched for is rare among many runs, as an incident's error class is.
+    TaskExecution.objects.bulk_create([
+        TaskExecution(task_name="add", task_path="tests.tasks.add", status=State.FAILED,
+                      errors=[error("builtins.KeyError")]) for _ in range(2000)])
+    for _ in range(2):
+        make_run("flaky", State.FAILED, errors=[error("builtins.RuntimeError")])
+    TaskExecution.objects.bulk_create([
+        TaskExecution(task_name="add", task_path="tests.tasks.add", status=State.SUCCESSFUL)
+        for _ in range(2000)])
+    analyze()
+    admin_client.get(reverse(CHANGELIST))  # the session, once
+    with CaptureQueriesContext(connection) as captured:
+        admin_client.get(reverse(CHANGELIST), query)
+    # The count and the page (the page's extras are looked up by primary key).
+    searched = [q["sql"] for q in captured.captured_queries
+                if "gyrinx_tasks_taskexecution" in q["sql"] and "WHERE" in q["sql"]
+                and '"gyrinx_tasks_taskexecution"."id" IN (' not in q["sql"]]
+    assert len(searched) == 2, searched
+    assert searched, captured.captured_queries
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in searched:
+            cursor.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan" not in plan, plan
+            assert index in plan, plan
 
 
 # --- Counting ------------------------------------------------------------------------------
@@ -215,7 +420,9 @@ def test_unfiltered_changelist_skips_count_star_on_postgresql(admin_client, monk
     with CaptureQueriesContext(connection) as filtered:
         admin_client.get(reverse(CHANGELIST), {"task_name": "add"})
 
-    counts = [q["sql"] for q in unfiltered.captured_queries if "COUNT(" in q["sql"].upper()]
+    # Counts of the list itself (the page's retries are counted per row, inside a query).
+    counts = [q["sql"] for q in unfiltered.captured_queries
+              if q["sql"].upper().startswith("SELECT COUNT(")]
     page = response.content.decode()
     if connection.vendor == "postgresql":
         assert counts == []
@@ -322,6 +529,58 @@ def test_change_view_shows_payload_errors_per_attempt_and_timeline(admin_client)
     # Read-only: no save buttons, and the raw-message block only shows for rejections.
     assert 'name="_save"' not in page
     assert "Raw message" not in page
+
+
+def test_change_view_has_a_compact_attempt_table_above_errors_and_timeline(admin_client):
+    t0 = timezone.now().replace(microsecond=0) - timedelta(hours=1)
+
+    def at(seconds):
+        return (t0 + timedelta(seconds=seconds)).isoformat()
+
+    run = make_run("flaky", State.SUCCESSFUL, attempts=3, enqueued_at=t0,
+                   worker_ids=["worker-a", "worker-b", "worker-c"])
+    run.timeline = [
+        {"at": at(0), "from": "", "to": "READY", "note": "enqueued"},
+        {"at": at(2), "from": "READY", "to": "RUNNING", "note": "attempt 1 on worker-a"},
+        {"at": at(2.25), "from": "RUNNING", "to": "FAILED",
+         "note": "attempt 1: builtins.ValueError"},
+        {"at": at(12.25), "from": "FAILED", "to": "RUNNING", "note": "attempt 2 on worker-b"},
+        # Attempt 2 never ended (its worker died); attempt 3 took over.
+        {"at": at(400), "from": "RUNNING", "to": "RUNNING", "note": "attempt 3 on worker-c"},
+        {"at": at(400.5), "from": "RUNNING", "to": "SUCCESSFUL"},
+    ]
+    run.errors = [error("builtins.ValueError", 1) | {"at": at(2.25)}]
+    run.save()
+
+    page = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
+                                    args=[run.pk])).content.decode()
+
+    table = page[page.index('class="module gyrinx-attempts"'):]
+    rows = [" ".join(re.sub(r"<[^>]+>", " ", row).split()) for row in
+            re.findall(r'<tr class="gyrinx-attempt">(.*?)</tr>', table, re.S)]
+    local = timezone.localtime
+
+    def clock(seconds, day=False):
+        return local(t0 + timedelta(seconds=seconds)).strftime(
+            "%Y-%m-%d %H:%M:%S" if day else "%H:%M:%S")
+
+    assert rows == [
+        f"1 {clock(2, True)} {clock(2.25)} 2.0 s 250 Failed builtins.ValueError worker-a",
+        f"2 {clock(12.25, True)} – 10.0 s – cut off worker-b",
+        # Waited since attempt 1 ended (a cut-off attempt has no end to count from).
+        f"3 {clock(400, True)} {clock(400.5)} 6.6 min 500 Successful worker-c",
+    ]
+    # On the first screen: after the summary, before the errors, payload and timeline.
+    assert (page.index(">Attempts<") < page.index('id="error-1"') < page.index(">Payload<")
+            < page.index("gyrinx-timeline"))
+    assert page.index(">Attempts<") < page.index(">Identity<")
+
+
+def test_attempt_table_is_left_out_for_a_run_that_never_started(admin_client):
+    run = make_run("add")
+    page = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
+                                    args=[run.pk])).content.decode()
+    assert "gyrinx-attempts" not in page
 
 
 def test_change_view_shows_the_raw_message_of_a_rejected_run(admin_client):

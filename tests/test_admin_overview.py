@@ -160,9 +160,61 @@ def test_query_count_is_bounded(admin_client):
 
     with CaptureQueriesContext(connection) as captured:
         assert admin_client.get(reverse(OVERVIEW)).status_code == 200
-    # Session and user, the four overview queries and one for all scheduled jobs' health;
-    # nothing per task or per run.
-    assert len(captured.captured_queries) <= 7
+    # Session and user, the four overview queries, one for all scheduled jobs' health and the
+    # recent failures (asked for because the window holds some); nothing per task or per run.
+    assert len(captured.captured_queries) <= 8
+
+
+def test_recent_failures_are_not_looked_up_when_the_window_has_none(admin_client):
+    finished("add", State.SUCCESSFUL, 0.2)
+    finished("add", State.FAILED, 0.2, ago=timedelta(days=3))  # outside the 24 hours
+
+    with CaptureQueriesContext(connection) as captured:
+        html = admin_client.get(reverse(OVERVIEW)).content.decode()
+
+    assert len(captured.captured_queries) <= 7  # as above, without the recent failures
+    assert "No run failed in this window." in html
+
+
+def test_recent_failures_panel_names_task_error_class_when_and_links(admin_client):
+    def failed(task, path, ago):
+        return finished(task, State.FAILED, 0.2, ago=ago, errors=[
+            {"exception_class_path": "builtins.ValueError", "traceback": "t", "attempt": 1},
+            {"exception_class_path": path, "traceback": "Traceback: secret", "attempt": 2}])
+
+    older = failed("explode", "builtins.RuntimeError", timedelta(hours=2))
+    newer = failed("flaky", "requests.exceptions.ConnectionError",
+                   timedelta(minutes=5, seconds=30))
+    failed("flaky", "builtins.KeyError", timedelta(days=2))  # before the window
+    finished("add", State.SUCCESSFUL, 0.2)
+
+    html = admin_client.get(reverse(OVERVIEW)).content.decode()
+
+    panel = html[html.index('class="module gyrinx-failures"'):]
+    panel = panel[:panel.index('class="module gyrinx-running"')]
+    rows = re.findall(r'<tr class="gyrinx-failure">(.*?)</tr>', panel, re.S)
+    assert len(rows) == 2
+    for row, run, name, path in ((rows[0], newer, "ConnectionError",
+                                  "requests.exceptions.ConnectionError"),
+                                 (rows[1], older, "RuntimeError", "builtins.RuntimeError")):
+        assert f'title="{path}">{name}</code>' in row
+        change = reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
+        assert f'<a href="{change}"><code>{run.result_id[:8]}</code></a>' in row
+        assert f"?task_name={run.task_name}&amp;status=FAILED&amp;created_at__gte=" in row
+        assert " ago</td>" in row
+    assert "5\xa0minutes ago" in rows[0]
+    assert "KeyError" not in panel and "secret" not in panel
+
+
+def test_recent_failures_panel_shows_ten_and_links_to_the_rest(admin_client):
+    for minutes in range(12):
+        finished("explode", State.FAILED, 0.1, ago=timedelta(minutes=minutes + 1),
+                 errors=[{"exception_class_path": "builtins.RuntimeError", "traceback": "t"}])
+
+    html = admin_client.get(reverse(OVERVIEW)).content.decode()
+
+    assert html.count('<tr class="gyrinx-failure">') == 10
+    assert "The newest 10 of 12 failed runs in the window; see them all." in html
 
 
 def test_app_index_loads_the_overview_on_top(admin_client):

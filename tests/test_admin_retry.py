@@ -1,5 +1,8 @@
 """The admin's Retry button, its bulk action and confirmation page: permissions and audit."""
 
+import html
+import re
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import override_settings
@@ -87,8 +90,12 @@ def test_plain_post_retries_and_redirects_to_the_new_run(retrier, fake_publisher
     assert (entry.user, entry.object_id) == (retrier.user, str(run.pk))
     assert entry.change_message == f"Retried as run {new.pk} ({new.result_id})."
     # The new run's page links back; the original's page lists it.
-    assert change_url(run) in retrier.get(change_url(new)).content.decode()
+    page = retrier.get(change_url(new)).content.decode()
+    assert change_url(run) in page
     assert change_url(new) in retrier.get(change_url(run)).content.decode()
+    # The message names what happened and links to it (it used to print the raw result id).
+    assert (f'Retried run <a href="{change_url(run)}">{run.result_id[:8]}</a> of add: this is '
+            "the new run.") in page
 
 
 def test_htmx_post_answers_the_panel_with_a_link_to_the_new_run(retrier, fake_publisher):
@@ -170,8 +177,26 @@ def test_retry_selected_retries_those_runs_and_logs_each(retrier, fake_publisher
     assert [e.object_id for e in entries] == [str(r.pk) for r in chosen]
     assert all(e.change_message.startswith("Retried as run ") for e in entries)
     page = retrier.get(reverse(CHANGELIST)).content.decode()
-    assert "Retried 3 runs as new runs." in page
     assert "1 selected runs were not failed, rejected or skipped" in page
+    # The message links to exactly the new runs, and the list says how it is narrowed.
+    new = sorted(retried.values_list("pk", flat=True))
+    link = re.search(r'Retried 3 runs as new runs: <a href="([^"]+)">see the 3 new runs</a>\.',
+                     page)
+    assert link, page
+    listed = retrier.get(html.unescape(link.group(1)))
+    assert sorted(shown(listed)) == sorted(r.result_id[:8] for r in retried)
+    assert f"Run id from {new[0]} up to {new[-1]}" in listed.content.decode()
+
+
+def test_retrying_one_run_in_bulk_links_to_its_page(retrier, fake_publisher):
+    run = make_run("add", State.FAILED)
+
+    action_post(retrier, [run])
+
+    new = TaskExecution.objects.get(retry_of=run)
+    page = retrier.get(reverse(CHANGELIST)).content.decode()
+    change = reverse("admin:gyrinx_tasks_taskexecution_change", args=[new.pk])
+    assert f'Retried 1 run as a new run: <a href="{change}">see it</a>.' in page
 
 
 def test_select_across_asks_first_with_the_count_and_the_cap(retrier, fake_publisher):

@@ -119,7 +119,8 @@ def test_bulk_retry_of_every_failed_run_through_the_confirmation(wired, admin_pa
 
     page.click(".gyrinx-confirm input[type=submit]")
     page.wait_for_selector(".messagelist")
-    assert "Retried 55 runs as new runs." in page.inner_text(".messagelist")
+    assert "Retried 55 runs as new runs: see the 55 new runs." in page.inner_text(
+        ".messagelist")
     assert page.url.endswith("?status=FAILED&task_name=add")
     retried = TaskExecution.objects.filter(trigger=Trigger.RETRY)
     assert sorted(retried.values_list("retry_of_id", flat=True)) == [r.pk for r in runs]

@@ -18,7 +18,7 @@ from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
 
 from gyrinx_tasks import clients
 from gyrinx_tasks.admin import schedules
-from gyrinx_tasks.models import ScheduledJob, State, TaskExecution, Trigger
+from gyrinx_tasks.models import KillSwitch, ScheduledJob, State, SwitchMode, TaskExecution, Trigger
 from gyrinx_tasks.provisioning import ProvisioningConfig, apply_plan, build_plan
 from gyrinx_tasks.registry import get_route, get_routes
 from gyrinx_tasks.scheduling import next_fire_time
@@ -109,6 +109,49 @@ def test_last_run_shows_status_time_duration_and_links_to_the_run(admin_client):
     assert f'href="{change}"' in body
     assert "gyrinx-status-successful" in body and "took 2.50 s" in body
     assert "gyrinx-status-failed" not in body
+
+
+def switch_cell(body, task=NIGHTLY):
+    row = body[body.index(f'data-task="{task}"'):]
+    return row[:row.index("</th>")]
+
+
+def test_each_row_shows_the_tasks_kill_switch_linked_to_its_page(admin_client, client,
+                                                                  monkeypatch):
+    monkeypatch.delenv("PUBSUB_EMULATOR_HOST", raising=False)
+    killswitches = reverse("admin:gyrinx_tasks_killswitch_changelist")
+
+    on = switch_cell(admin_client.get(reverse(PAGE)).content.decode())
+    assert 'data-switch="on"' in on and ">On</span>" in on
+    assert f'href="{killswitches}#killswitch-{NIGHTLY}"' in on
+
+    KillSwitch.objects.create(task_name=NIGHTLY, enabled=False, mode=SwitchMode.HOLD,
+                              reason="database migration tonight")
+    held = switch_cell(admin_client.get(reverse(PAGE)).content.decode())
+    assert 'data-switch="hold"' in held and "Off · holding" in held
+    assert "database migration tonight" in held
+
+    # Without view_killswitch: the state, but no link to a page they cannot open.
+    client.force_login(staff_user("viewer", "view_scheduledjob"))
+    plain = switch_cell(client.get(reverse(PAGE)).content.decode())
+    assert "Off · holding" in plain and killswitches not in plain
+
+
+def test_an_environment_switch_shows_on_the_schedule_row(admin_client, settings,
+                                                         monkeypatch, request):
+    from gyrinx_tasks import TaskRoute, registry
+    from tests import scheduling_tasks
+
+    monkeypatch.setattr(scheduling_tasks, "tasks", [TaskRoute(
+        scheduling_tasks.hourly_ping, schedule="0 * * * *", enabled_env_var="PING_ON")])
+    registry.clear_cache()
+    request.addfinalizer(registry.clear_cache)
+    settings.TASKS_REGISTRY = "tests.scheduling_tasks"
+    monkeypatch.setenv("PING_ON", "0")
+
+    cell = switch_cell(admin_client.get(reverse(PAGE)).content.decode(), "hourly_ping")
+
+    assert 'data-switch="env"' in cell and "PING_ON is off; firings are skipped." in cell
 
 
 def test_emulator_mode_says_the_local_scheduler_fires_it(admin_client, monkeypatch):
@@ -214,6 +257,37 @@ def test_run_now_that_cannot_publish_says_why_in_place(admin_client, monkeypatch
     assert response.status_code == 200
     assert "Run now failed: topic not found" in response.content.decode()
     assert audit_entries() == ["Run now failed: topic not found"]
+
+
+def test_run_now_on_the_emulator_names_the_message_id_it_shows(admin_client, fake_publisher,
+                                                               monkeypatch):
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", "127.0.0.1:1")
+
+    body = htmx(admin_client, "post", url("run")).content.decode()
+
+    # Before: "Fired nightly_cleanup now, locally (msg-1)." with nothing saying what msg-1 is.
+    assert ("Published nightly_cleanup&#x27;s scheduled message to the Pub/Sub emulator now "
+            "(Pub/Sub message id msg-1); the run is recorded when the emulator delivers it."
+            ) in body
+    assert "locally (" not in body
+
+
+def test_run_now_on_a_synchronous_backend_says_so_and_links_to_the_run(admin_client,
+                                                                      settings):
+    settings.TASKS_REGISTRY = "tests.scheduling_tasks"
+    page = reverse(PAGE)
+
+    response = admin_client.post(url("run", "hourly_ping"), follow=True)
+
+    run = TaskExecution.objects.get(task_name="hourly_ping")
+    assert run.status == State.SUCCESSFUL and run.trigger == Trigger.RUN_NOW
+    assert response.redirect_chain == [(page, 302)]
+    [message] = [str(m) for m in response.context["messages"]]
+    change = reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
+    assert message == (
+        "Ran hourly_ping now through the &#x27;immediate&#x27; backend, in this process "
+        f'(result id {run.result_id}). <a href="{change}">Open the run</a> (successful).')
+    assert f'<a href="{change}">Open the run</a>' in response.content.decode()
 
 
 # --- Cloud Scheduler state, Pause and Resume -----------------------------------------------

@@ -72,6 +72,35 @@ def test_page_lists_every_registry_task_as_on_without_rows(admin_client):
     assert not KillSwitch.objects.exists()  # looking changes nothing
 
 
+def test_page_says_where_the_switch_cannot_stop_enqueue(admin_client, settings):
+    """On a backend without a queue (Django's ImmediateBackend, the local synchronous mode)
+    the switch is never asked by .enqueue(): the page says so instead of promising it."""
+    settings.TASKS_REGISTRY = "tests.scheduling_tasks"
+    KillSwitch.objects.create(task_name="hourly_ping", enabled=False, reason="flaky upstream")
+
+    html = admin_client.get(reverse(PAGE)).content.decode()
+
+    [note] = re.findall(r'<div class="gyrinx-override gyrinx-backend-note">(.*?)</div>', html,
+                        re.S)
+    assert text(note).startswith("No effect on .enqueue() for hourly_ping, nightly_report, "
+                                 "on_demand: their backend, immediate , is not Pub/Sub")
+    assert "published_nightly" not in note  # PubSubBackend: the push endpoint asks the switch
+    rows = {name: html[html.index(f'id="killswitch-{name}"'):] for name in
+            ("hourly_ping", "published_nightly")}
+    unqueued = "Not applied to <code>.enqueue()</code> on the <code>immediate</code> backend"
+    assert unqueued in rows["hourly_ping"].split("</tr>", 1)[0]
+    assert unqueued not in rows["published_nightly"].split("</tr>", 1)[0]
+    # What the note says is so: the switched-off task still runs when enqueued.
+    scheduling_tasks.RUNS.clear()
+    scheduling_tasks.hourly_ping.enqueue()
+    assert scheduling_tasks.RUNS == ["hourly_ping"]
+
+
+def test_page_has_no_backend_note_when_every_task_goes_through_pubsub(admin_client):
+    html = admin_client.get(reverse(PAGE)).content.decode()
+    assert "gyrinx-backend-note" not in html and "gyrinx-unqueued" not in html
+
+
 def test_page_reads_all_switches_in_one_query(admin_client):
     for name in ("add", "echo", "flaky"):
         KillSwitch.objects.create(task_name=name, enabled=False, reason="r")

@@ -216,7 +216,10 @@ def test_staff_retry_one_then_all_matching_in_the_admin(retrier, fake_publisher)
     assert "Skipped because a retry of each is waiting, running or succeeded: 1." in confirm
     done = retrier.post(url, {**data, "confirm": "yes"}, follow=True).content.decode()
 
-    assert "Retried 1 run as new runs." in done
+    new = TaskExecution.objects.filter(retry_of__status=State.FAILED).exclude(
+        retry_of=retried).get()
+    change = reverse("admin:gyrinx_tasks_taskexecution_change", args=[new.pk])
+    assert f'Retried 1 run as a new run: <a href="{change}">see it</a>.' in done
     assert "1 selected runs were skipped because a retry of each is waiting" in done
     assert TaskExecution.objects.filter(retry_of=retried).count() == 1
     assert len(fake_publisher.published) == 2

@@ -1,8 +1,10 @@
 """The task run pages: a changelist that stays fast at millions of rows, a read-only detail."""
 
 import json
+import re
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -10,16 +12,19 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.contenttypes.models import ContentType
-from django.db.models import Q
+from django.db.models import Count, DateTimeField, F, OuterRef, Subquery
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from ..conf import tasks_settings
 from ..dates import format_when
+from ..expressions import last_error_class
 from ..models import State, TaskExecution
 from ..redaction import is_redacted, redaction_note
 from ..retry import (
@@ -37,9 +42,10 @@ from ..retry import (
     retry_queryset,
     retry_run,
 )
+from ..search import search
 from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
 from .exports import ExecutionExportMixin
-from .filters import StatusFilter, TaskNameFilter, TriggerFilter
+from .filters import RecoveryFilter, StatusFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
 
 # Columns the changelist never shows and which can hold long tracebacks or payloads.
@@ -49,11 +55,78 @@ HEAVY_FIELDS = ("args", "kwargs", "return_value", "errors", "timeline", "raw_mes
 
 TIME_FIELDS = ("created_at_when", "enqueued_at_when", "started_at_when",
                "last_attempted_at_when", "finished_at_when")
+# Range lookups the URL may carry on time and id columns (the overview's window links, the
+# bulk retry's link to its new runs). Django applies them without showing them anywhere; the
+# list shows each as a chip with a link that removes it.
+RANGE_LOOKUPS = {"gte": "from", "gt": "after", "lte": "up to", "lt": "until"}
 
 
 class ExecutionChangeList(ChangeList):
     def get_queryset(self, request, exclude_parameters=None):
         return super().get_queryset(request, exclude_parameters).defer(*HEAVY_FIELDS)
+
+    def get_results(self, request):
+        super().get_results(request)
+        # One query for the page's rows, never for the whole list: the last error's class
+        # (read in the database, so the tracebacks beside it stay there) and the retries.
+        rows = list(self.result_list)
+        extras = page_extras([row.pk for row in rows])
+        for row in rows:
+            row.__dict__.update(extras.get(row.pk, {}))
+        self.result_list = rows
+        self.range_chips = range_chips(self, request)
+
+
+def page_extras(pks: list[int]) -> dict[int, dict[str, Any]]:
+    """Per run: its last error's class, its newest retry and how many, the run it retries."""
+    if not pks:
+        return {}
+    retries = TaskExecution.objects.filter(retry_of=OuterRef("pk")).order_by("-pk")
+    rows = TaskExecution.objects.filter(pk__in=pks).values(
+        "pk",
+        error_class=last_error_class(),
+        retry_count=Subquery(retries.order_by().values("retry_of").annotate(
+            n=Count("pk")).values("n")[:1]),
+        latest_retry_pk=Subquery(retries.values("pk")[:1]),
+        latest_retry_result_id=Subquery(retries.values("result_id")[:1]),
+        latest_retry_status=Subquery(retries.values("status")[:1]),
+        retry_of_result_id=F("retry_of__result_id"),
+    )
+    return {row["pk"]: {key: value for key, value in row.items() if key != "pk"}
+            for row in rows}
+
+
+def range_chips(cl: ChangeList, request) -> list[dict[str, str]]:
+    """The URL's range lookups on time and id columns, one chip per column, in words."""
+    fields = {field.name: field for field in cl.model._meta.concrete_fields
+              if isinstance(field, DateTimeField) or field.primary_key}
+    chips = []
+    for name, field in fields.items():
+        keys = [f"{name}__{lookup}" for lookup in RANGE_LOOKUPS]
+        parts = []
+        for key in keys:
+            if key in request.GET:
+                value = request.GET[key]
+                if isinstance(field, DateTimeField):
+                    value = _chip_time(value)
+                parts.append(f"{RANGE_LOOKUPS[key.rsplit('__', 1)[1]]} {value}")
+        if parts:
+            label = "run id" if field.primary_key else str(field.verbose_name)
+            chips.append({
+                "label": label[:1].upper() + label[1:],
+                "text": " ".join(parts),
+                "remove_url": cl.get_query_string(remove=keys),
+            })
+    return chips
+
+
+def _chip_time(value: str) -> str:
+    parsed = parse_datetime(value.replace(" ", "+")) if value else None
+    if parsed is None:
+        return value
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return timezone.localtime(parsed).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.ModelAdmin):
@@ -61,13 +134,17 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     # Compact, unwrapped times and a duration instead of three long dates, so the list fits
     # 1400 px with the filter sidebar (the enqueue time is on each run's page).
-    list_display = ("short_result_id", "task_name", "status_badge", "trigger", "attempts",
-                    "created", "duration")
-    list_filter = (StatusFilter, TriggerFilter, TaskNameFilter)
+    # The retries of a run show under its status, and the run a retry retries under its
+    # trigger, so the list keeps its width.
+    list_display = ("short_result_id", "task_name", "status_badge", "error_class",
+                    "trigger_cell", "attempts", "created", "duration")
+    list_filter = (StatusFilter, RecoveryFilter, TriggerFilter, TaskNameFilter)
     # Only columns with an index behind them; sorting by others would sort the whole table.
     sortable_by = ("created",)
-    search_fields = ("=result_id", "=task_id", "=message_id")
-    search_help_text = _("Exact result id, message task id or Pub/Sub message id.")
+    search_fields = ("=result_id", "=task_id", "=message_id")  # see get_search_results
+    search_help_text = _("A task's name or path (or part of it), an exception class such as "
+                         "RuntimeError, or an exact result id, message task id or Pub/Sub "
+                         "message id. Several words must all match.")
     list_per_page = 50
     show_full_result_count = False  # a second COUNT(*) over the whole table
     show_facets = ShowFacets.NEVER  # one COUNT per filter choice
@@ -101,6 +178,19 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     def get_changelist(self, request, **kwargs):
         return ExecutionChangeList
 
+    # The recovery filter checks each candidate's retries, so its list counts only this far
+    # ("more than 1,000"): a bounded number of index probes, however many runs failed.
+    recovery_count_cap = 1_000
+
+    def get_paginator(self, request, queryset, per_page, orphans=0,
+                      allow_empty_first_page=True):
+        paginator = super().get_paginator(request, queryset, per_page, orphans,
+                                          allow_empty_first_page)
+        if request.GET.get(RecoveryFilter.parameter_name) and isinstance(
+                paginator, EstimatedCountPaginator):
+            paginator.count_cap = self.recovery_count_cap
+        return paginator
+
     def lookup_allowed(self, lookup, value, request=None):
         # Django allows any lookup on the model's own fields in the URL. The payload and
         # history columns are refused: filtering by them (?kwargs__email=...,
@@ -112,13 +202,9 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         return super().lookup_allowed(lookup, value, request)
 
     def get_search_results(self, request, queryset, search_term):
-        # Django's "=" prefix means a case-insensitive match, which cannot use the unique
-        # indexes on PostgreSQL; these ids are matched exactly instead.
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        matches = Q(result_id=term) | Q(task_id=term) | Q(message_id=term)
-        return queryset.filter(matches), False
+        # Django's search would be icontains (or iexact with "="), which no index serves at
+        # millions of runs; gyrinx_tasks.search answers each kind of word from an index.
+        return search(queryset, search_term), False
 
     @admin.display(description=_("result id"))
     def short_result_id(self, obj):
@@ -127,9 +213,45 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     @admin.display(description=_("status"))
     def status_badge(self, obj):
         return format_html(
-            '<span class="gyrinx-status gyrinx-status-{}">{}</span>',
-            obj.status.lower(), obj.get_status_display(),
+            '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}',
+            obj.status.lower(), obj.get_status_display(), self.retried(obj),
         )
+
+    @admin.display(description=_("trigger"))
+    def trigger_cell(self, obj):
+        if obj.retry_of_id and getattr(obj, "retry_of_result_id", None):
+            return format_html('{} <span class="gyrinx-retry-of gyrinx-nowrap">{} '
+                               '<a href="{}">{}</a></span>', obj.get_trigger_display(),
+                               _("of"), _change_url(obj.retry_of_id),
+                               obj.retry_of_result_id[:8])
+        return obj.get_trigger_display()
+
+    @admin.display(description=_("last error"))
+    def error_class(self, obj):
+        path = getattr(obj, "error_class", None)
+        if not path:
+            return "-"
+        return format_html('<code class="gyrinx-error-class" title="{}">{}</code>', path,
+                           path.rsplit(".", 1)[-1])
+
+    def retried(self, obj):
+        """The newest retry of this run (link and state) and how many more, or ""."""
+        pk = getattr(obj, "latest_retry_pk", None)
+        if not pk:
+            return ""
+        count = getattr(obj, "retry_count", 0) or 1
+        status = State(obj.latest_retry_status)
+        more = ""
+        if count > 1:
+            more = format_html(' <a class="gyrinx-more-retries" href="{}?retry_of={}" title="{}">'
+                               '+{}</a>',
+                               reverse("admin:gyrinx_tasks_taskexecution_changelist"), obj.pk,
+                               _("All retries of this run"), count - 1)
+        return format_html(
+            '<div class="gyrinx-retried">{} <a href="{}">{}</a> '
+            '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}</div>',
+            _("retried as"), _change_url(pk), obj.latest_retry_result_id[:8], status.lower(),
+            status.label, more)
 
     @admin.display(description=_("created"), ordering="created_at")
     def created(self, obj):
@@ -259,8 +381,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         if error:
             self.message_user(request, error, messages.ERROR)
         else:
-            self.message_user(request, f"This run is the retry of {original.result_id}.",
-                              messages.SUCCESS)
+            self.message_user(request, format_html(
+                'Retried run <a href="{}">{}</a> of {}: this is the new run.',
+                _change_url(original.pk), original.result_id[:8], original.task_name),
+                messages.SUCCESS)
         target = new or original
         return HttpResponseRedirect(reverse(
             f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[target.pk]))
@@ -332,13 +456,18 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                          if key not in ("p", "o")],
                 changelist_url=request.get_full_path(),
             ))
+        new_ids: list[int] = []
+
+        def retried(done: list[Retried]) -> None:
+            new_ids.extend(item.new_id for item in done if item.new_id)
+            self._log_retries(request, done)
+
         try:
-            report = retry_queryset(queryset, request.user, limit,
-                                    on_retried=lambda done: self._log_retries(request, done))
+            report = retry_queryset(queryset, request.user, limit, on_retried=retried)
         except RetryLimitExceeded as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return None
-        for level, text in report_messages(report, limit):
+        for level, text in report_messages(report, limit, new_runs_link(new_ids)):
             self.message_user(request, text, level)
         return None
 
@@ -374,12 +503,36 @@ def capped_count(count: int, limit: int) -> str:
     return f"more than {limit:,}" if count > limit else f"{count:,}"
 
 
-def report_messages(report: RetryReport, limit: int) -> list[tuple[int, str]]:
+def _change_url(pk: int) -> str:
+    return reverse("admin:gyrinx_tasks_taskexecution_change", args=[pk])
+
+
+def new_runs_link(new_ids: list[int]) -> str:
+    """Where the runs a bulk retry made are: the one run's page, or the list of them.
+
+    The list is the retries whose ids lie between the first and the last new run's, so a
+    retry someone else made in the same moment can show up beside them.
+    """
+    if not new_ids:
+        return ""
+    if len(new_ids) == 1:
+        return _change_url(new_ids[0])
+    query = urlencode({"trigger": "retry", "id__gte": min(new_ids), "id__lte": max(new_ids)})
+    return f"{reverse('admin:gyrinx_tasks_taskexecution_changelist')}?{query}"
+
+
+def report_messages(report: RetryReport, limit: int,
+                    link: str = "") -> list[tuple[int, str]]:
     """The bulk retry's outcome as admin messages: what was done, then what was not."""
-    out: list[tuple[int, str]] = [
-        (messages.SUCCESS if report.retried else messages.WARNING,
-         f"Retried {report.retried:,} run{'s' if report.retried != 1 else ''} as new runs."),
-    ]
+    done = (f"Retried {report.retried:,} run as a new run" if report.retried == 1
+            else f"Retried {report.retried:,} runs as new runs")
+    made = report.retried + report.publish_failed
+    out: list[tuple[int, str]] = [(
+        messages.SUCCESS if report.retried else messages.WARNING,
+        format_html('{}: <a href="{}">{}</a>.', done, link,
+                    "see it" if made == 1 else f"see the {made:,} new runs")
+        if link and made else f"{done}.",
+    )]
     if report.already_retried:
         count = capped_count(report.already_retried, limit).capitalize()
         out.append((messages.INFO, f"{count} selected runs were skipped because a retry of "
@@ -435,10 +588,58 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
     return {
         "execution_payload": payload,
         "execution_errors": errors,
+        "execution_attempts": attempt_rows(obj),
         "execution_timeline": timeline,
         "execution_raw_message": (note if redact and obj.raw_message
                                   else _pretty_text(obj.raw_message)),
     }
+
+
+ATTEMPT_NOTE = re.compile(r"^attempt (\d+) on (.+)$")
+
+
+def attempt_rows(obj: Any) -> list[dict[str, Any]]:
+    """One row per attempt, read from the timeline: when it started and finished, how long
+    it waited (since the enqueue, or since the previous attempt ended) and ran, where, and
+    how it ended (with the error's class). An attempt that never recorded an end (its worker
+    died, or its ack deadline passed) ends when the next one starts, marked as cut off."""
+    classes = {error.get("attempt"): error.get("exception_class_path", "")
+               for error in obj.errors or [] if isinstance(error, dict)}
+    rows: list[dict[str, Any]] = []
+    ready_since = obj.enqueued_at or obj.created_at
+    current: dict[str, Any] | None = None
+    for entry in obj.timeline or []:
+        if not isinstance(entry, dict):
+            continue
+        at = _when(entry.get("at"))
+        if not isinstance(at, datetime):
+            continue
+        if entry.get("to") == State.RUNNING:
+            if current is not None and current["finished"] is None:
+                current["outcome"] = "cut off"
+            match = ATTEMPT_NOTE.match(entry.get("note") or "")
+            number = int(match.group(1)) if match else len(rows) + 1
+            current = {"number": number, "worker": match.group(2) if match else "",
+                       "started": at, "finished": None, "ran_ms": None, "outcome": "running",
+                       "error_class": classes.get(number, ""),
+                       "waited": _seconds(at - ready_since) if ready_since else None}
+            rows.append(current)
+        elif (entry.get("from") == State.RUNNING and current is not None
+              and current["finished"] is None):
+            current["finished"] = ready_since = at
+            current["ran_ms"] = round((at - current["started"]).total_seconds() * 1000)
+            current["outcome"] = State(entry["to"]).label if entry.get("to") in State.values \
+                else entry.get("to", "")
+    return rows
+
+
+def _seconds(delta: Any) -> str:
+    seconds = delta.total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min"
 
 
 def _pretty(value: Any) -> str:

@@ -49,3 +49,20 @@ class TaskNameFilter(_ExactValueFilter):
             # The registry's own system check reports why; the run list must still open.
             return []
         return [(name, name) for name in names]
+
+
+class RecoveryFilter(admin.SimpleListFilter):
+    """Failed and rejected runs by whether a retry has made them good (models.py)."""
+
+    title = _("recovery")
+    parameter_name = "recovery"
+
+    def lookups(self, request, model_admin):
+        return [("pending", _("Not yet recovered")), ("recovered", _("Recovered by a retry"))]
+
+    def queryset(self, request, queryset):
+        if self.value() == "pending":
+            return queryset.not_recovered()
+        if self.value() == "recovered":
+            return queryset.recovered()
+        return queryset

@@ -121,12 +121,32 @@ class SwitchRow:
         return bool(dropped_from and dropped_from <= self.now)
 
     @property
+    def unqueued_backend(self) -> str:
+        """The alias of the route's backend if it has no queue the switch could act on.
+
+        Only deliveries through PubSubBackend's push endpoint ask the switch. Another backend
+        (Django's ImmediateBackend, say) runs the task inside ``.enqueue()``; the switch then
+        stops only scheduled firings and admin retries.
+        """
+        return unqueued_backend(self.route) if self.route else ""
+
+    @property
     def retention_days(self) -> int:
         return MESSAGE_RETENTION.days
 
     @property
     def off_form(self) -> TurnOffForm:
         return self.form or TurnOffForm(auto_id=f"id_%s_{self.name}")
+
+
+def unqueued_backend(route: TaskRoute) -> str:
+    from ..backend import PubSubBackend
+
+    try:
+        backend = route.task.get_backend()
+    except Exception:  # an unknown alias: the system checks report it; the page must open
+        return ""
+    return "" if isinstance(backend, PubSubBackend) else backend.alias
 
 
 def build_rows(routes: tuple[TaskRoute, ...], switches: dict[str, KillSwitch]
@@ -299,9 +319,14 @@ class KillSwitchAdmin(admin.ModelAdmin):
             rows = [failed if row.name == failed.name else row for row in rows]
         counts = {state: sum(1 for row in rows if row.state == state)
                   for state in ("on", "skip", "hold", "env")}
+        unqueued: dict[str, list[str]] = {}
+        for row in rows:
+            if row.unqueued_backend:
+                unqueued.setdefault(row.unqueued_backend, []).append(row.name)
         context = page_context(
             self, request, str(_("Kill switches")),
             rows=rows, orphans=orphans, registry_error=registry_error, counts=counts,
+            unqueued=sorted(unqueued.items()),
             retention_days=MESSAGE_RETENTION.days, **self.permissions(request),
         )
         return TemplateResponse(request, template, context, status=status)

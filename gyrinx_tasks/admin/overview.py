@@ -102,6 +102,17 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
               zip(*(t.failed_per_minute for t in overview.tasks), strict=True)]
     running = [{"run": run, "started": format_seconds((now - run.started_at).total_seconds())
                 if run.started_at else ""} for run in overview.running]
+    totals = {status: sum(t.count(status) for t in overview.tasks) for status in COUNTED_STATES}
+    # Only asked for when the window holds failures (the counts above already say so).
+    failures = [{
+        "run": run,
+        "error_class": getattr(run, "error_class", None) or "",
+        "error_name": (getattr(run, "error_class", None) or "").rsplit(".", 1)[-1],
+        "at": run.finished_at or run.created_at,
+        "url": reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk]),
+        "task_url": runs_link(task_name=run.task_name, status=State.FAILED, **window_params),
+    } for run in (stats.recent_failures(overview.since, overview.until)
+                  if totals[State.FAILED] else [])]
     poll_query = urlencode({"window": overview.window.key})
     return {
         "overview": overview,
@@ -116,8 +127,8 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
         "all_failed_url": runs_link(status=State.FAILED, **window_params),
         "window_runs_url": runs_link(**window_params),
         "window_total": sum(t.total for t in overview.tasks),
-        "totals": {status: sum(t.count(status) for t in overview.tasks)
-                   for status in COUNTED_STATES},
+        "totals": totals,
+        "failures": failures,
         "running_total": sum(t.running_now for t in overview.tasks),
         "ready_total": sum(t.ready_now for t in overview.tasks),
         "wide_chart": chart(total, failed, overview, WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT),

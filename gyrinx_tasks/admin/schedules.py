@@ -22,13 +22,14 @@ from django.http import (
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import dateformat, timezone
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from ..conf import tasks_settings
 from ..dates import TIME, format_when, zones_agree
 from ..exceptions import RegistryError, UnknownTask
-from ..models import ScheduledJob, State, TaskExecution
+from ..models import KillSwitch, ScheduledJob, State, SwitchMode, TaskExecution
 from ..provisioning import (
     ProvisioningConfig,
     ProvisioningError,
@@ -109,6 +110,30 @@ def parse_since(text: str) -> float | None:
     return since
 
 
+def run_now_message(message: str, ident: str) -> str:
+    """What Run now did, with a link to the run when it is already recorded (a backend that
+    ran it at once); a Pub/Sub run is recorded on delivery, and its cell follows it."""
+    run = (TaskExecution.objects.filter(result_id=ident).only("pk", "status").first()
+           or TaskExecution.objects.filter(message_id=ident).only("pk", "status").first())
+    if run is None:
+        return message
+    return format_html('{} <a href="{}">Open the run</a> ({}).', message,
+                       reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk]),
+                       run.get_status_display().lower())
+
+
+def switch_state(route: TaskRoute, switch: KillSwitch | None) -> dict[str, str]:
+    """The task's kill switch as the row shows it: state, label and why."""
+    if not route.env_switch_enabled():
+        return {"state": "env", "label": "Off · environment",
+                "reason": f"{route.enabled_env_var} is off; firings are skipped."}
+    if switch is not None and not switch.enabled:
+        if switch.mode == SwitchMode.HOLD:
+            return {"state": "hold", "label": "Off · holding", "reason": switch.reason}
+        return {"state": "skip", "label": "Off · skipping", "reason": switch.reason}
+    return {"state": "on", "label": "On", "reason": ""}
+
+
 class ScheduledJobAdmin(PageAdmin):
     """The page of ScheduledJob (a proxy with no rows of its own)."""
 
@@ -166,9 +191,10 @@ class ScheduledJobAdmin(PageAdmin):
             "expired": expired, "lastrun_url": self._url("lastrun", route.name),
         }
 
-    def _row_context(self, request: HttpRequest, route: TaskRoute,
-                     now: datetime) -> dict[str, Any]:
-        row: dict[str, Any] = {"route": route, "cloud": uses_cloud_scheduler(route)}
+    def _row_context(self, request: HttpRequest, route: TaskRoute, now: datetime,
+                     switch: KillSwitch | None = None) -> dict[str, Any]:
+        row: dict[str, Any] = {"route": route, "cloud": uses_cloud_scheduler(route),
+                               "switch": switch_state(route, switch)}
         try:
             row["description"] = describe_schedule(route)
             row["next_runs"] = next_runs(route, now)
@@ -214,12 +240,21 @@ class ScheduledJobAdmin(PageAdmin):
             routes = [route for route in get_routes() if route.is_scheduled]
         except RegistryError as exc:
             routes, error = [], str(exc)
-        rows = [self._row_context(request, route, now) for route in routes]
+        # Every scheduled task's switch in one query; a task without a row is on.
+        switches = {switch.task_name: switch for switch in
+                    KillSwitch.objects.filter(task_name__in=[route.name for route in routes])}
+        rows = [self._row_context(request, route, now, switches.get(route.name))
+                for route in routes]
         health = {job.route.name: job for job in schedule_health(now, routes)}
         for row in rows:
             row["health"] = health.get(row["route"].name)
-        context = page_context(self, request, "Scheduled jobs", rows=rows,
-                               registry_error=error, **self._base(request))
+        can_see_switches = request.user.has_perm("gyrinx_tasks.view_killswitch")
+        context = page_context(
+            self, request, "Scheduled jobs", rows=rows, registry_error=error,
+            killswitches_url=reverse("admin:gyrinx_tasks_killswitch_changelist",
+                                     current_app=self.admin_site.name)
+            if can_see_switches else "",
+            **self._base(request))
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context)
 
     def last_run_view(self, request: HttpRequest, task: str) -> HttpResponse:
@@ -265,11 +300,12 @@ class ScheduledJobAdmin(PageAdmin):
             context["run_error"] = message
             return TemplateResponse(request, f"{TEMPLATES}/_last_run.html", context)
         audit(request, route.name, f"Run now by {user}: {result.message}", model=ScheduledJob)
+        said = run_now_message(result.message, result.ident)
         if not getattr(request, "htmx", False):
-            messages.success(request, result.message)
+            messages.success(request, said)
             return HttpResponseRedirect(self._url("changelist"))
         context = self._last_run_context(route, result.ident, time.time())
-        context["run_message"] = result.message
+        context["run_message"] = said
         return TemplateResponse(request, f"{TEMPLATES}/_last_run.html", context)
 
     def pause_view(self, request: HttpRequest, task: str) -> HttpResponse:

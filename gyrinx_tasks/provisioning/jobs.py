@@ -59,12 +59,25 @@ def run_now(route: TaskRoute, *, scheduler: Any = None,
             f"Cloud Scheduler is running job {name.rsplit('/', 1)[-1]} now; the run is "
             "recorded when Pub/Sub delivers it.",
         )
+    from ..backend import PubSubBackend
     from ..models import Trigger
     from ..scheduling import fire_scheduled
 
     ident = fire_scheduled(route, Trigger.RUN_NOW, requested_by=requested_by)
     if not uses_cloud_scheduler(route):
-        return RunNowResult("local", ident, f"Fired {route.name} now, locally ({ident}).")
+        backend = route.task.get_backend()
+        if isinstance(backend, PubSubBackend):
+            return RunNowResult(
+                "local", ident,
+                f"Published {route.name}'s scheduled message to the Pub/Sub emulator now "
+                f"(Pub/Sub message id {ident}); the run is recorded when the emulator "
+                "delivers it.",
+            )
+        return RunNowResult(
+            "local", ident,
+            f"Ran {route.name} now through the {backend.alias!r} backend, in this process "
+            f"(result id {ident}).",
+        )
     return RunNowResult(
         "pubsub", ident,
         f"Published {route.name}'s scheduled message to its topic now (message {ident}); the "
