@@ -123,7 +123,9 @@ timed "docs (mkdocs)" "$PY" -m mkdocs build --strict --site-dir "$SCRATCH/site"
 
 say "package: python -m build, twine check"
 package() {
-    "$PY" -m build --outdir "$SCRATCH/dist" . >"$SCRATCH/build.log" 2>&1 \
+    # --installer uv: the isolated build environments come from uv's cache, not a pip download.
+    PATH="$ROOT/.cache/tools/bin:$PATH" "$PY" -m build --installer uv --outdir "$SCRATCH/dist" . \
+        >"$SCRATCH/build.log" 2>&1 \
         || { cat "$SCRATCH/build.log"; return 1; }
     tail -n 1 "$SCRATCH/build.log"
     "$PY" -m twine check --strict "$SCRATCH"/dist/*
