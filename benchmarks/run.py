@@ -1,9 +1,9 @@
-"""Run every benchmark, one after another, and write docs/benchmarks.md.
+"""Run every benchmark, one after another, and write benchmarks/results/latest.md.
 
     benchmarks/run.sh            # bounded full sizes (about 30-40 minutes on two cores)
     benchmarks/run.sh --quick    # each benchmark's small sizes (about 10 minutes)
     benchmarks/run.sh --only enqueue --only push_server --out /tmp/b.md
-    benchmarks/run.sh --only enqueue --update   # rerun one section of docs/benchmarks.md
+    benchmarks/run.sh --only enqueue --update   # rerun one section of benchmarks/results/latest.md
 
 Each benchmark runs as its own process (``python -m benchmarks.NAME ARGS``) with a time
 limit; its report (machine lines and tables, with each figure's reference and ratio measured
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="each benchmark's small sizes")
     parser.add_argument("--only", action="append", choices=list(BENCHMARKS),
                         help="run only these (repeatable)")
-    parser.add_argument("--out", default=str(REPO_ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "latest.md"))
     parser.add_argument("--update", action="store_true",
                         help="with --only: replace just those sections of --out, keeping the "
                              "others (each section says when and from which commit it ran)")

@@ -12,10 +12,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from croniter import croniter
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.tasks import Task, task_backends
 from django.tasks.exceptions import InvalidTaskBackend
+from django.utils.module_loading import import_string
 
 from . import registry
 from .conf import tasks_settings
@@ -117,6 +119,32 @@ def check_sqlite_transactions(app_configs: Any = None, **kwargs: Any) -> list[Ch
                 id="gyrinx_tasks.W014",
             ))
     return messages
+
+
+@register(TAG)
+def check_htmx_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    # The admin's pages answer HTMX requests with a fragment only when request.htmx says so;
+    # without the middleware every button would swap a whole page into a table cell.
+    from django_htmx.middleware import HtmxMiddleware
+
+    if not apps.is_installed("django.contrib.admin"):
+        return []
+    for path in settings.MIDDLEWARE or []:
+        try:
+            middleware = import_string(path)
+        except ImportError:
+            continue  # Django reports a middleware that cannot be imported when it loads it
+        if isinstance(middleware, type) and issubclass(middleware, HtmxMiddleware):
+            return []
+    return [
+        Error(
+            "django-htmx's HtmxMiddleware is not in MIDDLEWARE, so the gyrinx_tasks admin "
+            "pages cannot tell HTMX requests from full page loads.",
+            hint='Add "django_htmx.middleware.HtmxMiddleware" to MIDDLEWARE, and '
+            '"django_htmx" to INSTALLED_APPS.',
+            id="gyrinx_tasks.E016",
+        )
+    ]
 
 
 @register(TAG, Tags.security, deploy=True)

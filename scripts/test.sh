@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Run every check on a fresh machine: lint, missing migrations, then the test suite twice,
-# on SQLite and on PostgreSQL. Installs what the suite needs (Python deps, Chromium, the
-# Pub/Sub emulator) first. Extra arguments go to both pytest runs:
+# Run every check on a fresh machine: lint, types, missing migrations, the documentation site,
+# the package, then the test suite on SQLite, on PostgreSQL, and on Django 6.0. Installs what
+# the suite needs (Python deps, Chromium, the Pub/Sub emulator) first. Extra arguments go to
+# every pytest run:
 #   scripts/test.sh                 everything
 #   scripts/test.sh -k emulator -x  a subset
-# The SQLite run is repeated on Django 6.0, since the lock file pins 6.1.
+# The suite runs in GYRINX_TEST_WORKERS pytest-xdist workers (default 4: most of its time is
+# spent waiting on the emulator, PostgreSQL, Chromium and subprocesses, not on the CPU). The
+# PostgreSQL and Django 6.0 runs leave out the tests that the SQLite run already ran with the
+# same result; tests/conftest.py lists them with the reason for each (docs/testing.md).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -82,7 +86,7 @@ fi
 # --- The checks ----------------------------------------------------------------------
 declare -a SUMMARY=()
 FAILED=0
-record() {  # record NAME EXIT_CODE
+record() {  # record NAME EXIT_CODE [SECONDS]
     local status="ok"
     if [ "$2" -eq 5 ]; then
         status="FAILED (pytest collected no tests)"
@@ -90,46 +94,91 @@ record() {  # record NAME EXIT_CODE
         status="FAILED (exit $2)"
     fi
     [ "$2" -eq 0 ] || FAILED=1
-    SUMMARY+=("$(printf '%-22s %s' "$1:" "$status")")
+    SUMMARY+=("$(printf '%-24s %-34s %s' "$1:" "$status" "${3:+$3 s}")")
+}
+
+WORKERS="${GYRINX_TEST_WORKERS:-4}"
+# loadgroup: tests sharing an xdist_group (one module's expensive fixture) stay on one worker.
+PARALLEL=(-n "$WORKERS" --dist loadgroup)
+SCRATCH="$(mktemp -d)"
+trap 'rm -rf "$SCRATCH"' EXIT
+
+timed() {  # timed NAME COMMAND...: run it, record its result and how long it took
+    local name="$1" start code
+    shift
+    start=$SECONDS
+    "$@"
+    code=$?
+    record "$name" "$code" "$((SECONDS - start))"
+    return "$code"
 }
 
 say "ruff check"
-"$PY" -m ruff check .
-record "ruff check" $?
+timed "ruff check" "$PY" -m ruff check .
 
 say "mypy (django-stubs)"
-"$PY" -m mypy
-record "mypy" $?
+timed "mypy" "$PY" -m mypy
 
 say "makemigrations --check"
-"$PY" manage.py makemigrations --check --dry-run --settings=tests.settings
-record "makemigrations" $?
+timed "makemigrations" "$PY" manage.py makemigrations --check --dry-run --settings=tests.settings
 
-say "pytest on SQLite"
-env -u GYRINX_TEST_DB "$PY" -m pytest "$@"
-record "pytest (sqlite)" $?
+say "docs: mkdocs build --strict (a broken link or a page missing from the nav fails)"
+# Not -q: mkdocs then drops the warnings that strict mode counts.
+timed "docs (mkdocs)" "$PY" -m mkdocs build --strict --site-dir "$SCRATCH/site"
 
-say "pytest on PostgreSQL"
-GYRINX_TEST_DB=postgres "$PY" -m pytest "$@"
-record "pytest (postgres)" $?
+say "package: python -m build, twine check"
+package() {
+    # --installer uv: the isolated build environments come from uv's cache, not a pip download.
+    PATH="$ROOT/.cache/tools/bin:$PATH" "$PY" -m build --installer uv --outdir "$SCRATCH/dist" . \
+        >"$SCRATCH/build.log" 2>&1 \
+        || { cat "$SCRATCH/build.log"; return 1; }
+    tail -n 1 "$SCRATCH/build.log"
+    "$PY" -m twine check --strict "$SCRATCH"/dist/*
+}
+timed "package (build+twine)" package
+
+say "pytest on SQLite ($WORKERS workers)"
+timed "pytest (sqlite)" env -u GYRINX_TEST_DB "$PY" -m pytest "${PARALLEL[@]}" "$@"
+SQLITE_CODE=$?
+
+left_out_ok() {  # exit 5 here means every selected test was left out: the SQLite run ran them
+    "$@"
+    local code=$?
+    if [ "$code" -eq 5 ] && [ "$SQLITE_CODE" -eq 0 ]; then
+        echo "Every selected test is left out of this run; the SQLite run ran them."
+        return 0
+    fi
+    return "$code"
+}
+
+say "pytest on PostgreSQL ($WORKERS workers), without what is the same on every database"
+timed "pytest (postgres)" left_out_ok env GYRINX_TEST_DB=postgres "$PY" -m pytest "${PARALLEL[@]}" \
+    --leave-out same-on-every-database "$@"
+
+say "pytest on SQLite with Django 6.0 (the lock has 6.1; both are supported): what differs"
+timed "pytest (django 6.0)" left_out_ok env -u GYRINX_TEST_DB UV_PYTHON_DOWNLOADS=never \
+    "$ROOT/.cache/tools/bin/uv" run --no-sync --with 'Django>=6.0,<6.1' \
+    python -m pytest "${PARALLEL[@]}" --leave-out same-on-every-django "$@"
 
 # Date bombs: the tests that read the clock (marker "clock") run again with the clock a year
 # ahead and a year back, so a fixed calendar date the real clock will pass fails today.
+subset_ok() {  # exit 5 with a subset asked for on the command line: it held no clock tests
+    "$@"
+    local code=$?
+    if [ "$code" -eq 5 ] && [ "$ARGC" -gt 0 ]; then
+        echo "The tests asked for hold none that read the clock."
+        return 0
+    fi
+    return "$code"
+}
+ARGC=$#
 for offset in +365d -365d; do
     say "pytest on SQLite with the clock moved $offset (marker clock, no emulator or browser)"
-    env -u GYRINX_TEST_DB faketime -f "$offset" "$PY" -m pytest \
-        -m "clock and not emulator and not browser" "$@"
-    rc=$?
-    # A subset asked for on the command line may hold no clock tests; that is not a failure.
-    if [ "$rc" -eq 5 ] && [ "$#" -gt 0 ]; then rc=0; fi
-    record "pytest (clock $offset)" "$rc"
+    timed "pytest (clock $offset)" subset_ok env -u GYRINX_TEST_DB faketime -f "$offset" \
+        "$PY" -m pytest "${PARALLEL[@]}" -m "clock and not emulator and not browser" "$@"
 done
-
-say "pytest on SQLite with Django 6.0 (the lock has 6.1; both are supported)"
-UV_PYTHON_DOWNLOADS=never "$ROOT/.cache/tools/bin/uv" run --no-sync --with 'Django>=6.0,<6.1' \
-    python -m pytest "$@"
-record "pytest (django 6.0)" $?
 
 say "Summary"
 printf '%s\n' "${SUMMARY[@]}"
+printf 'total: %d s\n' "$SECONDS"
 exit "$FAILED"

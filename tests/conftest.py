@@ -5,9 +5,92 @@ emulator, Chromium) are fixtures in tests/infra/, loaded here as plugins. Fixtur
 some tests need (tests/oidc.py, tests/fakes/) are loaded by those test modules themselves.
 """
 
+from pathlib import Path
+
 import pytest
 
 pytest_plugins = ["tests.infra.postgres", "tests.infra.pubsub", "tests.infra.browser"]
+
+# What scripts/test.sh leaves out of a run because another run already gives the same result
+# (docs/testing.md, "What CI runs"). Keys are test files or test ids, values say why.
+SAME_ON_EVERY_DATABASE = {  # `--leave-out same-on-every-database`: the PostgreSQL run
+    "tests/test_auth.py": "token verification; no database",
+    "tests/test_mutants_auth.py": "token verification; no database",
+    "tests/test_scheduler_fake.py": "the Cloud Scheduler fake and Google's client; no database",
+    "tests/test_docs.py": "README and the MkDocs build; no database",
+    "tests/test_sample_site.py": "the sample site runs in subprocesses on its own SQLite file",
+    "tests/test_fresh_project.py": "the fresh project has its own SQLite file and virtualenv",
+    "tests/test_pg_exhaustion.py": "starts its own PostgreSQL, whatever GYRINX_TEST_DB says",
+    "tests/test_push_chunked.py::test_gunicorn_runs_a_chunked_push_without_content_length":
+        "gunicorn runs on its own SQLite file, whatever GYRINX_TEST_DB says",
+    "tests/test_infra.py::test_postgres_server_starts_answers_and_is_removed":
+        "starts its own PostgreSQL, whatever GYRINX_TEST_DB says",
+    "tests/test_infra.py::test_stopping_an_emulator_leaves_no_process_behind":
+        "the emulator's processes; no database",
+}
+SAME_ON_EVERY_DJANGO = {  # `--leave-out same-on-every-django`: the Django 6.0 run
+    "tests/test_fresh_project.py": "installs the wheel's own requirements, so the newest Django",
+    "tests/test_docs.py": "README and the MkDocs build; no Django",
+    "tests/test_auth.py": "auth.py verifies tokens with google-auth and reads only settings",
+    "tests/test_mutants_auth.py": "the same as tests/test_auth.py",
+    "tests/test_scheduler_fake.py": "the Cloud Scheduler fake and Google's client; no Django",
+    "tests/test_infra.py": "the test parts themselves (PostgreSQL, emulator, Chromium)",
+    "tests/test_sample_site.py": "the sample site's commands and pages call the code that the "
+    "in-process tests cover on this Django too",
+}
+# Also left out of the Django 6.0 run: every test that uses the Pub/Sub emulator. The emulator's
+# side of a delivery does not change with Django; the Django side (the push view, the runner,
+# the ORM, signals, the admin) is tested in-process, and those tests do run on 6.0.
+SAME_ON_EVERY_DJANGO_FIXTURES = {"pubsub_emulator"}
+LEAVE_OUT = {
+    "same-on-every-database": (SAME_ON_EVERY_DATABASE, set()),
+    "same-on-every-django": (SAME_ON_EVERY_DJANGO, SAME_ON_EVERY_DJANGO_FIXTURES),
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--leave-out", action="append", default=[], choices=sorted(LEAVE_OUT),
+        help="deselect the tests that another run of scripts/test.sh already runs with the same "
+        "result (tests/conftest.py lists them, each with the reason)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    # Under pytest-xdist the workers deselect, and the summary line does not count them.
+    return [
+        f"--leave-out {group}: the tests listed for it in tests/conftest.py are not run here"
+        for group in config.getoption("leave_out")
+    ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups = config.getoption("leave_out")
+    if not groups:
+        return
+    root = Path(config.rootpath)
+    prefixes: list[str] = []
+    fixtures: set[str] = set()
+    for group in groups:
+        listed, group_fixtures = LEAVE_OUT[group]
+        for key in listed:
+            if not (root / key.split("::", 1)[0]).is_file():
+                raise pytest.UsageError(
+                    f"tests/conftest.py leaves out {key!r} ({group}), but there is no such file. "
+                    "Update the list to the test's new place."
+                )
+        prefixes += listed
+        fixtures |= group_fixtures
+
+    def left_out(item: pytest.Item) -> bool:
+        nodeid = item.nodeid
+        return any(nodeid == key or nodeid.startswith((key + "::", key + "["))
+                   for key in prefixes) or bool(fixtures & set(getattr(item, "fixturenames", ())))
+
+    deselected = [item for item in items if left_out(item)]
+    if deselected:
+        items[:] = [item for item in items if not left_out(item)]
+        config.hook.pytest_deselected(items=deselected)
 
 
 @pytest.fixture
@@ -21,3 +104,20 @@ def fake_publisher():
     use_publisher(publisher)
     yield publisher
     task_backends["default"].__dict__.pop("publisher", None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Make a worker's report sendable when its captured output holds a lone surrogate.
+
+    Under pytest-xdist a worker sends each report to the controller as UTF-8, and the tests of
+    hostile input log strings with unpaired surrogates, which would stop the whole run. Such
+    characters are shown escaped (``\\ud800``) instead; a run without workers is untouched.
+    """
+    report = yield
+    if hasattr(item.config, "workerinput"):
+        report.sections = [
+            (title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+            for title, text in report.sections
+        ]
+    return report

@@ -4,6 +4,7 @@ import pytest
 from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django_htmx.middleware import HtmxMiddleware
 
 from gyrinx_tasks import registry
 from gyrinx_tasks.checks import import_tasks_module
@@ -309,3 +310,26 @@ def test_e020_schedule_tolerance_setting_not_a_positive_number_of_seconds(settin
 def test_e020_accepts_a_positive_number_of_seconds(settings, value):
     settings.TASKS_SCHEDULE_TOLERANCE = value  # an environment variable arrives as text
     assert ids() == []
+
+
+class ProjectHtmxMiddleware(HtmxMiddleware):
+    """A project's own subclass, which sets request.htmx as the original does."""
+
+
+def test_e016_htmx_middleware_missing(settings):
+    htmx = "django_htmx.middleware.HtmxMiddleware"
+    assert htmx in settings.MIDDLEWARE and "gyrinx_tasks.E016" not in ids()
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != htmx]
+    [message] = [m for m in ours() if m.id == "gyrinx_tasks.E016"]
+    assert isinstance(message, checks.Error)
+    assert "HtmxMiddleware is not in MIDDLEWARE" in message.msg
+    assert htmx in message.hint and '"django_htmx" to INSTALLED_APPS' in message.hint
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, f"{__name__}.ProjectHtmxMiddleware"]
+    assert "gyrinx_tasks.E016" not in ids()
+
+
+def test_e016_not_reported_without_the_admin(settings):
+    settings.MIDDLEWARE = []
+    assert "gyrinx_tasks.E016" in ids()
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if a != "django.contrib.admin"]
+    assert "gyrinx_tasks.E016" not in ids()  # the push endpoint alone never reads request.htmx

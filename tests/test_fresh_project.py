@@ -6,6 +6,7 @@ applied to it literally. Then, as the README's emulator section says: tasks_prov
 the emulator, runserver, and a task from .enqueue() reaches SUCCESSFUL, read with get_result().
 """
 
+import json
 import os
 import re
 import secrets
@@ -15,13 +16,15 @@ import sys
 import time
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.infra import free_port
 
-pytestmark = pytest.mark.emulator
+# One worker builds the wheel and the fresh site once for the whole module (pytest-xdist).
+pytestmark = [pytest.mark.emulator, pytest.mark.xdist_group("fresh_project")]
 ROOT = Path(__file__).resolve().parent.parent
 UV = ROOT / ".cache" / "tools" / "bin" / "uv"
 
@@ -48,28 +51,40 @@ def run(args, cwd, env=None, timeout=300):
 def wheel(tmp_path_factory) -> Path:
     assert UV.exists(), "run scripts/bootstrap.sh first: it installs uv into .cache/tools"
     out = tmp_path_factory.mktemp("dist")
-    run([str(UV), "build", "--wheel", "--out-dir", str(out), str(ROOT)], cwd=ROOT)
+    # No --wheel: the sdist is built first and the wheel from it, as PyPI users' installers
+    # from the sdist and `python -m build` do.
+    run([str(UV), "build", "--out-dir", str(out), str(ROOT)], cwd=ROOT)
     [built] = out.glob("gyrinx_tasks-*.whl")
     return built
 
 
-def test_wheel_ships_templates_and_static(wheel):
-    names = zipfile.ZipFile(wheel).namelist()
-    templates = [n for n in names if n.startswith("gyrinx_tasks/templates/")]
-    static = [n for n in names if n.startswith("gyrinx_tasks/static/")]
-    assert templates and static
-    assert "gyrinx_tasks/migrations/0001_initial.py" in names
+def test_wheel_ships_templates_static_and_migrations(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for folder, packaged in [
+        (ROOT / "templates", "gyrinx_tasks/templates"),
+        (ROOT / "static", "gyrinx_tasks/static"),
+        (ROOT / "gyrinx_tasks" / "migrations", "gyrinx_tasks/migrations"),
+    ]:
+        files = [f for f in folder.rglob("*") if f.is_file() and "__pycache__" not in f.parts]
+        assert files, f"{folder} is empty"
+        missing = {f"{packaged}/{f.relative_to(folder).as_posix()}" for f in files} - names
+        assert not missing, f"the wheel lacks {sorted(missing)}"
     assert "gyrinx_tasks/py.typed" in names
 
 
-def test_readme_install_steps_run_a_task_through_the_emulator(wheel, tmp_path, pubsub_emulator):
+@pytest.fixture(scope="module")
+def fresh_site(wheel, tmp_path_factory) -> Iterator[tuple[Path, str, dict[str, str]]]:
+    """The wheel in a fresh virtualenv and a startproject site set up by README's blocks.
+
+    Yields the site folder, the venv's python and the environment to run it with.
+    """
     blocks = readme_blocks()
     assert {"settings.py", "urls.py", "myproject/tasks.py", "myproject/task_registry.py"} <= set(
         blocks
     )
-
+    tmp_path = tmp_path_factory.mktemp("fresh")
     venv = tmp_path / "venv"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "GYRINX_"))}
     env["UV_PYTHON_DOWNLOADS"] = "never"
     run([str(UV), "venv", "--quiet", "--python", sys.executable, str(venv)], cwd=tmp_path, env=env)
     python = str(venv / "bin" / "python")
@@ -89,16 +104,63 @@ def test_readme_install_steps_run_a_task_through_the_emulator(wheel, tmp_path, p
         mode = "a" if target.exists() else "w"  # settings.py and urls.py get the lines added
         with target.open(mode) as f:
             f.write("\n" + body)
+    env["DJANGO_SETTINGS_MODULE"] = "myproject.settings"
+    run([python, "manage.py", "migrate", "--noinput"], cwd=site, env=env)
+    yield site, python, env
+    shutil.rmtree(venv, ignore_errors=True)
 
+
+# Run in the fresh site: Django's test client renders admin pages as a superuser and reports
+# which template files and static file were used, so the test can see they came from the wheel.
+RENDER_ADMIN = """
+import json
+from django.contrib.auth.models import User
+from django.contrib.staticfiles import finders
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+client = Client()
+client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
+pages = {}
+for url in ("/admin/gyrinx_tasks/", "/admin/gyrinx_tasks/taskexecution/",
+            "/admin/gyrinx_tasks/killswitch/"):
+    response = client.get(url)
+    pages[url] = {
+        "status": response.status_code,
+        "templates": sorted({t.origin.name for t in response.templates
+                             if (t.name or "").startswith("admin/gyrinx_tasks/")}),
+        "html": response.content.decode(),
+    }
+print(json.dumps({"pages": pages, "css": finders.find("gyrinx_tasks/admin.css")}))
+"""
+
+
+def test_wheel_renders_the_admin_from_its_own_templates_and_static(fresh_site):
+    site, python, env = fresh_site
+    found = json.loads(run([python, "manage.py", "shell", "-v", "0", "-c", RENDER_ADMIN],
+                           cwd=site, env=env))
+    installed = Path(run([python, "-c", "import gyrinx_tasks; print(gyrinx_tasks.__file__)"],
+                         cwd=site, env=env).strip()).parent
+    assert installed.is_relative_to(Path(python).parent.parent), "not the wheel's copy"
+    assert found["css"] == str(installed / "static" / "gyrinx_tasks" / "admin.css")
+    for url, page in found["pages"].items():
+        assert page["status"] == 200, f"{url}: {page['status']}\n{page['html'][:2000]}"
+        assert page["templates"], f"{url} used none of the app's templates"
+        for origin in page["templates"]:
+            assert Path(origin).is_relative_to(installed / "templates"), origin
+        assert "gyrinx_tasks/admin.css" in page["html"]
+
+
+def test_readme_install_steps_run_a_task_through_the_emulator(fresh_site, pubsub_emulator):
+    site, python, env = fresh_site
     port = free_port()
-    env.update(
+    env = dict(
+        env,
         PUBSUB_EMULATOR_HOST=pubsub_emulator.host,
         TASKS_VERIFY_OIDC="False",
         TASKS_ENVIRONMENT="fresh" + secrets.token_hex(3),
-        DJANGO_SETTINGS_MODULE="myproject.settings",
     )
     manage = [python, "manage.py"]
-    run([*manage, "migrate", "--noinput"], cwd=site, env=env)
     provision = run(
         [*manage, "tasks_provision", "--push-endpoint", f"http://127.0.0.1:{port}/tasks/pubsub/"],
         cwd=site,
@@ -150,4 +212,3 @@ def test_readme_install_steps_run_a_task_through_the_emulator(wheel, tmp_path, p
     finally:
         server.terminate()
         server.wait(timeout=10)
-    shutil.rmtree(venv, ignore_errors=True)

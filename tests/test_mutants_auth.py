@@ -1,7 +1,7 @@
 """Push token verification (gyrinx_tasks/auth.py): behaviour that mutmut showed no test held.
 
 Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
-auth.py's survivors are accounted for in docs/mutation-survivors.md.
+auth.py's survivors are accounted for in scripts/mutation/survivors.md.
 """
 
 import base64

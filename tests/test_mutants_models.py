@@ -1,7 +1,7 @@
 """Runs and switches (gyrinx_tasks/models.py): behaviour that mutmut showed no test held.
 
 Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
-models.py's survivors are accounted for in docs/mutation-survivors.md.
+models.py's survivors are accounted for in scripts/mutation/survivors.md.
 """
 
 from datetime import datetime, timedelta

@@ -1,7 +1,7 @@
 """Push parsing (gyrinx_tasks/push.py): behaviour that mutmut showed no test held.
 
 Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
-push.py's survivors are accounted for in docs/mutation-survivors.md.
+push.py's survivors are accounted for in scripts/mutation/survivors.md.
 """
 
 import base64

@@ -1,7 +1,7 @@
 """Running a delivery (gyrinx_tasks/runner.py): behaviour that mutmut showed no test held.
 
 Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
-runner.py's survivors are accounted for in docs/mutation-survivors.md. The tests go through
+runner.py's survivors are accounted for in scripts/mutation/survivors.md. The tests go through
 the push endpoint or handle_delivery and check the recorded run; where a database failure or
 another writer is needed, they wrap the statement the runner calls (as tests/test_regressions.py
 does), never the runner's own functions.

@@ -1,7 +1,7 @@
 """The push view (gyrinx_tasks/views.py): behaviour that mutmut showed no test held.
 
 Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
-views.py's survivors are accounted for in docs/mutation-survivors.md.
+views.py's survivors are accounted for in scripts/mutation/survivors.md.
 """
 
 import logging

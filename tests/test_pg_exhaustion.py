@@ -83,7 +83,8 @@ def endpoint(small_postgres, oidc) -> Iterator[str]:
             try:
                 requests.get(url, timeout=2)
                 break
-            except requests.ConnectionError:
+            # A loaded machine (parallel workers) can accept before it answers in time.
+            except (requests.ConnectionError, requests.Timeout):
                 if process.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"The push server did not start:\n{tail(log)}", pytrace=False)
                 time.sleep(0.2)

@@ -176,9 +176,16 @@ def test_runserver_answers_411_to_a_chunked_push():
     thread.start()
     try:
         connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=30)
-        connection.request("POST", URL, body=iter([envelope(message("t-runserver", [1, 2]))]),
-                           encode_chunked=True, headers={"Content-Type": "application/json",
-                                                         "Transfer-Encoding": "chunked"})
+        try:
+            connection.request(
+                "POST", URL, body=iter([envelope(message("t-runserver", [1, 2]))]),
+                encode_chunked=True,
+                headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            )
+        except BrokenPipeError:
+            # The server may answer 411 and close before the body is all sent (a busy machine
+            # or parallel workers make that likely); its answer is still there to read.
+            pass
         response = connection.getresponse()
         answer = json.loads(response.read())
         connection.close()
