@@ -81,8 +81,11 @@ def test_run_page_and_list_show_times_to_the_second(admin_client):
         block = page[page.index(f">{label}:<"):][:600]
         assert format_when(value, seconds=True) in block, label
     runs = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_changelist")).content
-    day, time = format_when(now - timedelta(seconds=5), seconds=True).split(", ")
+    day, time = format_when(now - timedelta(seconds=5), seconds=True, zone=False).split(", ")
     assert f'{day},</span> <span class="gyrinx-nowrap">{time}</span>' in runs.decode()
+    # Every row is in the same zone, so the list says it once, not on each row.
+    assert runs.decode().count("Times are in UTC.") == 1
+    assert f"{time} UTC" not in runs.decode()
 
 
 @pytest.mark.django_db
