@@ -33,6 +33,7 @@ from .messages import (  # noqa: F401  (build_message: re-exported for retry.py)
 from .registry import get_route
 from .results import result_from_execution
 from .statements import insert_run
+from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -157,6 +158,7 @@ def enqueue_many(task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult
 
 
 class PubSubBackend(BaseTaskBackend):
+    task_class = PubSubTask  # @task(max_attempts=...) on this backend
     supports_defer = False  # would need Pub/Sub scheduled delivery
     supports_async_task = False  # the push endpoint runs tasks synchronously
     supports_get_result = True  # results are stored in TaskExecution

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.tasks import TaskResult
 from django.tasks.base import TASK_REFRESH_ATTRS, TaskError
+from django.tasks.exceptions import InvalidTask
 
 
 # django-stubs declares TaskResult unfrozen; at run time it is frozen, as this must be.
@@ -42,7 +43,10 @@ def result_from_execution(execution: Any, task: Any) -> PubSubTaskResult:
     (its queue_name; its backend when the caller sets it, see PubSubBackend.get_result)."""
     queue_name = getattr(execution, "queue_name", "") or task.queue_name
     if queue_name != task.queue_name:
-        task = task.using(queue_name=queue_name)
+        try:
+            task = task.using(queue_name=queue_name)
+        except InvalidTask:
+            pass  # the backend no longer takes that queue: the task as it is routed now
     errors = [
         TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
         for e in execution.errors
