@@ -337,7 +337,7 @@ def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
                 hint=f"The options @task() takes on PubSubBackend, beyond Django's own, are: "
                 f"{', '.join(TASK_OPTIONS)}. Delivery options (ack_deadline, min_retry_delay, "
                 "max_retry_delay, schedule...) go on the task's TaskRoute in the registry.",
-                obj=path, id="gyrinx_tasks.E015"))
+                obj=path, id="gyrinx_tasks.E016"))
         limit = getattr(task_, "max_attempts", None)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 1):

@@ -2,7 +2,7 @@
 
 Django 6.1 hands every keyword ``@task`` does not know itself to the backend's
 ``task_class``. The one option that belongs to a task rather than its route is
-``max_attempts``; anything else is kept and refused by system check gyrinx_tasks.E015 with a
+``max_attempts``; anything else is kept and refused by system check gyrinx_tasks.E016 with a
 hint, so a typo is reported by ``manage.py check`` rather than as a TypeError at import.
 """
 

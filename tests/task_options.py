@@ -19,7 +19,7 @@ def fails_twice_at_most() -> None:
     raise RuntimeError("always")
 
 
-@task(retries=3)  # not an option of PubSubBackend: system check gyrinx_tasks.E015
+@task(retries=3)  # not an option of PubSubBackend: system check gyrinx_tasks.E016
 def misspelt_option() -> None:
     pass
 

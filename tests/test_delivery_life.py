@@ -405,7 +405,7 @@ def test_an_option_pubsub_backend_does_not_know_is_a_system_check_error(options_
     from tests import task_options  # noqa: F401  (its tasks are what the check looks at)
 
     errors = [message for message in checks.run_checks(tags=["gyrinx_tasks"])
-              if message.id == "gyrinx_tasks.E015"]
+              if message.id == "gyrinx_tasks.E016"]
 
     assert [(error.obj, error.msg) for error in errors] == [(
         "tests.task_options.misspelt_option",
