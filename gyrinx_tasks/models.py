@@ -243,7 +243,18 @@ class TaskExecution(models.Model):
         return [name for name in PROGRESS_FIELDS if values[name] != read[name]]
 
     @property
+    def will_retry(self) -> bool:
+        """FAILED by an attempt that Pub/Sub redelivers: not given up, and delivered (it has
+        a message id; runs of other backends, and publishes that failed, never are)."""
+        return (self.status == State.FAILED and not self.gave_up and bool(self.attempts)
+                and bool(self.message_id))
+
+    @property
     def django_status(self) -> TaskResultStatus:
+        # Django documents READY as "ready to be executed again" and FAILED as final: a
+        # failed attempt that will be retried is READY to Django (its errors stay visible).
+        if self.will_retry:
+            return TaskResultStatus.READY
         return DJANGO_STATUS[State(self.status)]
 
     def _log(self, source: str, target: str, note: str = "") -> None:

@@ -411,3 +411,32 @@ def test_an_option_pubsub_backend_does_not_know_is_a_system_check_error(options_
         "tests.task_options.misspelt_option",
         "@task() was given option retries that PubSubBackend does not know.")]
     assert "max_attempts" in errors[0].hint and "TaskRoute" in errors[0].hint
+
+
+# --- 12. A failed attempt that will be retried is not finished, to Django -------------------
+
+@pytest.mark.django_db
+def test_a_failed_attempt_that_will_retry_is_ready_to_django_and_keeps_its_error(client):
+    run = TaskExecution.objects.create(task_name="explode", task_path="tests.tasks.explode")
+    body = envelope({"task_id": run.result_id, "task_name": "explode", "args": ["kaput"],
+                     "kwargs": {}}, attributes=RECORDED)
+
+    assert push(client, body).status_code == 500  # Pub/Sub redelivers it
+
+    result = jobs.explode.get_result(run.result_id)
+    assert (str(result.status), result.is_finished) == ("READY", False)
+    assert [error.exception_class_path for error in result.errors] == ["builtins.RuntimeError"]
+    assert TaskExecution.objects.get(pk=run.pk).status == State.FAILED  # the admin's record
+
+
+@pytest.mark.django_db
+def test_a_run_given_up_or_never_delivered_is_failed_to_django():
+    gave_up = TaskExecution.objects.create(
+        task_name="explode", task_path="tests.tasks.explode", status=State.FAILED, attempts=3,
+        message_id="m-3", gave_up=True)
+    never_published = TaskExecution.objects.create(
+        task_name="explode", task_path="tests.tasks.explode", status=State.FAILED)
+
+    for run in (gave_up, never_published):
+        result = jobs.explode.get_result(run.result_id)
+        assert (str(result.status), result.is_finished) == ("FAILED", True)
