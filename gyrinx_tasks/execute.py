@@ -27,7 +27,12 @@ class Attempt:
     apply: Callable[[TaskExecution], None]
     what: str  # for timeline notes and logs: "succeeded", "failed (module.Error)"
     detail: str = ""
-    interrupt: BaseException | None = None  # a KeyboardInterrupt to raise once recorded
+    error: BaseException | None = None  # what the task raised
+
+    @property
+    def interrupt(self) -> bool:
+        """A KeyboardInterrupt: raised again once the attempt is recorded."""
+        return isinstance(self.error, KeyboardInterrupt)
 
 
 @lru_cache(maxsize=1024)
@@ -77,8 +82,7 @@ def run_attempt(execution: TaskExecution, delivery: Delivery, task: Any,
                 run.give_up(give_up_reason(attempts))
 
         return Attempt(OutcomeKind.GAVE_UP if give_up else OutcomeKind.FAILED, failed,
-                       f"failed ({path})", f"{path}: {safe_text(str(exc), 2000)}",
-                       exc if isinstance(exc, KeyboardInterrupt) else None)
+                       f"failed ({path})", f"{path}: {safe_text(str(exc), 2000)}", exc)
 
     def succeeded(run: TaskExecution) -> None:
         run.succeed(value)

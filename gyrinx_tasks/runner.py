@@ -7,6 +7,7 @@ task_finished once per run, when it ends (succeeded, gave up, skipped or rejecte
 between attempts.
 """
 
+import logging
 from typing import Any
 
 from django.tasks.signals import task_finished, task_started
@@ -27,6 +28,13 @@ from .results import result_from_execution
 # Names other modules and tests have imported from here.
 __all__ = ["RECORDED_ATTRIBUTE", "Outcome", "OutcomeKind", "handle_delivery",
            "kill_switch_reason", "kill_switch_state", "record_rejection"]
+
+
+# Django logs a failed task's exception from task_finished, which a run that Pub/Sub retries
+# no longer sends after each attempt. Each failed attempt is logged here instead, on Django's
+# logger and in its words, so the traceback still reaches the log, and
+# redaction.RedactedTaskLogFilter still strips it for routes with redact=True.
+django_tasks_logger = logging.getLogger("django.tasks")
 
 
 def _sender(task: Any) -> type:
@@ -62,7 +70,12 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
                           lambda attempts: claims.give_up_reason(attempts, limit))
     outcome = record_outcome(execution, route, attempt.kind, attempt.apply, attempt.what,
                              attempt.detail)
+    if attempt.error is not None:
+        django_tasks_logger.error(
+            "Task id=%s path=%s attempt %s failed (%s)", execution.result_id, task.module_path,
+            execution.attempts, "gave up" if attempt.kind == OutcomeKind.GAVE_UP
+            else "Pub/Sub retries it", exc_info=attempt.error)
     _announce_end(outcome, task)
-    if attempt.interrupt is not None:
-        raise attempt.interrupt  # recorded; let whoever stops the process stop it
+    if attempt.interrupt and attempt.error is not None:
+        raise attempt.error  # recorded; let whoever stops the process stop it
     return outcome
