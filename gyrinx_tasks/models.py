@@ -98,8 +98,15 @@ class TaskExecutionQuerySet(models.QuerySet):
         if not names:
             return True
         expected = run.progress_as_read()
-        changed = self.filter(pk=run.pk, **{name: expected[name] for name in EXPECTED_FIELDS}
-                              ).update(**{name: getattr(run, name) for name in names})
+        # On PostgreSQL and SQLite, the same UPDATE as
+        #   self.filter(pk=run.pk, status=..., attempts=..., timeline=...).update(...)
+        # built once from the model's fields and run on a cursor: the ORM's compilation of it
+        # costs more than the statement itself on the push path (docs/performance.md). Other
+        # databases run exactly that queryset.
+        from .statements import update_run
+
+        changed = update_run(self.db, run, names,
+                             expect={name: expected[name] for name in EXPECTED_FIELDS})
         if changed:
             run.remember_progress()
         return bool(changed)
