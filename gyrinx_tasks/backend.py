@@ -1,8 +1,6 @@
 """PubSubBackend: records each enqueued task, then publishes it to the route's topic."""
 
-import json
 import logging
-import re
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
@@ -31,10 +29,18 @@ from .exceptions import (
     TaskPublishError,
     UnknownTask,
 )
-from .push import check_publish_size, text_problem
+from .messages import (  # noqa: F401  (build_message: re-exported for retry.py)
+    RECORDED_ATTRIBUTE,
+    SUSPECT_ESCAPE,
+    build_message,
+    check_publish_size,
+    encode_message,
+)
+from .push import text_problem
 from .registry import get_route
-from .runner import RECORDED_ATTRIBUTE
+from .results import result_from_execution
 from .statements import insert_run
+from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -80,29 +86,6 @@ def current_enqueue_context() -> EnqueueContext | None:
     return _enqueue_context.get()
 
 
-def encode_message(message: dict[str, Any]) -> bytes:
-    """A task message's bytes as published. ValueError for NaN or Infinity, which are not
-    JSON."""
-    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
-
-
-# In the message's JSON (ASCII, every other character escaped), a NUL or a lone surrogate can
-# only be one of these escapes; a match (also a paired surrogate, or an escaped backslash
-# before "u0000") only costs the full check.
-SUSPECT_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
-
-
-def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
-                  enqueued_at: Any = None) -> dict[str, Any]:
-    """The JSON message a task travels as. Scheduled messages carry no enqueued_at."""
-    message: dict[str, Any] = {
-        "task_id": task_id, "task_name": task_name, "args": list(args), "kwargs": dict(kwargs),
-    }
-    if enqueued_at is not None:
-        message["enqueued_at"] = enqueued_at.isoformat()
-    return message
-
-
 def publish_unconfirmed(exc: BaseException) -> bool:
     """Whether a failed publish may still have reached Pub/Sub, rather than having been
     refused: it timed out, or its last error was one the client retries (UNAVAILABLE,
@@ -111,23 +94,6 @@ def publish_unconfirmed(exc: BaseException) -> bool:
 
     return isinstance(exc, (TimeoutError, api_exceptions.RetryError, PublishNotConfirmed,
                             *clients.TRANSIENT))
-
-
-def result_from_execution(execution: Any, task: Any) -> TaskResult:
-    """A Django TaskResult reflecting a stored TaskExecution."""
-    errors = [
-        TaskError(exception_class_path=e["exception_class_path"], traceback=e["traceback"])
-        for e in execution.errors
-    ]
-    result: TaskResult = TaskResult(
-        task=task, id=execution.result_id, status=execution.django_status,
-        enqueued_at=execution.enqueued_at, started_at=execution.started_at,
-        finished_at=execution.finished_at, last_attempted_at=execution.last_attempted_at,
-        args=execution.args, kwargs=execution.kwargs, backend=execution.backend,
-        errors=errors, worker_ids=list(execution.worker_ids),
-    )
-    object.__setattr__(result, "_return_value", execution.return_value)
-    return result
 
 
 @dataclass
@@ -200,6 +166,7 @@ def enqueue_many(task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult
 
 
 class PubSubBackend(BaseTaskBackend):
+    task_class = PubSubTask  # @task(max_attempts=...) on this backend
     supports_defer = False  # would need Pub/Sub scheduled delivery
     supports_async_task = False  # the push endpoint runs tasks synchronously
     supports_get_result = True  # results are stored in TaskExecution
@@ -268,7 +235,7 @@ class PubSubBackend(BaseTaskBackend):
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
         execution = TaskExecution(
             task_name=route.name, task_path=route.path, backend=self.alias,
-            args=args, kwargs=kwargs, enqueued_at=now,
+            args=args, kwargs=kwargs, enqueued_at=now, queue_name=task.queue_name,
             trigger=context.trigger if context else Trigger.ENQUEUE,
             retry_of_id=context.retry_of_id if context else None,
         )
@@ -522,7 +489,12 @@ class PubSubBackend(BaseTaskBackend):
             execution = TaskExecution.objects.get(result_id=result_id)
         except TaskExecution.DoesNotExist as exc:
             raise TaskResultDoesNotExist(result_id) from exc
-        return self.result_from_execution(execution)
+        # The task as it was enqueued (its queue_name, see result_from_execution), on this
+        # backend: refresh() on the result fetches through the backend that fetched it.
+        task = self._task_for_execution(execution)
+        if task.backend != self.alias:
+            task = task.using(backend=self.alias)
+        return self.result_from_execution(execution, task)
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         messages = list(super().check(**kwargs))

@@ -63,7 +63,7 @@ def check_registry(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     timezones = zoneinfo.available_timezones()
     for route in routes:
         messages += _check_route(route, timezones)
-    return messages + _check_unrouted_tasks(routes)
+    return messages + _check_unrouted_tasks(routes) + _check_task_options(routes)
 
 
 @register(TAG)
@@ -370,6 +370,36 @@ def _check_unrouted_tasks(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
                 id="gyrinx_tasks.W005",
             )
         )
+    return messages
+
+
+def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
+    """@task(...) options PubSubBackend does not know, or a max_attempts that is no count."""
+    from .task_class import TASK_OPTIONS
+
+    found = _project_tasks(routes)
+    for route in routes:
+        if isinstance(route.func, Task):
+            found.setdefault(route.path, route.func)
+    messages: list[CheckMessage] = []
+    for path, task_ in sorted(found.items()):
+        unknown = [name for name, _value in getattr(task_, "unknown_options", ())]
+        if unknown:
+            messages.append(Error(
+                f"@task() was given option{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(unknown)} that PubSubBackend does not know.",
+                hint=f"The options @task() takes on PubSubBackend, beyond Django's own, are: "
+                f"{', '.join(TASK_OPTIONS)}. Delivery options (ack_deadline, min_retry_delay, "
+                "max_retry_delay, schedule...) go on the task's TaskRoute in the registry.",
+                obj=path, id="gyrinx_tasks.E017"))
+        limit = getattr(task_, "max_attempts", None)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 1):
+            messages.append(Error(
+                f"@task(max_attempts={limit!r}) is not a positive whole number.",
+                hint="Give max_attempts as a whole number of attempts, 1 or more, or leave it "
+                "out to retry for as long as Pub/Sub keeps the message.",
+                obj=path, id="gyrinx_tasks.E015"))
     return messages
 
 

@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from django_fsm import FSMField, transition
 
 from .expressions import LastErrorClassName
+from .messages import SCHEDULED_PREFIX
 
 
 class State(models.TextChoices):
@@ -89,6 +90,18 @@ def _recoveries() -> list[models.Exists]:
     ]
 
 
+# What a delivery changes on an existing run. Writing only these keeps each attempt from
+# rewriting the run's arguments (up to 10 MB) along with its state.
+PROGRESS_FIELDS = ("status", "attempts", "worker_ids", "delivery_attempt", "started_at",
+                   "last_attempted_at", "finished_at", "timeline", "timeline_omitted", "errors",
+                   "errors_omitted", "status_detail", "return_value", "gave_up", "message_id",
+                   "raw_message")
+# What a delivery's write expects its row still to hold, as it was read. The timeline too:
+# every change a delivery makes to a run appends to it, a superseded attempt's note included,
+# so a note written meanwhile is never overwritten.
+EXPECTED_FIELDS = ("status", "attempts", "timeline")
+
+
 class TaskExecutionQuerySet(models.QuerySet):
     def failed(self):
         return self.filter(status=State.FAILED)
@@ -124,6 +137,38 @@ class TaskExecutionQuerySet(models.QuerySet):
         return self.exclude(Exists(
             TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
 
+    # --- Delivery transitions ---
+    # A delivery reads its run, applies a transition in memory (start, succeed, fail,
+    # give_up, skip, reject, note), then writes it here: one conditional UPDATE of the fields
+    # the transition changed, on the state the delivery read. Zero rows changed means
+    # another writer got there first; the caller decides again on what the row holds now.
+
+    def write_transition(self, run: "TaskExecution") -> bool:
+        """Write what a transition changed on ``run`` if its row still holds the state it was
+        read in (status, attempts, timeline); whether it did."""
+        names = run.changed_progress()
+        if not names:
+            return True
+        expected = run.progress_as_read()
+        # On PostgreSQL and SQLite, the same UPDATE as
+        #   self.filter(pk=run.pk, status=..., attempts=..., timeline=...).update(...)
+        # built once from the model's fields and run on a cursor: the ORM's compilation of it
+        # costs more than the statement itself on the push path (docs/performance.md). Other
+        # databases run exactly that queryset.
+        from .statements import update_run
+
+        changed = update_run(self.db, run, names,
+                             expect={name: expected[name] for name in EXPECTED_FIELDS})
+        if changed:
+            run.remember_progress()
+        return bool(changed)
+
+    def create_run(self, run: "TaskExecution") -> "TaskExecution":
+        """Insert a run a delivery made (a scheduled firing, a rejection, another producer's
+        message); an IntegrityError if its identity is taken."""
+        run.save(using=self.db, force_insert=True)
+        return run.remember_progress()
+
 
 class TaskExecution(models.Model):
     """One run of a task: from enqueue (or a scheduled delivery) to its outcome."""
@@ -139,6 +184,10 @@ class TaskExecution(models.Model):
     task_name = models.CharField(_("task name"), max_length=255, blank=True)
     task_path = models.CharField(_("task path"), max_length=500, blank=True)
     backend = models.CharField(_("backend alias"), max_length=100, default="default")
+    queue_name = models.CharField(
+        _("queue name"), max_length=100, default="default", db_default="default",
+        help_text=_("The task's queue_name when it was enqueued; get_result() restores it."),
+    )
     status = FSMField(_("status"), default=State.READY, choices=State.choices)
     trigger = models.CharField(
         _("trigger"), max_length=16, choices=Trigger.choices, default=Trigger.ENQUEUE
@@ -161,8 +210,13 @@ class TaskExecution(models.Model):
         _("raw message"), blank=True, help_text=_("Kept for rejected deliveries.")
     )
 
-    message_id = models.CharField(
-        _("Pub/Sub message id"), max_length=100, null=True, blank=True, unique=True
+    # Unique within a topic only (one topic per task), as Pub/Sub guarantees: the emulator
+    # starts again at "1", and two topics may share ids. Only a scheduled run is identified
+    # by its message id (constraint gyrinx_exec_scheduled_message); an enqueued run is
+    # identified by its result id, and its message id is only a record. NULL, not "", while
+    # no message is known: existing rows hold NULL (it was unique before).
+    message_id = models.CharField(  # noqa: DJ001
+        _("Pub/Sub message id"), max_length=100, null=True, blank=True, db_index=True
     )
     delivery_attempt = models.PositiveIntegerField(_("delivery attempt"), null=True, blank=True)
 
@@ -226,6 +280,11 @@ class TaskExecution(models.Model):
                          condition=models.Q(status=State.SUCCESSFUL, retry_of__isnull=False),
                          name="gyrinx_exec_recovered_by"),
         ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["task_name", "message_id"], name="gyrinx_exec_scheduled_message",
+                condition=models.Q(task_id__startswith=SCHEDULED_PREFIX)),
+        ]
         # Admin actions beyond Django's four: each is checked on the server per request.
         permissions = [
             ("retry_taskexecution", _("Can retry task executions")),
@@ -238,8 +297,37 @@ class TaskExecution(models.Model):
     def __str__(self) -> str:
         return f"{self.task_name or '?'} [{self.status}] {self.result_id}"
 
+    def remember_progress(self) -> "TaskExecution":
+        """Remember the progress fields as they are now (as read, or as just written)."""
+        values = self.__dict__  # each field keeps its value there, the FSM status too
+        values["_progress_read"] = {name: values[name] for name in PROGRESS_FIELDS}
+        return self
+
+    def progress_as_read(self) -> dict:
+        return self.__dict__["_progress_read"]
+
+    def changed_progress(self) -> list[str]:
+        """The progress fields a transition changed since remember_progress()."""
+        values = self.__dict__
+        read = values.get("_progress_read")
+        if read is None:
+            return list(PROGRESS_FIELDS)
+        # Transitions assign new values (lists are rebuilt, never mutated in place).
+        return [name for name in PROGRESS_FIELDS if values[name] != read[name]]
+
+    @property
+    def will_retry(self) -> bool:
+        """FAILED by an attempt that Pub/Sub redelivers: not given up, and delivered (it has
+        a message id; runs of other backends, and publishes that failed, never are)."""
+        return (self.status == State.FAILED and not self.gave_up and bool(self.attempts)
+                and bool(self.message_id))
+
     @property
     def django_status(self) -> TaskResultStatus:
+        # Django documents READY as "ready to be executed again" and FAILED as final: a
+        # failed attempt that will be retried is READY to Django (its errors stay visible).
+        if self.will_retry:
+            return TaskResultStatus.READY
         return DJANGO_STATUS[State(self.status)]
 
     def _log(self, source: str, target: str, note: str = "") -> None:

@@ -19,11 +19,15 @@ from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest
 from django.utils.dateparse import parse_datetime
 
-SCHEDULED_PREFIX = "scheduled-"
+# Re-exported for the modules and tests that read the message format from here.
+from .messages import (  # noqa: F401
+    PUBSUB_MAX_PUBLISH_BYTES,
+    SCHEDULED_PREFIX,
+    MessageTooLarge,
+    check_publish_size,
+    is_scheduled,
+)
 
-# Pub/Sub refuses a publish request larger than 10,000,000 bytes (topic, data and attributes
-# together; google-cloud-pubsub's _SERVER_PUBLISH_MAX_BYTES).
-PUBSUB_MAX_PUBLISH_BYTES = 10_000_000
 # The largest push envelope Pub/Sub can send: 10,000,000 bytes of data is 13,333,336 in
 # base64, plus at most 100 attributes (256-byte keys, 1,024-byte values; up to ~0.8 MB once
 # JSON-escaped) and a few hundred bytes of envelope. 15 MiB is just above all of that.
@@ -80,29 +84,6 @@ class LengthRequired(Exception):
         self.reason = str(self)
 
 
-class MessageTooLarge(ValueError):
-    """enqueue() was given a task whose message Pub/Sub would refuse as too large."""
-
-
-def check_publish_size(task_name: str, topic_path: str, data: bytes,
-                       attributes: dict[str, str]) -> None:
-    """Raise MessageTooLarge if Pub/Sub would refuse to publish ``data`` to ``topic_path``."""
-    rough = len(data) + len(topic_path) + sum(len(k) + len(v) for k, v in attributes.items())
-    if rough + 1024 <= PUBSUB_MAX_PUBLISH_BYTES:
-        return  # far enough below the limit that protobuf's framing cannot cross it
-    from google.pubsub_v1 import PublishRequest, PubsubMessage
-
-    size = PublishRequest(topic=topic_path, messages=[
-        PubsubMessage(data=data, attributes=attributes)])._pb.ByteSize()
-    if size > PUBSUB_MAX_PUBLISH_BYTES:
-        raise MessageTooLarge(
-            f"Task {task_name!r} was not enqueued: its message is {len(data):,} bytes of JSON "
-            f"and Pub/Sub refuses publish requests over {PUBSUB_MAX_PUBLISH_BYTES:,} bytes "
-            f"(this one would be {size:,}). Pass a reference instead (a database id or a "
-            f"storage path) and load the data inside the task."
-        )
-
-
 @dataclass(frozen=True)
 class Delivery:
     """One push delivery: the task message plus Pub/Sub's metadata."""
@@ -119,7 +100,7 @@ class Delivery:
 
     @property
     def is_scheduled(self) -> bool:
-        return self.task_id.startswith(SCHEDULED_PREFIX)
+        return is_scheduled(self.task_id)
 
 
 def safe_text(value: str, limit: int | None = None) -> str:

@@ -1,6 +1,5 @@
 """TaskRoute: one registry entry, and the naming rules for its GCP resources."""
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -85,9 +84,6 @@ class TaskRoute:
 
     def env_switch_enabled(self) -> bool:
         """False when the route's environment-variable kill switch is set to a false value."""
-        if not self.enabled_env_var:
-            return True
-        value = os.environ.get(self.enabled_env_var)
-        if value is None:
-            return True
-        return value.strip().lower() not in {"0", "false", "no", "off"}
+        from .killswitch import env_switch_enabled  # models are not loaded at import
+
+        return env_switch_enabled(self.enabled_env_var)

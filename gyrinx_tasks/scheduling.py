@@ -29,11 +29,12 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.utils import timezone
 
-from .backend import PubSubBackend, build_message
+from .backend import PubSubBackend
+from .killswitch import kill_switch_state
+from .messages import REQUESTED_BY_ATTRIBUTE, REQUESTED_BY_LIMIT, TRIGGER_ATTRIBUTE, build_message
 from .models import SwitchMode, TaskExecution, Trigger
 from .registry import get_routes
 from .routes import TaskRoute
-from .runner import kill_switch_state
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -57,9 +58,9 @@ def fire_scheduled(route: TaskRoute, trigger: str = Trigger.SCHEDULE,
     if isinstance(backend, PubSubBackend):
         # The push endpoint records the run when it is delivered, keyed by message id. A
         # held switch holds the firing in Pub/Sub like any message; it runs when switched on.
-        attributes = {"trigger": str(trigger)}
+        attributes = {TRIGGER_ATTRIBUTE: str(trigger)}
         if requested_by:
-            attributes["requested_by"] = requested_by[:150]
+            attributes[REQUESTED_BY_ATTRIBUTE] = requested_by[:REQUESTED_BY_LIMIT]
         return backend.publish(route.topic_name, scheduled_message(route), **attributes)
     mode, reason = kill_switch_state(route)
     if mode == SwitchMode.HOLD:

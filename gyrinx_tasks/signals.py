@@ -49,6 +49,7 @@ def record_enqueued(sender, task_result):
     execution = TaskExecution(
         result_id=task_result.id, task_id=task_result.id, task_name=task_result.task.name,
         task_path=task_result.task.module_path, backend=task_result.backend,
+        queue_name=task_result.task.queue_name,
         args=task_result.args, kwargs=task_result.kwargs, enqueued_at=task_result.enqueued_at,
         trigger=context.trigger if context else Trigger.ENQUEUE,
         retry_of_id=context.retry_of_id if context else None,

@@ -74,8 +74,10 @@ SWITCH = "gyrinx_switch"
 
 
 def select_run(using: str, column: str, value: str, lock: bool,
-               switch_for: str | None = None) -> TaskExecution | None:
-    """The run whose unique ``column`` is ``value`` (SELECT ... FOR UPDATE NOWAIT if lock).
+               switch_for: str | None = None, task_name: str | None = None
+               ) -> TaskExecution | None:
+    """The run whose ``column`` is ``value`` (SELECT ... FOR UPDATE NOWAIT if lock), and of
+    the task ``task_name`` when given (message ids are unique within a topic only).
 
     ``switch_for``: also read that task's kill switch in the same statement, into the run's
     ``gyrinx_switch`` attribute (only when kill switches live in the same database).
@@ -83,16 +85,24 @@ def select_run(using: str, column: str, value: str, lock: bool,
     if switch_for is not None and KillSwitch.objects.db != using:
         switch_for = None
 
-    def build(value: str, task_name: str = "") -> Any:
+    def build(value: str, *more: str) -> Any:
+        rest = list(more)
         runs = TaskExecution.objects.using(using)
         if lock:
             runs = runs.select_for_update(nowait=True)
+        filters = {column: value}
+        if task_name is not None:
+            filters["task_name"] = rest.pop(0)
         if switch_for is not None:
             runs = runs.annotate(**{SWITCH: Subquery(KillSwitch.objects.using(using).filter(
-                task_name=task_name, enabled=False).values("mode")[:1])})
-        return runs.filter(**{column: value})[:1]
+                task_name=rest.pop(0), enabled=False).values("mode")[:1])})
+        return runs.filter(**filters)[:1]
 
-    arguments = [value] if switch_for is None else [value, switch_for]
+    arguments = [value]
+    if task_name is not None:
+        arguments.append(task_name)
+    if switch_for is not None:
+        arguments.append(switch_for)
 
     # FOR UPDATE outside a transaction (runner's unlocked read on PostgreSQL) holds no lock:
     # its NOWAIT only fails at once if another transaction holds the row. Django compiles
@@ -107,7 +117,7 @@ def select_run(using: str, column: str, value: str, lock: bool,
     cache = _cache(using)
     if cache is None:
         return orm()
-    key = ("select", column, lock, switch_for is not None)
+    key = ("select", column, lock, switch_for is not None, task_name is not None)
     with transaction.atomic(using=using) if outside and key not in cache else nullcontext():
         compiled = _compile(cache, key, build, arity=len(arguments))
     if compiled is None:
@@ -118,7 +128,8 @@ def select_run(using: str, column: str, value: str, lock: bool,
     if converters is None:
         columns = [col for col, _, _ in compiler.select]
         names = [getattr(col.target, "attname", None) for col in columns[:len(model_names)]]
-        if names != model_names or len(columns) != len(model_names) + (len(arguments) - 1):
+        extra = 1 if switch_for is not None else 0
+        if names != model_names or len(columns) != len(model_names) + extra:
             cache[key] = _UNCACHEABLE  # from_db needs the model's order
             return orm()
         converters = cache[("converters", *key)] = list(

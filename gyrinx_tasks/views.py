@@ -9,6 +9,7 @@ by both. The JSON body's "outcome" says what happened.
 
 import logging
 
+from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -16,6 +17,7 @@ from django.views.decorators.csrf import csrf_exempt
 from .auth import verify_push_token
 from .conf import tasks_settings
 from .exceptions import OIDCVerificationError
+from .outcomes import OutcomeKind
 from .push import (
     BodyTooLarge,
     LengthRequired,
@@ -32,28 +34,30 @@ logger = logging.getLogger("gyrinx_tasks")
 # emulator redelivers a 202 (see the module docstring).
 ACK = 200
 
-STATUS_FOR = {
-    "ran": 200,  # ack
-    "rejected": ACK,  # ack: redelivering a bad message can never help
-    "skipped": ACK,  # ack: kill switch off
+STATUS_FOR: dict[OutcomeKind, int] = {
+    OutcomeKind.RAN: 200,  # ack
+    OutcomeKind.REJECTED: ACK,  # ack: redelivering a bad message can never help
+    OutcomeKind.SKIPPED: ACK,  # ack: kill switch off
     # Not acknowledged, so Pub/Sub keeps the message and redelivers it with the subscription's
     # backoff until the switch is on. 429, not 503: a deliberate hold is not an outage, so it
     # stays out of 5xx error rates and alerts (docs/admin.md, "Kill switches").
-    "held": 429,
-    "duplicate": ACK,  # ack: the run already settled
-    "busy": 429,  # retry later: another worker is still running this delivery
-    "failed": 500,  # retry with backoff
-    # ack: the route's max_attempts is reached; the run is FAILED for good (gave_up)
-    "gave_up": ACK,
+    OutcomeKind.HELD: 429,
+    OutcomeKind.DUPLICATE: ACK,  # ack: the run already settled
+    # retry later: another worker is still running this delivery, or its enqueue's
+    # transaction is still open
+    OutcomeKind.BUSY: 429,
+    OutcomeKind.FAILED: 500,  # retry with backoff
+    # ack: max_attempts is reached; the run is FAILED for good (gave_up)
+    OutcomeKind.GAVE_UP: ACK,
     # Not acknowledged: this attempt outlived its ack deadline and the run was started again;
     # a redelivery is settled by the run's current state (duplicate, busy, or a new attempt).
-    "superseded": 409,
+    OutcomeKind.SUPERSEDED: 409,
     # The task ran but the database refused its outcome: at-least-once, so Pub/Sub redelivers
     # (see docs/delivery.md).
-    "unrecorded": 429,
+    OutcomeKind.UNRECORDED: 429,
     # Not acknowledged: a chunked body this WSGI server cannot read. Nothing is recorded and
     # Pub/Sub redelivers; acknowledging it as an empty, malformed body would lose the message.
-    "length_required": 411,
+    OutcomeKind.LENGTH_REQUIRED: 411,
 }
 
 
@@ -72,9 +76,20 @@ def _reply(outcome: str, status: int, detail: str = "", execution=None) -> JsonR
     return response
 
 
-# Not atomic even under ATOMIC_REQUESTS: the run's states must commit as they happen, and a
-# failed task answers 500 without raising, which would otherwise commit half a request.
-@transaction.non_atomic_requests
+def _non_atomic_for_every_alias(view):
+    """Django's non_atomic_requests for each database alias, not only the default one.
+
+    Not atomic even under ATOMIC_REQUESTS, whichever alias the runs' table is routed to: the
+    run's states must commit as they happen (a task never runs inside a request transaction
+    that holds its row's lock), and a failed task answers 500 without raising, which would
+    otherwise commit half a request. DATABASES is fixed once settings are loaded.
+    """
+    for alias in settings.DATABASES:
+        view = transaction.non_atomic_requests(using=alias)(view)
+    return view
+
+
+@_non_atomic_for_every_alias
 @csrf_exempt
 def pubsub_push(request: HttpRequest) -> JsonResponse:
     # Every answer is JSON, including the method check Django's require_POST would do in HTML.
@@ -106,12 +121,14 @@ def _push(request: HttpRequest) -> JsonResponse:
             delivery = parse_envelope(body)
         except LengthRequired as exc:
             logger.warning("Refused a push request: %s", exc)
-            return _reply("length_required", STATUS_FOR["length_required"], exc.reason)
+            return _reply(OutcomeKind.LENGTH_REQUIRED,
+                          STATUS_FOR[OutcomeKind.LENGTH_REQUIRED], exc.reason)
         except MalformedPush as exc:
             if isinstance(exc, BodyTooLarge):
                 raw = safe_raw(exc.prefix, exc.size)
             execution = record_rejection(exc.reason, raw, exc=exc)
-            return _reply("rejected", ACK, exc.reason, execution)
+            return _reply(OutcomeKind.REJECTED, STATUS_FOR[OutcomeKind.REJECTED], exc.reason,
+                          execution)
         outcome = handle_delivery(delivery, raw)
     except (OperationalError, InterfaceError) as exc:
         # The database is down or its connections are exhausted: nothing was recorded, so

@@ -218,7 +218,9 @@ def test_e101_oidc_off_outside_debug(settings):
     assert ids(deploy=True) == []
 
 
-@pytest.mark.django_db
+# "runs" too: the check command looks at every database alias (tests/settings.py has two,
+# on one SQLite file, so without a transaction each: two would wait for each other).
+@pytest.mark.django_db(transaction=True, databases=["default", "runs"])
 def test_check_deploy_command_reports_e101(settings):
     settings.DEBUG = False
     settings.TASKS_VERIFY_OIDC = False

@@ -75,7 +75,7 @@ def test_retry_run_publishes_a_new_linked_run(fake_publisher, admin_user, status
 
 def test_retry_is_recorded_as_retry_when_the_runner_creates_the_row(fake_publisher):
     """The message attribute carries the trigger for the runner's own bookkeeping."""
-    from gyrinx_tasks.runner import _trigger
+    from gyrinx_tasks.claim import trigger_of as _trigger
 
     new = retry_run(make_run("add", State.FAILED, args=[1, 1]))
     [(_topic, _message, attrs)] = fake_publisher.published

@@ -243,3 +243,27 @@ def test_a_first_delivery_makes_three_statements(client, settings):
         "sql"].upper().startswith(("SAVEPOINT", "RELEASE", "BEGIN", "COMMIT"))]
     assert [sql.split()[0].upper() for sql in statements_made] == ["SELECT", "UPDATE", "UPDATE"]
     assert "killswitch" in statements_made[0]
+
+
+# The claim's read (select_run) relies on Django internals: the query compiler's as_sql(),
+# select and get_converters(), Model.from_db() in concrete-field order, and a cache kept on
+# the connection wrapper. docs/performance.md says why they are kept. If a Django release
+# moves any of them, select_run falls back to the ORM silently and stays correct, but the
+# push path loses what they are kept for: this test says so loudly instead.
+@pytest.mark.parametrize("task_name", [None, "add"])
+def test_the_claims_read_runs_the_compiled_statement_not_the_orm_fallback(task_name):
+    created = TaskExecution.objects.create(**full_run())
+    connections["default"].__dict__.pop("_gyrinx_statements", None)
+
+    found = statements.select_run("default", "message_id", created.message_id, lock=True,
+                                  switch_for="add", task_name=task_name)
+
+    assert found is not None and found.pk == created.pk
+    cache = connections["default"].__dict__.get("_gyrinx_statements")
+    assert cache, "select_run no longer caches its statement on the connection"
+    key = ("select", "message_id", True, True, task_name is not None)
+    assert key in cache and cache[key] is not statements._UNCACHEABLE, (
+        "Django's compiler no longer compiles select_run's statement as expected; the claim "
+        "now runs through the ORM. Update gyrinx_tasks/statements.py (or drop it, and its "
+        "figure in docs/performance.md).")
+    assert ("converters", *key) in cache

@@ -23,6 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from django_htmx.http import HttpResponseClientRefresh
 
 from ..exceptions import RegistryError, UnknownTask
+from ..killswitch import turn_off, turn_on
 from ..models import KillSwitch, SwitchMode
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
@@ -172,36 +173,6 @@ def switches_task(switch: KillSwitch) -> bool:
         return any(route.name == switch.task_name for route in get_routes())
     except RegistryError:
         return True
-
-
-def turn_off(task_name: str, reason: str, mode: str, username: str) -> tuple[KillSwitch, str]:
-    """Switch a task off in ``mode``; return the switch and what changed ("" if nothing)."""
-    with transaction.atomic(using=router.db_for_write(KillSwitch)):
-        switch, _created = KillSwitch.objects.select_for_update().get_or_create(
-            task_name=task_name)
-        if not switch.enabled and switch.mode == mode and switch.reason == reason:
-            return switch, ""
-        if switch.enabled or switch.mode != mode:
-            # A hold starts now: messages skipped before it are gone, so retention counts
-            # from here (off_since), also when switching from skip to hold.
-            switch.off_since = timezone.now()
-        switch.enabled, switch.mode, switch.reason = False, mode, reason
-        switch.updated_by = username
-        switch.save()
-    label = SwitchMode(mode).name.lower()
-    return switch, f"Turned off ({label}): {reason}"
-
-
-def turn_on(task_name: str, username: str) -> tuple[KillSwitch | None, str]:
-    """Switch a task on; return its switch (None if it never had one) and what changed."""
-    with transaction.atomic(using=router.db_for_write(KillSwitch)):
-        switch = KillSwitch.objects.select_for_update().filter(task_name=task_name).first()
-        if switch is None or switch.enabled:
-            return switch, ""
-        switch.enabled, switch.reason, switch.off_since = True, "", None
-        switch.updated_by = username
-        switch.save()
-    return switch, "Turned on."
 
 
 class KillSwitchForm(forms.ModelForm):

@@ -181,7 +181,8 @@ class ScheduledJobAdmin(PageAdmin):
         run = last_run(route)
         watched = None
         if watch:
-            watched = (TaskExecution.objects.filter(message_id=watch).first()
+            # Message ids are unique within a topic only: the route's task names the topic.
+            watched = (TaskExecution.objects.filter(task_name=route.name, message_id=watch).first()
                        or TaskExecution.objects.filter(result_id=watch).first())
         polling = bool(watch) and (watched is None or watched.status not in SETTLED)
         expired = polling and watched is None and time.time() - since > WATCH_LIMIT

@@ -121,7 +121,7 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -> Iterator[None]:
-    """Start PostgreSQL for the session and point DATABASES['default'] at it."""
+    """Start PostgreSQL for the session and point DATABASES (every alias) at it."""
     if os.environ.get("GYRINX_TEST_DB") != "postgres":
         yield
         return
@@ -141,7 +141,9 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix) -
         )
     previous_port = os.environ.get("GYRINX_TEST_PG_PORT")
     # Changed in place: Django's connection objects share this dict with settings.
-    settings.DATABASES["default"].update(HOST=server.host, PORT=str(server.port))
+    # Every alias: tests/settings.py's "runs" is the same database under another name.
+    for database in settings.DATABASES.values():
+        database.update(HOST=server.host, PORT=str(server.port))
     # Subprocesses that load tests.settings (manage.py in a test) find the same server.
     os.environ["GYRINX_TEST_PG_PORT"] = str(server.port)
     try:

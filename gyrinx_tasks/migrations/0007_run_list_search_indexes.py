@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('gyrinx_tasks', '0005_view_payload_permission'),
+        ('gyrinx_tasks', '0006_delivery_identity'),
     ]
 
     operations = [
