@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gyrinx_tasks.admin.pagination import EstimatedCountPaginator
+from gyrinx_tasks.dates import format_when
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 
 CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
@@ -277,7 +278,7 @@ def test_time_and_id_ranges_in_the_url_show_as_chips_that_remove_them(admin_clie
 
     assert shown(response) == short(recent)
     page = response.content.decode()
-    local = timezone.localtime(since).strftime("%Y-%m-%d %H:%M:%S")
+    local = format_when(since, seconds=True)  # the admin's one date-time format
     chip = re.search(r'<span class="gyrinx-chip"><span>(.*?)</span>\s*<a href="([^"]+)"', page)
     assert chip, page
     assert chip.group(1).startswith(f"Created from {local} until ")
@@ -561,8 +562,8 @@ def test_change_view_has_a_compact_attempt_table_above_errors_and_timeline(admin
     local = timezone.localtime
 
     def clock(seconds, day=False):
-        return local(t0 + timedelta(seconds=seconds)).strftime(
-            "%Y-%m-%d %H:%M:%S" if day else "%H:%M:%S")
+        at = t0 + timedelta(seconds=seconds)
+        return format_when(at, seconds=True) if day else local(at).strftime("%H:%M:%S")
 
     assert rows == [
         f"1 {clock(2, True)} {clock(2.25)} 2.0 s 250 Failed builtins.ValueError worker-a",

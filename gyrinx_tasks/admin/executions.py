@@ -126,7 +126,7 @@ def _chip_time(value: str) -> str:
         return value
     if timezone.is_naive(parsed):
         parsed = timezone.make_aware(parsed)
-    return timezone.localtime(parsed).strftime("%Y-%m-%d %H:%M:%S")
+    return format_when(parsed, seconds=True)
 
 
 class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.ModelAdmin):
