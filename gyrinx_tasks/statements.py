@@ -13,14 +13,28 @@ ORM, and so does a statement whose compiled form is not as expected (see ``_comp
 Model signals (pre_save/post_save) are still sent when something listens for them.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from contextlib import nullcontext
+from functools import cache
 from typing import Any
 
+from django.apps import apps
 from django.db import connections, transaction
 from django.db.models import Subquery, signals
 
-from .models import KillSwitch, TaskExecution
+
+# The models are looked up when a statement is first needed, not imported: the models'
+# transitions call this module, which sits below them.
+@cache
+def _runs() -> Any:  # the TaskExecution model
+    return apps.get_model("gyrinx_tasks", "TaskExecution")
+
+
+@cache
+def _switches() -> Any:  # the KillSwitch model
+    return apps.get_model("gyrinx_tasks", "KillSwitch")
 
 VENDORS = ("postgresql", "sqlite")
 # Stands for a parameter while a statement is compiled; must come back as the only params.
@@ -66,7 +80,9 @@ def _parameters(order: list[Any], arguments: list[Any]) -> list[Any]:
 
 
 # The columns select_run reads, in the order Model.from_db takes them.
-_MODEL_NAMES = [field.attname for field in TaskExecution._meta.concrete_fields]
+@cache
+def _model_names() -> list[str]:
+    return [field.attname for field in _runs()._meta.concrete_fields]
 
 # The annotation select_run(..., switch_for=...) adds: the task's kill switch mode if the
 # database switches it off, else None.
@@ -75,26 +91,26 @@ SWITCH = "gyrinx_switch"
 
 def select_run(using: str, column: str, value: str, lock: bool,
                switch_for: str | None = None, task_name: str | None = None
-               ) -> TaskExecution | None:
+               ) -> Any:
     """The run whose ``column`` is ``value`` (SELECT ... FOR UPDATE NOWAIT if lock), and of
     the task ``task_name`` when given (message ids are unique within a topic only).
 
     ``switch_for``: also read that task's kill switch in the same statement, into the run's
     ``gyrinx_switch`` attribute (only when kill switches live in the same database).
     """
-    if switch_for is not None and KillSwitch.objects.db != using:
+    if switch_for is not None and _switches().objects.db != using:
         switch_for = None
 
     def build(value: str, *more: str) -> Any:
         rest = list(more)
-        runs = TaskExecution.objects.using(using)
+        runs = _runs().objects.using(using)
         if lock:
             runs = runs.select_for_update(nowait=True)
         filters = {column: value}
         if task_name is not None:
             filters["task_name"] = rest.pop(0)
         if switch_for is not None:
-            runs = runs.annotate(**{SWITCH: Subquery(KillSwitch.objects.using(using).filter(
+            runs = runs.annotate(**{SWITCH: Subquery(_switches().objects.using(using).filter(
                 task_name=rest.pop(0), enabled=False).values("mode")[:1])})
         return runs.filter(**filters)[:1]
 
@@ -109,7 +125,7 @@ def select_run(using: str, column: str, value: str, lock: bool,
     # select_for_update only inside a transaction, so compile (or run the ORM) in one.
     outside = lock and not connections[using].in_atomic_block
 
-    def orm() -> TaskExecution | None:
+    def orm() -> Any:
         with transaction.atomic(using=using) if outside else nullcontext():
             found = list(build(*arguments))
         return found[0] if found else None
@@ -123,7 +139,7 @@ def select_run(using: str, column: str, value: str, lock: bool,
     if compiled is None:
         return orm()
     sql, compiler, order = compiled
-    model_names = _MODEL_NAMES
+    model_names = _model_names()
     converters = cache.get(("converters", *key))
     if converters is None:
         columns = [col for col, _, _ in compiler.select]
@@ -146,7 +162,7 @@ def select_run(using: str, column: str, value: str, lock: bool,
         for function in functions:
             item = function(item, expression, connection)
         values[position] = item
-    execution = TaskExecution.from_db(using, model_names, values[:len(model_names)])
+    execution = _runs().from_db(using, model_names, values[:len(model_names)])
     if switch_for is not None:
         setattr(execution, SWITCH, values[len(model_names)])
     return execution
@@ -154,13 +170,13 @@ def select_run(using: str, column: str, value: str, lock: bool,
 
 def off_mode(task_name: str) -> str:
     """KillSwitch.off_mode(task_name) with the compiled statement: "" when switched on."""
-    using = KillSwitch.objects.db
+    using = _switches().objects.db
     cache = _cache(using)
-    compiled = _compile(cache, "off_mode", lambda name: KillSwitch.objects.filter(
+    compiled = _compile(cache, "off_mode", lambda name: _switches().objects.filter(
         task_name=name, enabled=False).values_list("mode", flat=True)[:1],
     ) if cache is not None else None
     if compiled is None:
-        return KillSwitch.off_mode(task_name)
+        return _switches().off_mode(task_name)
     with connections[using].cursor() as cursor:
         cursor.execute(compiled[0], _parameters(compiled[2], [task_name]))
         row = cursor.fetchone()
@@ -168,10 +184,10 @@ def off_mode(task_name: str) -> str:
 
 
 def _fields(names: list[str]) -> list[Any]:
-    return [TaskExecution._meta.get_field(name) for name in names]
+    return [_runs()._meta.get_field(name) for name in names]
 
 
-def update_run(using: str, execution: TaskExecution, names: list[str],
+def update_run(using: str, execution: Any, names: list[str],
                expect: dict[str, Any] | None = None) -> int:
     """UPDATE the run's ``names`` columns from ``execution``; return the rows changed.
 
@@ -191,7 +207,7 @@ def update_run(using: str, execution: TaskExecution, names: list[str],
     found = cache.get(key)
     if found is None:
         quote = connection.ops.quote_name
-        meta = TaskExecution._meta
+        meta = _runs()._meta
         assert meta.pk is not None and meta.pk.column is not None and meta.db_table
         where = [f"{quote(meta.pk.column)} = %s"]
         indexed = {name for index in meta.indexes for name in index.fields}
@@ -226,20 +242,20 @@ def update_run(using: str, execution: TaskExecution, names: list[str],
     return changed
 
 
-def _update_with_orm(using: str, execution: TaskExecution, names: list[str],
+def _update_with_orm(using: str, execution: Any, names: list[str],
                      expect: dict[str, Any] | None) -> int:
     if not expect:
         execution.save(using=using, update_fields=names)
         return 1
     _pre_save(execution, using, names)
-    changed = TaskExecution.objects.using(using).filter(pk=execution.pk, **expect).update(
+    changed = _runs().objects.using(using).filter(pk=execution.pk, **expect).update(
         **{name: getattr(execution, name) for name in names})
     if changed:
         _post_save(execution, using, names, created=False)
     return changed
 
 
-def insert_run(using: str, execution: TaskExecution) -> None:
+def insert_run(using: str, execution: Any) -> None:
     """INSERT a new run (as ``execution.save(using=using)``) and set its primary key."""
     connection = connections[using]
     if connection.vendor not in VENDORS or not connection.features.can_return_columns_from_insert:
@@ -247,7 +263,7 @@ def insert_run(using: str, execution: TaskExecution) -> None:
         return
     cache = _cache(using)
     assert cache is not None
-    meta = TaskExecution._meta
+    meta = _runs()._meta
     assert meta.pk is not None and meta.pk.column is not None
     fields = [field for field in meta.concrete_fields if field is not meta.pk]
     sql = cache.get("insert")
@@ -268,15 +284,15 @@ def insert_run(using: str, execution: TaskExecution) -> None:
     _post_save(execution, using, None, created=True)
 
 
-def _pre_save(execution: TaskExecution, using: str, names: list[str] | None) -> None:
-    if signals.pre_save.has_listeners(TaskExecution):
-        signals.pre_save.send(sender=TaskExecution, instance=execution, raw=False, using=using,
+def _pre_save(execution: Any, using: str, names: list[str] | None) -> None:
+    if signals.pre_save.has_listeners(_runs()):
+        signals.pre_save.send(sender=_runs(), instance=execution, raw=False, using=using,
                               update_fields=frozenset(names) if names else None)
 
 
-def _post_save(execution: TaskExecution, using: str, names: list[str] | None,
+def _post_save(execution: Any, using: str, names: list[str] | None,
                created: bool) -> None:
-    if signals.post_save.has_listeners(TaskExecution):
-        signals.post_save.send(sender=TaskExecution, instance=execution, created=created,
+    if signals.post_save.has_listeners(_runs()):
+        signals.post_save.send(sender=_runs(), instance=execution, created=created,
                                update_fields=frozenset(names) if names else None, raw=False,
                                using=using)
