@@ -289,7 +289,8 @@ def soak(args: argparse.Namespace, server: Gunicorn, topic: str, machine: list[s
 
     from benchmarks.soak_site.tasks import soak_step
     from gyrinx_tasks import clients
-    from gyrinx_tasks.backend import build_message, encode_message, enqueue_many
+    from gyrinx_tasks.backend import enqueue_many
+    from gyrinx_tasks.messages import build_message, encode_message
     from gyrinx_tasks.models import TaskExecution
 
     rng = random.Random(args.seed)

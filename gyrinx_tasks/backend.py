@@ -3,7 +3,6 @@
 import logging
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from .exceptions import (
     TaskPublishError,
     UnknownTask,
 )
-from .messages import (  # noqa: F401  (build_message: re-exported for retry.py)
+from .messages import (
     RECORDED_ATTRIBUTE,
     SUSPECT_ESCAPE,
     build_message,
@@ -44,8 +43,11 @@ from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
 
-KNOWN_OPTIONS = {"project_id", "publish_on_commit", "publish_timeout", "client_options",
-                 "batch_settings"}
+KNOWN_OPTIONS = {"project_id", "publish_on_commit", "publish_timeout", "client_options"}
+# Options still accepted, with a check warning, because they do nothing now: batch_settings
+# configured the client library's batching publish(), which no enqueue, retry or schedule
+# path calls (they send their own Publish requests, see clients.publish_now).
+DEPRECATED_OPTIONS = {"batch_settings"}
 # Rows per bulk_create statement (off PostgreSQL) and per existence check in the
 # publish_on_commit flush.
 CHUNK_SIZE = 1000
@@ -187,8 +189,7 @@ class PubSubBackend(BaseTaskBackend):
     @cached_property
     def publisher(self) -> Any:
         # Shared by every backend instance (Django makes one per thread) with these options.
-        return clients.shared_publisher(self.options.get("client_options"),
-                                        self.options.get("batch_settings"))
+        return clients.shared_publisher(self.options.get("client_options"))
 
     def topic_path(self, topic_name: str) -> str:
         return f"projects/{self.project_id}/topics/{topic_name}"
@@ -209,15 +210,6 @@ class PubSubBackend(BaseTaskBackend):
                 f"{task.module_path!r}. Task names must be unique across the registry."
             )
         return route
-
-    def publish_future(self, topic_name: str, message: dict[str, Any],
-                       **attributes: str) -> Future:
-        """Start publishing one JSON message; the future resolves to its message id.
-
-        Bulk retries start a chunk of these and then wait for them together.
-        """
-        data = encode_message(message)
-        return self.publisher.publish(self.topic_path(topic_name), data, **attributes)
 
     def publish(self, topic_name: str, message: dict[str, Any], **attributes: str) -> str:
         """Publish one JSON message (with string attributes) and wait for its message id.
@@ -498,14 +490,15 @@ class PubSubBackend(BaseTaskBackend):
 
     def check(self, **kwargs: Any) -> list[checks.CheckMessage]:
         messages = list(super().check(**kwargs))
-        problem = clients.batch_settings_problem(self.options.get("batch_settings", {}))
-        if problem:
-            messages.append(checks.Error(
-                f"TASKS[{self.alias!r}]['OPTIONS']: {problem}",
-                hint="The keys are max_latency (seconds), max_messages and max_bytes.",
-                id="gyrinx_tasks.E014",
+        for name in sorted(DEPRECATED_OPTIONS & set(self.options)):
+            messages.append(checks.Warning(
+                f"TASKS[{self.alias!r}]['OPTIONS'][{name!r}] is deprecated and has no effect: "
+                "every publish sends its own Pub/Sub request, so there is no client batching "
+                "to configure.",
+                hint=f"Remove {name!r} from the backend's OPTIONS.",
+                id="gyrinx_tasks.W016",
             ))
-        unknown = sorted(set(self.options) - KNOWN_OPTIONS)
+        unknown = sorted(set(self.options) - KNOWN_OPTIONS - DEPRECATED_OPTIONS)
         if unknown:
             messages.append(checks.Error(
                 f"TASKS[{self.alias!r}]['OPTIONS'] has unknown keys: {', '.join(unknown)}.",

@@ -12,21 +12,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# The batch settings of the shared client's batching publish(), used by
-# PubSubBackend.publish_future (bulk retries, retry.py) unless OPTIONS' batch_settings say
-# otherwise. enqueue(), enqueue_many() and publish_on_commit do not batch through it: they
-# send their own Publish requests (publish_now, publish_many). 5 ms and 1,000 messages (Pub/Sub's
-# limit per request) fill batches from a loop instead of paying 10 ms per small batch.
-DEFAULT_BATCH_SETTINGS: dict[str, float | int] = {
-    "max_latency": 0.005, "max_messages": 1000, "max_bytes": 1_000_000,
-}
-BATCH_SETTING_LIMITS: dict[str, tuple[type, float, float]] = {
-    # name: (type, smallest, largest), as Pub/Sub accepts them per publish request.
-    "max_latency": (float, 0.0, 60.0),
-    "max_messages": (int, 1, 1000),
-    "max_bytes": (int, 1, 10_000_000),
-}
-
 
 def _transient() -> tuple[type[Exception], ...]:
     from google.api_core import exceptions
@@ -42,45 +27,10 @@ _shared: dict[tuple, Any] = {}
 _shared_lock = threading.Lock()
 
 
-def batch_settings_problem(value: Any) -> str:
-    """Why ``value`` is not a valid ``batch_settings`` option, or "" if it is."""
-    if not isinstance(value, Mapping):
-        return (f"batch_settings is {value!r}; set it to a dict such as "
-                "{'max_latency': 0.005, 'max_messages': 1000}.")
-    unknown = sorted(set(value) - set(BATCH_SETTING_LIMITS))
-    if unknown:
-        return (f"batch_settings has unknown keys: {', '.join(map(str, unknown))}; known keys "
-                f"are {', '.join(BATCH_SETTING_LIMITS)}.")
-    for name, (kind, low, high) in BATCH_SETTING_LIMITS.items():
-        if name not in value:
-            continue
-        number = value[name]
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or (
-                kind is int and not isinstance(number, int)) or not low <= number <= high:
-            return (f"batch_settings[{name!r}] is {number!r}; set it to a "
-                    f"{'whole number' if kind is int else 'number of seconds'} from {low:g} "
-                    f"to {high:g}.")
-    return ""
-
-
-def batch_settings(value: Mapping[str, Any] | None = None) -> Any:
-    """The BatchSettings for OPTIONS' ``batch_settings`` (merged over the defaults)."""
-    from google.cloud.pubsub_v1.types import BatchSettings
-
-    problem = batch_settings_problem(value or {})
-    if problem:
-        from django.core.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured(problem)
-    return BatchSettings(**{**DEFAULT_BATCH_SETTINGS, **(value or {})})
-
-
-def publisher_client(credentials: Any = None, client_options: Any = None,
-                     batch_settings: Any = ()) -> Any:
+def publisher_client(credentials: Any = None, client_options: Any = None) -> Any:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
-    return pubsub_v1.PublisherClient(credentials=credentials, client_options=client_options,
-                                     batch_settings=batch_settings)
+    return pubsub_v1.PublisherClient(credentials=credentials, client_options=client_options)
 
 
 def _key(value: Any) -> Any:
@@ -89,22 +39,19 @@ def _key(value: Any) -> Any:
     return repr(sorted(value.items())) if isinstance(value, Mapping) else repr(value)
 
 
-def shared_publisher(client_options: Any = None,
-                     batch: Mapping[str, Any] | None = None) -> Any:
+def shared_publisher(client_options: Any = None) -> Any:
     """The process's PublisherClient for these settings, built on first use.
 
     PublisherClient is thread-safe. The key holds the process id (a client must not cross a
     fork, e.g. gunicorn's --preload) and PUBSUB_EMULATOR_HOST (read when the client is built).
     """
-    key = (os.getpid(), os.environ.get("PUBSUB_EMULATOR_HOST", ""), _key(client_options),
-           _key(batch or {}))
+    key = (os.getpid(), os.environ.get("PUBSUB_EMULATOR_HOST", ""), _key(client_options))
     client = _shared.get(key)
     if client is None:
         with _shared_lock:
             client = _shared.get(key)
             if client is None:
-                client = publisher_client(client_options=client_options,
-                                          batch_settings=batch_settings(batch))
+                client = publisher_client(client_options=client_options)
                 _shared[key] = client
     return client
 

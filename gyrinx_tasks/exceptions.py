@@ -24,13 +24,5 @@ class PublishNotConfirmed(Exception):
     """A publish failed after an earlier try of it may have reached Pub/Sub."""
 
 
-class TaskSkipped(TaskException):
-    """The run was skipped because the task's kill switch is off."""
-
-
-class TaskRejected(TaskException):
-    """The message could not be run (malformed, unknown task, or arguments that do not fit)."""
-
-
 class OIDCVerificationError(Exception):
     """A push request's OIDC token is missing or invalid."""

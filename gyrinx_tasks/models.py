@@ -103,9 +103,6 @@ EXPECTED_FIELDS = ("status", "attempts", "timeline")
 
 
 class TaskExecutionQuerySet(models.QuerySet):
-    def failed(self):
-        return self.filter(status=State.FAILED)
-
     def recovered(self):
         """Failed or rejected runs that a successful retry made good (see _recoveries)."""
         first, *others = _recoveries()
@@ -121,9 +118,6 @@ class TaskExecutionQuerySet(models.QuerySet):
         for exists in _recoveries():
             runs = runs.filter(~exists)
         return runs
-
-    def for_task(self, name: str):
-        return self.filter(task_name=name)
 
     # --- Enqueue and retry transitions (queryset side) ---
 
@@ -546,11 +540,6 @@ class KillSwitch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task_name}: {'on' if self.enabled else 'off'}"
-
-    @classmethod
-    def is_enabled(cls, task_name: str) -> bool:
-        enabled = cls.objects.filter(task_name=task_name).values_list("enabled", flat=True)
-        return next(iter(enabled), True)
 
     @classmethod
     def off_mode(cls, task_name: str) -> str:

@@ -19,14 +19,9 @@ from django.core.handlers.wsgi import WSGIRequest
 from django.http import HttpRequest
 from django.utils.dateparse import parse_datetime
 
-# Re-exported for the modules and tests that read the message format from here.
-from .messages import (  # noqa: F401
-    PUBSUB_MAX_PUBLISH_BYTES,
-    SCHEDULED_PREFIX,
-    MessageTooLarge,
-    check_publish_size,
-    is_scheduled,
-)
+# MessageTooLarge is documented as gyrinx_tasks.push.MessageTooLarge (configuration.md,
+# security.md), so users may import it from here.
+from .messages import MessageTooLarge, is_scheduled  # noqa: F401
 
 # The largest push envelope Pub/Sub can send: 10,000,000 bytes of data is 13,333,336 in
 # base64, plus at most 100 attributes (256-byte keys, 1,024-byte values; up to ~0.8 MB once
@@ -96,7 +91,6 @@ class Delivery:
     enqueued_at: datetime | None = None
     attributes: dict[str, str] = field(default_factory=dict)
     delivery_attempt: int | None = None
-    subscription: str = ""
 
     @property
     def is_scheduled(self) -> bool:
@@ -302,7 +296,6 @@ def parse_envelope(body: bytes) -> Delivery:
         or not 1 <= delivery_attempt <= MAX_DELIVERY_ATTEMPT
     ):
         raise bad_envelope("'deliveryAttempt' is not a positive integer.")
-    subscription = envelope.get("subscription", "")
 
     data = message.get("data")
     if not isinstance(data, str) or not data:
@@ -345,7 +338,6 @@ def parse_envelope(body: bytes) -> Delivery:
         task_id=task_id, task_name=task_name, args=args, kwargs=kwargs,
         message_id=message_id, enqueued_at=enqueued_at, attributes=dict(attributes),
         delivery_attempt=delivery_attempt,
-        subscription=subscription if isinstance(subscription, str) else "",
     )
 
 

@@ -51,9 +51,5 @@ def get_route(name: str) -> TaskRoute:
     raise UnknownTask(f"No route in TASKS_REGISTRY is named {name!r}.")
 
 
-def get_route_by_path(path: str) -> TaskRoute | None:
-    return next((route for route in get_routes() if route.path == path), None)
-
-
 def clear_cache() -> None:
     _load.cache_clear()

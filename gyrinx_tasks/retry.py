@@ -23,18 +23,13 @@ from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTask, InvalidTaskBackend
 from django.utils import timezone
 
-from .backend import (
-    Pending,
-    PubSubBackend,
-    build_message,
-    encode_message,
-    enqueue_context,
-    result_from_execution,
-)
+from .backend import Pending, PubSubBackend, enqueue_context
 from .exceptions import RegistryError, TaskPublishError, UnknownTask
+from .killswitch import kill_switch_reason
+from .messages import RECORDED_ATTRIBUTE, build_message, encode_message
 from .models import LIVE_RETRY, PUBLISH_UNCONFIRMED, State, TaskExecution, Trigger
 from .registry import get_route
-from .runner import RECORDED_ATTRIBUTE, kill_switch_reason
+from .results import result_from_execution
 
 logger = logging.getLogger("gyrinx_tasks")
 

@@ -17,18 +17,11 @@ from .backend import PubSubBackend
 from .claim import record_rejection
 from .exceptions import UnknownTask
 from .execute import arguments_problem, run_attempt
-from .killswitch import kill_switch_reason, kill_switch_state
-from .messages import RECORDED_ATTRIBUTE
 from .outcomes import Outcome, OutcomeKind
 from .push import Delivery
 from .record import record_outcome
 from .registry import get_route
 from .results import result_from_execution
-
-# Names other modules and tests have imported from here.
-__all__ = ["RECORDED_ATTRIBUTE", "Outcome", "OutcomeKind", "handle_delivery",
-           "kill_switch_reason", "kill_switch_state", "record_rejection"]
-
 
 # Django logs a failed task's exception from task_finished, which a run that Pub/Sub retries
 # no longer sends after each attempt. Each failed attempt is logged here instead, on Django's

@@ -15,6 +15,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .auth import verify_push_token
+from .claim import record_rejection
 from .conf import tasks_settings
 from .exceptions import OIDCVerificationError
 from .outcomes import OutcomeKind
@@ -26,7 +27,7 @@ from .push import (
     read_body,
     safe_raw,
 )
-from .runner import handle_delivery, record_rejection
+from .runner import handle_delivery
 
 logger = logging.getLogger("gyrinx_tasks")
 

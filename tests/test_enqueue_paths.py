@@ -7,6 +7,7 @@ import time
 from concurrent.futures import Future
 
 import pytest
+from django.core import checks
 from django.db import OperationalError, connection, transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.test.utils import CaptureQueriesContext
@@ -16,8 +17,8 @@ from gyrinx_tasks import backend as backend_module
 from gyrinx_tasks import clients
 from gyrinx_tasks.backend import PubSubBackend, enqueue_many
 from gyrinx_tasks.exceptions import TaskPublishError
+from gyrinx_tasks.messages import MessageTooLarge
 from gyrinx_tasks.models import State, TaskExecution
-from gyrinx_tasks.push import MessageTooLarge
 from gyrinx_tasks.registry import get_route
 from tests import tasks
 from tests.helpers import FakePublisher, envelope, use_publisher
@@ -156,36 +157,24 @@ def test_every_backend_instance_shares_one_publisher_per_settings(monkeypatch):
         thread.start()
     for thread in threads:
         thread.join()
-    other = PubSubBackend("y", {"OPTIONS": {"batch_settings": {"max_messages": 10}}}).publisher
+    other = PubSubBackend("y", {"OPTIONS": {
+        "client_options": {"api_endpoint": "127.0.0.1:2"}}}).publisher
 
     assert len({id(client) for client in seen}) == 1
     assert other is not seen[0]
-    assert other.batch_settings.max_messages == 10
-    assert seen[0].batch_settings.max_messages == clients.DEFAULT_BATCH_SETTINGS["max_messages"]
 
 
-@pytest.mark.parametrize(("value", "fix"), [
-    ({"max_latency": -1}, "number of seconds from 0 to 60"),
-    ({"max_messages": 5000}, "whole number from 1 to 1000"),
-    ({"max_messages": 1.5}, "whole number"),
-    ({"max_latancy": 0.01}, "unknown keys: max_latancy"),
-    ("fast", "set it to a dict"),
-])
-def test_bad_batch_settings_are_a_check_error_naming_the_fix(settings, value, fix):
-    settings.TASKS = {**settings.TASKS, "default": {
-        **settings.TASKS["default"], "OPTIONS": {"project_id": "p", "batch_settings": value}}}
-
-    messages = task_backends["default"].check()
-
-    assert [m.id for m in messages] == ["gyrinx_tasks.E014"]
-    assert fix in messages[0].msg
-
-
-def test_valid_batch_settings_pass_the_checks(settings):
+def test_batch_settings_are_deprecated_with_a_check_warning_naming_the_fix(settings):
+    # batch_settings configured the client library's batching publish(), which nothing calls;
+    # a project that still sets it is warned, not refused (it is no longer E012's typo).
     settings.TASKS = {**settings.TASKS, "default": {**settings.TASKS["default"], "OPTIONS": {
         "project_id": "p", "batch_settings": {"max_latency": 0, "max_messages": 500}}}}
 
-    assert task_backends["default"].check() == []
+    messages = task_backends["default"].check()
+
+    assert [(m.id, m.level) for m in messages] == [("gyrinx_tasks.W016", checks.WARNING)]
+    assert "'batch_settings'] is deprecated and has no effect" in messages[0].msg
+    assert messages[0].hint == "Remove 'batch_settings' from the backend's OPTIONS."
 
 
 # -- publish_on_commit ---------------------------------------------------------------------

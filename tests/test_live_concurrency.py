@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 from django.utils import timezone
 
+from gyrinx_tasks.messages import RECORDED_ATTRIBUTE
 from gyrinx_tasks.models import State, TaskExecution
-from gyrinx_tasks.runner import RECORDED_ATTRIBUTE
 from tests import tasks
 from tests.helpers import envelope
 from tests.test_races import WAIT, Calls

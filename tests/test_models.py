@@ -1,7 +1,7 @@
 import pytest
 from django_fsm import TransitionNotAllowed
 
-from gyrinx_tasks.models import KillSwitch, State, TaskExecution
+from gyrinx_tasks.models import State, TaskExecution
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
@@ -49,12 +49,6 @@ def test_delivery_attempt_from_pubsub_wins_over_our_count():
 def test_skipped_and_rejected_map_to_djangos_failed():
     assert TaskExecution(status=State.SKIPPED).django_status == "FAILED"
     assert TaskExecution(status=State.REJECTED).django_status == "FAILED"
-
-
-def test_kill_switch_defaults_to_on():
-    assert KillSwitch.is_enabled("anything") is True
-    KillSwitch.objects.create(task_name="anything", enabled=False)
-    assert KillSwitch.is_enabled("anything") is False
 
 
 def test_worker_id_uses_cloud_run_revision_and_instance(monkeypatch):

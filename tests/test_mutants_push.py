@@ -14,16 +14,9 @@ import pytest
 from django.core.handlers.asgi import ASGIRequest
 from google.pubsub_v1 import PublishRequest, PubsubMessage
 
+from gyrinx_tasks.messages import PUBSUB_MAX_PUBLISH_BYTES, MessageTooLarge, check_publish_size
 from gyrinx_tasks.models import State, TaskExecution
-from gyrinx_tasks.push import (
-    MAX_JSON_DEPTH,
-    MAX_MESSAGE_ID,
-    PUBSUB_MAX_PUBLISH_BYTES,
-    RAW_MESSAGE_LIMIT,
-    MessageTooLarge,
-    check_publish_size,
-    safe_text,
-)
+from gyrinx_tasks.push import MAX_JSON_DEPTH, MAX_MESSAGE_ID, RAW_MESSAGE_LIMIT, safe_text
 from gyrinx_tasks.views import ACK, pubsub_push
 from tests.helpers import envelope, push
 

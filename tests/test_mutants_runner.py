@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from gyrinx_tasks import claim, execute, record, registry
 from gyrinx_tasks.backend import PubSubBackend
+from gyrinx_tasks.messages import RECORDED_ATTRIBUTE
 from gyrinx_tasks.models import (
     KillSwitch,
     State,
@@ -28,7 +29,7 @@ from gyrinx_tasks.models import (
 )
 from gyrinx_tasks.outcomes import OutcomeKind
 from gyrinx_tasks.push import parse_envelope
-from gyrinx_tasks.runner import RECORDED_ATTRIBUTE, handle_delivery
+from gyrinx_tasks.runner import handle_delivery
 from gyrinx_tasks.views import ACK
 from gyrinx_tasks.workers import current_worker_id
 from tests import tasks

@@ -11,13 +11,9 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from gyrinx_tasks.conf import tasks_settings
+from gyrinx_tasks.messages import PUBSUB_MAX_PUBLISH_BYTES, MessageTooLarge
 from gyrinx_tasks.models import State, TaskExecution
-from gyrinx_tasks.push import (
-    DEFAULT_MAX_BODY_BYTES,
-    PUBSUB_MAX_PUBLISH_BYTES,
-    RAW_MESSAGE_LIMIT,
-    MessageTooLarge,
-)
+from gyrinx_tasks.push import DEFAULT_MAX_BODY_BYTES, RAW_MESSAGE_LIMIT
 from gyrinx_tasks.views import ACK
 from tests import tasks
 from tests.helpers import envelope

@@ -14,9 +14,10 @@ from django.tasks.signals import task_finished
 from django.utils import timezone
 
 from gyrinx_tasks import claim, record
+from gyrinx_tasks.messages import RECORDED_ATTRIBUTE
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 from gyrinx_tasks.push import parse_envelope
-from gyrinx_tasks.runner import RECORDED_ATTRIBUTE, handle_delivery
+from gyrinx_tasks.runner import handle_delivery
 from tests import tasks
 from tests.helpers import envelope
 
