@@ -58,13 +58,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     # Under pytest-xdist the workers deselect, and the summary line does not count them.
-    return [
+    import django
+
+    older = (["Django < 6.1: the tests marked django61 (Django 6.1's @task options) are not run"]
+             if django.VERSION < (6, 1) else [])
+    return older + [
         f"--leave-out {group}: the tests listed for it in tests/conftest.py are not run here"
         for group in config.getoption("leave_out")
     ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    leave_out_older_django(config, items)
     groups = config.getoption("leave_out")
     if not groups:
         return
@@ -91,6 +96,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         items[:] = [item for item in items if not left_out(item)]
         config.hook.pytest_deselected(items=deselected)
+
+
+def leave_out_older_django(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect (not skip) the tests marked ``django61`` on Django 6.0: they use what 6.1 added,
+    such as ``@task(max_attempts=...)``, which Django 6.0's own ``task()`` refuses."""
+    import django
+
+    if django.VERSION >= (6, 1):
+        return
+    older = [item for item in items if item.get_closest_marker("django61")]
+    if older:
+        items[:] = [item for item in items if not item.get_closest_marker("django61")]
+        config.hook.pytest_deselected(items=older)
 
 
 @pytest.fixture

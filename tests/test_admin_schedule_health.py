@@ -30,13 +30,21 @@ def ran(name, at, status=State.SUCCESSFUL):
                                         trigger=Trigger.SCHEDULE, status=status, created_at=at)
 
 
+def logged_in(client, admin_user):
+    """The client logged in on the moved clock: a session opened before the move may already
+    have expired at the time moved to."""
+    client.force_login(admin_user)
+    return client
+
+
 def badges(html):
     return re.findall(r'data-health="([a-z_]+)">\s*<span class="gyrinx-status ([a-z-]+)">'
                       r'([a-z ]+)</span>', html)
 
 
-def test_scheduled_jobs_page_shows_each_jobs_health_badge_and_why(admin_client, time_machine):
+def test_scheduled_jobs_page_shows_each_jobs_health_badge_and_why(client, admin_user, time_machine):
     time_machine.move_to(SUMMER, tick=False)
+    admin_client = logged_in(client, admin_user)
     ran(NIGHTLY, datetime(2026, 6, 10, 2, 12, tzinfo=UTC))  # due 03:00 BST, 12 min late
     html = admin_client.get(SCHEDULES).content.decode()
     assert badges(html) == [("late", "gyrinx-status-skipped", "late")]
@@ -44,16 +52,18 @@ def test_scheduled_jobs_page_shows_each_jobs_health_badge_and_why(admin_client, 
             in html)
 
 
-def test_an_overdue_job_is_red_on_the_page(admin_client, time_machine):
+def test_an_overdue_job_is_red_on_the_page(client, admin_user, time_machine):
     time_machine.move_to(SUMMER, tick=False)
+    admin_client = logged_in(client, admin_user)
     html = admin_client.get(SCHEDULES).content.decode()
     assert badges(html) == [("overdue", "gyrinx-status-failed", "overdue now")]
 
 
-def test_the_page_works_out_health_once_for_all_rows(admin_client, time_machine, monkeypatch):
+def test_the_page_works_out_health_once_for_all_rows(client, admin_user, time_machine, monkeypatch):
     from gyrinx_tasks.admin import schedules
 
     time_machine.move_to(SUMMER, tick=False)
+    admin_client = logged_in(client, admin_user)
     calls = []
     real = schedules.schedule_health
     monkeypatch.setattr(schedules, "schedule_health",
@@ -63,8 +73,9 @@ def test_the_page_works_out_health_once_for_all_rows(admin_client, time_machine,
 
 
 def test_overview_counts_unhealthy_jobs_and_links_to_the_scheduled_jobs_page(
-        admin_client, time_machine):
+        client, admin_user, time_machine):
     time_machine.move_to(SUMMER, tick=False)
+    admin_client = logged_in(client, admin_user)
     html = admin_client.get(OVERVIEW).content.decode()
     item = re.search(r'<li class="gyrinx-schedule-health gyrinx-bad" data-unhealthy="1">'
                      r'.*?</li>', html, re.S)

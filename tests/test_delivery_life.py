@@ -379,6 +379,7 @@ def options_registry(settings):
     registry.clear_cache()
 
 
+@pytest.mark.django61  # @task(max_attempts=...) is Django 6.1's
 @pytest.mark.django_db
 def test_task_max_attempts_is_taken_and_gives_up(client, options_registry):
     from tests import task_options  # @task(max_attempts=2): a TypeError before
@@ -400,6 +401,7 @@ def test_task_max_attempts_is_taken_and_gives_up(client, options_registry):
     assert len(task_options.CALLS) == 2
 
 
+@pytest.mark.django61  # @task(max_attempts=...) is Django 6.1's
 @pytest.mark.django_db
 def test_an_option_pubsub_backend_does_not_know_is_a_system_check_error(options_registry):
     from tests import task_options  # noqa: F401  (its tasks are what the check looks at)
