@@ -65,3 +65,12 @@ def make_run(task_name: str = "add", status: str = "READY", trigger: str = "enqu
         TaskExecution.objects.filter(pk=run.pk).update(status=status)
         run.refresh_from_db()
     return run
+
+
+def staff_user(username: str, *codenames: str) -> Any:
+    """A staff user with exactly the given permissions (codenames of any app)."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    return user

@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -15,28 +15,10 @@ from django.utils import timezone
 from gyrinx_tasks.admin.pagination import EstimatedCountPaginator
 from gyrinx_tasks.dates import format_when
 from gyrinx_tasks.models import State, TaskExecution, Trigger
+from tests.helpers import make_run, staff_user
 
 CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
 pytestmark = pytest.mark.django_db
-
-
-def make_run(task_name="add", status=State.READY, trigger=Trigger.ENQUEUE, **fields):
-    run = TaskExecution(task_name=task_name, task_path=f"tests.tasks.{task_name}",
-                        trigger=trigger, **fields)
-    run.task_id = run.task_id or run.result_id
-    run._log("", State.READY, "enqueued")
-    run.save()
-    if status != State.READY:
-        # Tests set the state directly; the transitions have their own tests.
-        TaskExecution.objects.filter(pk=run.pk).update(status=status)
-        run.refresh_from_db()
-    return run
-
-
-def staff_user(username, *codenames):
-    user = User.objects.create_user(username, password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
-    return user
 
 
 def shown(response):

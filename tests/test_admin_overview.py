@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 from tests import test_sample_site
+from tests.helpers import make_run, staff_user
 from tests.infra.browser import save_screenshot
-from tests.test_admin import make_run, staff_user
 from tests.test_sample_site import manage, shell
 
 OVERVIEW = "admin:gyrinx_tasks_overview_changelist"

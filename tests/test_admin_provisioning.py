@@ -25,9 +25,9 @@ from gyrinx_tasks.provisioning import (
 )
 from gyrinx_tasks.provisioning.plan import Desired
 from gyrinx_tasks.registry import get_route, get_routes
+from tests.helpers import staff_user
 from tests.infra import free_port
 from tests.infra.browser import save_screenshot
-from tests.test_admin import staff_user
 
 pytestmark = pytest.mark.django_db
 

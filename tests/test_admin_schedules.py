@@ -22,9 +22,8 @@ from gyrinx_tasks.models import KillSwitch, ScheduledJob, State, SwitchMode, Tas
 from gyrinx_tasks.provisioning import ProvisioningConfig, apply_plan, build_plan
 from gyrinx_tasks.registry import get_route, get_routes
 from gyrinx_tasks.scheduling import next_fire_time
-from tests.helpers import envelope
+from tests.helpers import envelope, make_run, staff_user
 from tests.infra.browser import save_screenshot
-from tests.test_admin import make_run, staff_user
 
 pytest_plugins = ["tests.fakes.scheduler"]  # the scheduler_fake fixture
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]

@@ -23,7 +23,7 @@ from gyrinx_tasks.export import (
     stream_csv,
 )
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from tests.test_admin import make_run, staff_user
+from tests.helpers import make_run, staff_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 

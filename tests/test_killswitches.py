@@ -15,8 +15,7 @@ from gyrinx_tasks.models import KillSwitch, State, SwitchMode, TaskExecution, Tr
 from gyrinx_tasks.registry import get_routes
 from gyrinx_tasks.scheduling import fire_scheduled
 from tests import scheduling_tasks, tasks
-from tests.helpers import envelope
-from tests.test_admin import make_run, staff_user
+from tests.helpers import envelope, make_run, staff_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 

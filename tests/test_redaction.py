@@ -20,8 +20,7 @@ from gyrinx_tasks.export import TaskExecutionPayloadResource, stream_csv
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.redaction import REDACTED, can_view_payload, is_redacted
 from gyrinx_tasks.registry import clear_cache
-from tests.helpers import envelope
-from tests.test_admin import make_run, staff_user
+from tests.helpers import envelope, make_run, staff_user
 from tests.test_export import export_form, parse
 
 pytest_plugins = ["tests.oidc"]

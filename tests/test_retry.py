@@ -18,8 +18,7 @@ from gyrinx_tasks.retry import (
     retry_run,
 )
 from tests import tasks as sample
-from tests.helpers import FakePublisher, use_publisher
-from tests.test_admin import make_run
+from tests.helpers import FakePublisher, make_run, use_publisher
 
 pytestmark = pytest.mark.django_db
 
