@@ -112,6 +112,18 @@ def leave_out_older_django(config: pytest.Config, items: list[pytest.Item]) -> N
 
 
 @pytest.fixture
+def options_registry(settings):
+    """TASKS_REGISTRY = tests/task_options.py: the usual routes and tasks declared with
+    PubSubBackend's own @task() options (Django 6.1)."""
+    from gyrinx_tasks import registry
+
+    registry.clear_cache()
+    settings.TASKS_REGISTRY = "tests.task_options"
+    yield
+    registry.clear_cache()
+
+
+@pytest.fixture
 def fake_publisher():
     """The default backend publishes into a FakePublisher (tests/helpers.py) for one test."""
     from django.tasks import task_backends

@@ -371,14 +371,6 @@ def test_the_context_attempt_and_the_results_attempts_agree(client):
 
 # --- 15. @task(**options) on PubSubBackend --------------------------------------------------
 
-@pytest.fixture
-def options_registry(settings):
-    registry.clear_cache()
-    settings.TASKS_REGISTRY = "tests.task_options"
-    yield
-    registry.clear_cache()
-
-
 @pytest.mark.django61  # @task(max_attempts=...) is Django 6.1's
 @pytest.mark.django_db
 def test_task_max_attempts_is_taken_and_gives_up(client, options_registry):

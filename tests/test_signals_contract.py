@@ -11,7 +11,6 @@ import pytest
 from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
-from gyrinx_tasks import registry
 from gyrinx_tasks.models import KillSwitch, SwitchMode, TaskExecution
 from tests import tasks as jobs
 from tests.helpers import envelope, push
@@ -40,15 +39,6 @@ def signals():
     yield seen
     for signal, receiver in receivers:
         signal.disconnect(receiver)
-
-
-@pytest.fixture
-def options_registry(settings):
-    # The registry of tests/task_options.py: the usual routes and a task that may fail twice.
-    registry.clear_cache()
-    settings.TASKS_REGISTRY = "tests.task_options"
-    yield
-    registry.clear_cache()
 
 
 def run_signals(seen, result_id):
