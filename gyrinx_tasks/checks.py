@@ -99,6 +99,23 @@ def check_schedule_tolerance(app_configs: Any = None, **kwargs: Any) -> list[Che
     return []
 
 
+@register(TAG)
+def check_backlog_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        _ = tasks_settings.TASKS_BACKLOG_CACHE_SECONDS  # reading it validates it
+    except ImproperlyConfigured as exc:
+        return [Error(
+            f"{exc} Without it, the admin's backlog (read from Cloud Monitoring) cannot be "
+            "shown.",
+            hint="Set TASKS_BACKLOG_CACHE_SECONDS (setting or environment variable) to a whole "
+            "number of seconds of at least 1, e.g. 60, or remove it to use 60.",
+            id="gyrinx_tasks.E050",
+        )]
+    return []
+
+
 @register(TAG)  # reads settings only, so not tagged "database" (which check skips)
 def check_sqlite_transactions(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _pubsub_backends():

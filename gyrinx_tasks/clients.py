@@ -225,3 +225,13 @@ def scheduler_client(
     return scheduler_v1.CloudSchedulerClient(
         credentials=credentials, client_options=client_options, transport=transport
     )
+
+
+def monitoring_client(
+    credentials: Any = None, client_options: Any = None, transport: Any = None
+) -> Any:
+    from google.cloud import monitoring_v3
+
+    return monitoring_v3.MetricServiceClient(
+        credentials=credentials, client_options=client_options, transport=transport
+    )

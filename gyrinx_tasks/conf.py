@@ -15,6 +15,8 @@ PUSH_PATH = "/tasks/pubsub/"
 # Cloud Scheduler fires within a minute or so and Pub/Sub pushes within seconds; five minutes
 # leaves room for a cold start and a retried publish without hiding a job that did not fire.
 DEFAULT_SCHEDULE_TOLERANCE = 300
+# Pub/Sub writes its subscription metrics once a minute: reading them more often shows nothing new.
+DEFAULT_BACKLOG_CACHE_SECONDS = 60
 
 
 def _truthy(value: object) -> bool:
@@ -106,6 +108,12 @@ class TasksSettings:
         """Seconds a scheduled run may arrive after its fire time and still be on time."""
         return self._positive_int("TASKS_SCHEDULE_TOLERANCE", DEFAULT_SCHEDULE_TOLERANCE,
                                   "a positive number of seconds such as 300")
+
+    @property
+    def TASKS_BACKLOG_CACHE_SECONDS(self) -> int:
+        """Seconds the admin keeps a backlog read from Cloud Monitoring (Django's cache)."""
+        return self._positive_int("TASKS_BACKLOG_CACHE_SECONDS", DEFAULT_BACKLOG_CACHE_SECONDS,
+                                  "a positive number of seconds such as 60")
 
     @property
     def push_endpoint(self) -> str:

@@ -21,6 +21,7 @@ from ..dates import format_when
 from ..exceptions import RegistryError
 from ..models import ScheduledJob, State
 from ..schedule_health import Health, schedule_health
+from .backlog import backlog_view
 from .base import PageAdmin, has_model_permission, page_context, require
 
 POLL_SECONDS = 5  # while runs are queued or running
@@ -45,7 +46,14 @@ class OverviewAdmin(PageAdmin):
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         return [path("", self.admin_site.admin_view(self.changelist_view),
-                     name=f"{info[0]}_{info[1]}_changelist")]
+                     name=f"{info[0]}_{info[1]}_changelist"),
+                path("backlog/", self.admin_site.admin_view(self.backlog_view),
+                     name=f"{info[0]}_{info[1]}_backlog")]
+
+    def backlog_view(self, request: HttpRequest) -> HttpResponse:
+        """The backlog block (admin/backlog.py), loaded by the page through HTMX."""
+        return backlog_view(self, request, self.has_view_permission(request),
+                            reverse("admin:gyrinx_tasks_overview_backlog"))
 
     def changelist_view(self, request: HttpRequest,  # type: ignore[override]
                         extra_context: dict[str, Any] | None = None) -> HttpResponse:

@@ -32,6 +32,7 @@ from ..provisioning import (
     build_plan,
 )
 from ..registry import get_routes
+from .backlog import backlog_view
 from .base import PageAdmin, audit, has_model_permission, page_context, require
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -185,7 +186,13 @@ class ProvisioningStatusAdmin(PageAdmin):
             path("plan/", view(require_GET(self.plan_view)), name=f"{name}_plan"),
             path("confirm/", view(require_GET(self.confirm_view)), name=f"{name}_confirm"),
             path("apply/", view(require_POST(self.apply_view)), name=f"{name}_apply"),
+            path("backlog/", view(self.backlog_view), name=f"{name}_backlog"),
         ]
+
+    def backlog_view(self, request: HttpRequest) -> HttpResponse:
+        """The backlog block (admin/backlog.py), loaded by the page through HTMX."""
+        return backlog_view(self, request, self.has_view_permission(request),
+                            self._url("backlog"))
 
     def _url(self, view: str) -> str:
         return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}",
