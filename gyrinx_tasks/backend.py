@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.json import normalize_json
 from django.utils.module_loading import import_string
 
-from . import clients
+from . import clients, traces
 from .conf import tasks_settings
 from .exceptions import (
     InvalidTaskArguments,
@@ -34,6 +34,7 @@ from .messages import (
     build_message,
     check_publish_size,
     encode_message,
+    trace_attributes,
 )
 from .push import text_problem
 from .registry import get_route
@@ -239,6 +240,7 @@ class PubSubBackend(BaseTaskBackend):
         # enqueue's commit instead of creating it (runner._claim), and a rolled-back enqueue
         # is never run.
         attributes[RECORDED_ATTRIBUTE] = "1"
+        attributes.update(trace_attributes())  # the run joins the caller's trace
         # Refused before anything is published or recorded: values JSON (or the database)
         # cannot carry would publish a message whose row then fails to insert, or a row
         # whose delivery can never run. The message's own encoding finds them: NaN and
@@ -262,6 +264,10 @@ class PubSubBackend(BaseTaskBackend):
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
         route = self._route_for(task)
+        with traces.publish_span(route.name, self.topic_path(route.topic_name)):
+            return self._enqueue(task, route, args, kwargs)
+
+    def _enqueue(self, task: Any, route: Any, args: Any, kwargs: Any) -> TaskResult:
         pending = self._prepare(task, route, args, kwargs, timezone.now(),
                                 current_enqueue_context())
         using = router.db_for_write(type(pending.execution), instance=pending.execution)
@@ -294,10 +300,16 @@ class PubSubBackend(BaseTaskBackend):
         TaskPublishError naming the runs whose publish failed (recorded FAILED); the others
         are published and READY.
         """
-        from .models import TaskExecution
-
         self.validate_task(task)
         route = self._route_for(task)
+        calls = list(calls)
+        with traces.publish_span(route.name, self.topic_path(route.topic_name), len(calls)):
+            return self._enqueue_many(task, route, calls)
+
+    def _enqueue_many(self, task: Any, route: Any,
+                      calls: list[tuple[Any, Any]]) -> list[TaskResult]:
+        from .models import TaskExecution
+
         now, context = timezone.now(), current_enqueue_context()
         pendings = [self._prepare(task, route, args, kwargs, now, context)
                     for args, kwargs in calls]

@@ -21,6 +21,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from .conf import tasks_settings
+from .traces import current_traceparent
 
 # Record attributes (``logger.info(..., extra={"task": ...})``) written as entry labels.
 LABELS = ("task", "result_id", "message_id", "attempt", "duration")
@@ -135,7 +136,8 @@ class CloudLoggingFormatter(logging.Formatter):
             duration = record.duration  # type: ignore[attr-defined]
             entry["duration_seconds"] = (duration.total_seconds()
                                          if isinstance(duration, timedelta) else float(duration))
-        self._add_trace(entry, str(getattr(record, "trace", "") or "") or _request_trace(record))
+        self._add_trace(entry, str(getattr(record, "trace", "") or "") or _request_trace(record)
+                        or current_traceparent())
         return entry
 
     def _add_trace(self, entry: dict[str, Any], value: str) -> None:

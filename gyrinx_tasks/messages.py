@@ -20,6 +20,8 @@ RECORDED_ATTRIBUTE = "gyrinx_recorded"
 TRIGGER_ATTRIBUTE = "trigger"
 REQUESTED_BY_ATTRIBUTE = "requested_by"
 REQUESTED_BY_LIMIT = 150  # a username's length in django.contrib.auth
+# TRACEPARENT: the enqueuing caller's W3C trace context (traces.py); the run joins its trace.
+TRACEPARENT_ATTRIBUTE = "traceparent"
 
 # Pub/Sub refuses a publish request larger than 10,000,000 bytes (topic, data and attributes
 # together; google-cloud-pubsub's _SERVER_PUBLISH_MAX_BYTES).
@@ -39,6 +41,14 @@ def build_message(task_id: str, task_name: str, args: Any, kwargs: Any,
     if enqueued_at is not None:
         message["enqueued_at"] = enqueued_at.isoformat()
     return message
+
+
+def trace_attributes() -> dict[str, str]:
+    """The caller's trace context as message attributes ({} outside any trace)."""
+    from .traces import current_traceparent
+
+    traceparent = current_traceparent()
+    return {TRACEPARENT_ATTRIBUTE: traceparent} if traceparent else {}
 
 
 def encode_message(message: dict[str, Any]) -> bytes:

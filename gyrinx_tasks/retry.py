@@ -26,7 +26,7 @@ from django.utils import timezone
 from .backend import Pending, PubSubBackend, enqueue_context
 from .exceptions import RegistryError, TaskPublishError, UnknownTask
 from .killswitch import kill_switch_reason
-from .messages import RECORDED_ATTRIBUTE, build_message, encode_message
+from .messages import RECORDED_ATTRIBUTE, build_message, encode_message, trace_attributes
 from .models import LIVE_RETRY, PUBLISH_UNCONFIRMED, State, TaskExecution, Trigger
 from .registry import get_route
 from .results import result_from_execution
@@ -332,7 +332,8 @@ def _pending(execution: TaskExecution, route: Any) -> Pending:
     message = build_message(execution.task_id, route.name, execution.args, execution.kwargs,
                             execution.enqueued_at)
     pending = Pending(execution, route, route.task, encode_message(message),
-                      {"trigger": execution.trigger, RECORDED_ATTRIBUTE: "1"})
+                      {"trigger": execution.trigger, RECORDED_ATTRIBUTE: "1",
+                       **trace_attributes()})
     pending.result = result_from_execution(execution, route.task)
     return pending
 

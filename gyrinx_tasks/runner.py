@@ -8,15 +8,18 @@ between attempts.
 """
 
 import logging
+import time
 from typing import Any
 
 from django.tasks.signals import task_finished, task_started
 
 from . import claim as claims
+from . import traces
 from .backend import PubSubBackend
 from .claim import record_rejection
 from .exceptions import UnknownTask
 from .execute import arguments_problem, run_attempt
+from .messages import TRACEPARENT_ATTRIBUTE
 from .outcomes import Outcome, OutcomeKind
 from .push import Delivery
 from .record import record_outcome
@@ -28,6 +31,7 @@ from .results import result_from_execution
 # logger and in its words, so the traceback still reaches the log, and
 # redaction.RedactedTaskLogFilter still strips it for routes with redact=True.
 django_tasks_logger = logging.getLogger("django.tasks")
+logger = logging.getLogger("gyrinx_tasks")
 
 
 def _sender(task: Any) -> type:
@@ -44,31 +48,60 @@ def _announce_end(outcome: Outcome, task: Any) -> None:
 
 
 def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
+    """Run one delivery inside the trace its message carries (traces.run_span)."""
+    with traces.run_span(delivery.task_name, delivery.message_id,
+                         delivery.attributes.get(TRACEPARENT_ATTRIBUTE, ""),
+                         delivery.delivery_attempt) as span:
+        outcome, error = _handle(delivery, raw_message)
+        execution = outcome.execution
+        traces.end_run_span(span, str(outcome.kind), execution.result_id if execution else "",
+                            execution.attempts if execution else None, error)
+        if error is not None and isinstance(error, KeyboardInterrupt):
+            raise error  # recorded; let whoever stops the process stop it
+        return outcome
+
+
+def _labels(delivery: Delivery, execution: Any, seconds: float | None = None) -> dict[str, Any]:
+    """The run's labels and trace for its log lines (cloud_logging.CloudLoggingFormatter)."""
+    labels = {"task": delivery.task_name, "result_id": execution.result_id,
+              "message_id": delivery.message_id, "attempt": execution.attempts,
+              "trace": traces.current_traceparent()}
+    if seconds is not None:
+        labels["duration"] = seconds
+    return labels
+
+
+def _handle(delivery: Delivery, raw_message: str) -> tuple[Outcome, BaseException | None]:
     try:
         route = get_route(delivery.task_name)
     except UnknownTask as exc:
         # No task to speak of: no signal, only the record.
         return Outcome(OutcomeKind.REJECTED, record_rejection(
-            str(exc), raw_message, delivery=delivery), str(exc))
+            str(exc), raw_message, delivery=delivery), str(exc)), None
     task = route.task
     limit = claims.max_attempts(route)
     claimed = claims.claim(delivery, route, arguments_problem(task, delivery.args,
                                                               delivery.kwargs), raw_message)
     if isinstance(claimed, Outcome):
         _announce_end(claimed, task)
-        return claimed
+        return claimed, None
     execution = claimed
     task_started.send(_sender(task), task_result=result_from_execution(execution, task))
+    started = time.monotonic()
     attempt = run_attempt(execution, delivery, task, limit,
                           lambda attempts: claims.give_up_reason(attempts, limit))
+    seconds = time.monotonic() - started
     outcome = record_outcome(execution, route, attempt.kind, attempt.apply, attempt.what,
                              attempt.detail)
+    labels = _labels(delivery, execution, seconds)
     if attempt.error is not None:
         django_tasks_logger.error(
             "Task id=%s path=%s attempt %s failed (%s)", execution.result_id, task.module_path,
             execution.attempts, "gave up" if attempt.kind == OutcomeKind.GAVE_UP
-            else "Pub/Sub retries it", exc_info=attempt.error)
+            else "Pub/Sub retries it", exc_info=attempt.error, extra=labels)
+    else:
+        logger.info("Task %s (%s) attempt %s %s in %.3f s", task.module_path,
+                    execution.result_id, execution.attempts, attempt.what, seconds,
+                    extra=labels)
     _announce_end(outcome, task)
-    if attempt.interrupt and attempt.error is not None:
-        raise attempt.error  # recorded; let whoever stops the process stop it
-    return outcome
+    return outcome, attempt.error

@@ -31,7 +31,13 @@ from django.utils import timezone
 
 from .backend import PubSubBackend
 from .killswitch import kill_switch_state
-from .messages import REQUESTED_BY_ATTRIBUTE, REQUESTED_BY_LIMIT, TRIGGER_ATTRIBUTE, build_message
+from .messages import (
+    REQUESTED_BY_ATTRIBUTE,
+    REQUESTED_BY_LIMIT,
+    TRIGGER_ATTRIBUTE,
+    build_message,
+    trace_attributes,
+)
 from .models import SwitchMode, TaskExecution, Trigger
 from .registry import get_routes
 from .routes import TaskRoute
@@ -58,7 +64,7 @@ def fire_scheduled(route: TaskRoute, trigger: str = Trigger.SCHEDULE,
     if isinstance(backend, PubSubBackend):
         # The push endpoint records the run when it is delivered, keyed by message id. A
         # held switch holds the firing in Pub/Sub like any message; it runs when switched on.
-        attributes = {TRIGGER_ATTRIBUTE: str(trigger)}
+        attributes = {TRIGGER_ATTRIBUTE: str(trigger), **trace_attributes()}
         if requested_by:
             attributes[REQUESTED_BY_ATTRIBUTE] = requested_by[:REQUESTED_BY_LIMIT]
         return backend.publish(route.topic_name, scheduled_message(route), **attributes)
