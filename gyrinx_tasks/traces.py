@@ -119,8 +119,17 @@ def _otel() -> Any:
 
 
 def tracer() -> Any:
-    """The tracer of gyrinx_tasks' spans, from the global tracer provider."""
-    return _otel()[0].get_tracer(TRACER_NAME)
+    """The tracer of gyrinx_tasks' spans; None without OpenTelemetry, or while no tracer
+    provider is configured (spans would go nowhere, and even a no-op span costs time on
+    every enqueue)."""
+    otel = _otel()
+    if otel is None:
+        return None
+    trace = otel[0]
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None
+    return provider.get_tracer(TRACER_NAME)
 
 
 def _otel_traceparent() -> str:
@@ -150,13 +159,13 @@ def _parent(traceparent: str) -> Any:
 
 @contextmanager
 def _span(name: str, kind: str, traceparent: str, attributes: dict[str, Any]) -> Iterator[Any]:
-    otel = _otel()
-    if otel is None:
+    otel, spans = _otel(), tracer()
+    if otel is None or spans is None:
         with trace_context(traceparent):
             yield None
         return
     trace = otel[0]
-    with tracer().start_as_current_span(
+    with spans.start_as_current_span(
         name,
         context=_parent(traceparent),
         kind=getattr(trace.SpanKind, kind),

@@ -365,3 +365,21 @@ def test_the_attribute_round_trips_through_the_emulator(
     ][-1]
     assert run_line["logging.googleapis.com/trace"].endswith(f"/traces/{TRACE_ID}")
     assert run_line["logging.googleapis.com/spanId"] == SPAN_ID
+
+
+@pytest.mark.django_db
+def test_run_now_carries_the_trace_too(publisher):
+    from gyrinx_tasks.registry import get_route
+    from gyrinx_tasks.scheduling import fire_scheduled
+
+    with trace_context(TRACEPARENT):
+        fire_scheduled(get_route("nightly_cleanup"), requested_by="admin")
+    assert publisher.published[0][2][TRACEPARENT_ATTRIBUTE] == TRACEPARENT
+
+
+def test_without_a_tracer_provider_no_span_is_made(monkeypatch):
+    # The API's default (proxy) provider: spans would go nowhere, so none is started.
+    assert traces.tracer() is None
+    with traces.run_span("add", "m-1", TRACEPARENT, None) as span:
+        assert span is None
+        assert traces.current_traceparent() == TRACEPARENT
