@@ -58,8 +58,10 @@ def who(by: Any) -> str:
 
 def cancelled_reason(by: Any) -> str:
     name = who(by)
-    return (f"Cancelled{' by ' + name if name else ''} before it started: the task is not "
-            "run, and Pub/Sub's deliveries of it are acknowledged without running it.")
+    return (
+        f"Cancelled{' by ' + name if name else ''} before it started: the task is not "
+        "run, and Pub/Sub's deliveries of it are acknowledged without running it."
+    )
 
 
 def not_cancellable_reason(execution: TaskExecution) -> str:
@@ -68,15 +70,21 @@ def not_cancellable_reason(execution: TaskExecution) -> str:
     if status == State.READY:
         return ""
     if status == State.RUNNING:
-        return ("The run is running: its task has started on a worker, and a task that has "
-                "started cannot be stopped from here. Wait for it to end; to stop further "
-                "attempts if it fails, turn its task's kill switch off.")
+        return (
+            "The run is running: its task has started on a worker, and a task that has "
+            "started cannot be stopped from here. Wait for it to end; to stop further "
+            "attempts if it fails, turn its task's kill switch off."
+        )
     if status == State.FAILED and not execution.gave_up:
-        return ("The run failed and Pub/Sub will deliver it again; only a READY run, which "
-                "no delivery has started, can be cancelled. To stop further attempts, turn "
-                "its task's kill switch off (skip).")
-    return (f"The run is {State(status).label.lower()}: it has already ended, and only a "
-            "READY run can be cancelled.")
+        return (
+            "The run failed and Pub/Sub will deliver it again; only a READY run, which "
+            "no delivery has started, can be cancelled. To stop further attempts, turn "
+            "its task's kill switch off (skip)."
+        )
+    return (
+        f"The run is {State(status).label.lower()}: it has already ended, and only a "
+        "READY run can be cancelled."
+    )
 
 
 def backend_refusal(alias: str) -> str:
@@ -94,8 +102,10 @@ def backend_refusal(alias: str) -> str:
         return ""
     if isinstance(backend, PubSubBackend):
         return ""
-    return (f"The run belongs to the {alias!r} backend ({type(backend).__name__}), not to "
-            "a PubSubBackend: gyrinx_tasks only records it and cannot stop it.")
+    return (
+        f"The run belongs to the {alias!r} backend ({type(backend).__name__}), not to "
+        "a PubSubBackend: gyrinx_tasks only records it and cannot stop it."
+    )
 
 
 def refusal(execution: TaskExecution) -> str:
@@ -115,8 +125,10 @@ def _announce(execution: TaskExecution) -> None:
 
 
 # Why a cancel did not happen when the run kept changing while it was being cancelled.
-CHANGED = ("The run changed while it was being cancelled (a delivery started it, or another "
-           "change); reload the page to see its state.")
+CHANGED = (
+    "The run changed while it was being cancelled (a delivery started it, or another "
+    "change); reload the page to see its state."
+)
 
 
 def cancel_run(execution: TaskExecution, by: Any = None) -> Cancellation:
@@ -128,23 +140,28 @@ def cancel_run(execution: TaskExecution, by: Any = None) -> Cancellation:
     current: TaskExecution | None = execution
     for _ in range(TRIES):
         if current is None:
-            return Cancellation(execution.result_id, False, "",
-                                "The run was deleted while it was being cancelled.")
+            return Cancellation(
+                execution.result_id, False, "", "The run was deleted while it was being cancelled."
+            )
         reason = refusal(current)
         if reason:
             return Cancellation(current.result_id, False, current.status, reason)
         if current.record_cancelled(db, cancelled_reason(by)):
             if current is not execution:
                 execution.__dict__.update(current.__dict__)
-            logger.info("Cancelled %s (%s)%s", current.task_name, current.result_id,
-                        f" by {who(by)}" if who(by) else "")
+            logger.info(
+                "Cancelled %s (%s)%s",
+                current.task_name,
+                current.result_id,
+                f" by {who(by)}" if who(by) else "",
+            )
             _announce(current)
-            return Cancellation(current.result_id, True, current.status,
-                                current.status_detail)
+            return Cancellation(current.result_id, True, current.status, current.status_detail)
         # Lost to another writer: decide again on what the row holds now.
         current = TaskExecution.objects.using(db).filter(pk=execution.pk).first()
-    return Cancellation(execution.result_id, False,
-                        current.status if current is not None else "", CHANGED)
+    return Cancellation(
+        execution.result_id, False, current.status if current is not None else "", CHANGED
+    )
 
 
 def cancel(result_id: "str | TaskResult", *, by: str = "") -> Cancellation:
@@ -162,7 +179,8 @@ def cancel(result_id: "str | TaskResult", *, by: str = "") -> Cancellation:
     if execution is None:
         raise TaskResultDoesNotExist(
             f"No task run has the result id {result_id!r}, so there is nothing to cancel "
-            "(check the id: it is TaskResult.id, as enqueue() returned it).")
+            "(check the id: it is TaskResult.id, as enqueue() returned it)."
+        )
     return cancel_run(execution, by or "code")
 
 
@@ -212,13 +230,25 @@ class CancelReport:
 
 
 # What a bulk cancel reads of each run: what its transition compares and writes.
-RUN_FIELDS = ("pk", "result_id", "task_name", "backend", "queue_name", "args", "kwargs",
-              "enqueued_at", *PROGRESS_FIELDS)
+RUN_FIELDS = (
+    "pk",
+    "result_id",
+    "task_name",
+    "backend",
+    "queue_name",
+    "args",
+    "kwargs",
+    "enqueued_at",
+    *PROGRESS_FIELDS,
+)
 
 
-def cancel_queryset(queryset: Any, by: Any = None, limit: int | None = None,
-                    on_cancelled: Callable[[list[Cancelled]], None] | None = None
-                    ) -> CancelReport:
+def cancel_queryset(
+    queryset: Any,
+    by: Any = None,
+    limit: int | None = None,
+    on_cancelled: Callable[[list[Cancelled]], None] | None = None,
+) -> CancelReport:
     """Cancel every READY run in ``queryset``, each with its own conditional transition.
 
     Refuses the whole selection (RetryLimitExceeded, nothing cancelled) when more than
@@ -234,16 +264,20 @@ def cancel_queryset(queryset: Any, by: Any = None, limit: int | None = None,
     if selection.over_limit:
         raise RetryLimitExceeded(limit_message(limit, "cancelled", "cancel"))
     report = CancelReport(running=selection.running)
-    report.ended = queryset.exclude(status__in=(State.READY, State.RUNNING))[
-        : limit + 1].count()
+    report.ended = queryset.exclude(status__in=(State.READY, State.RUNNING))[: limit + 1].count()
     db = router.db_for_write(TaskExecution)
     # Only runs that existed when the selection was counted: one enqueued meanwhile is not
     # part of what staff confirmed.
     top = TaskExecution.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
     # defer(None): the changelist's queryset defers the heavy columns, which would then be
     # read one query per run.
-    rows = (queryset.filter(status=State.READY, pk__lte=top).order_by("pk").defer(None)
-            .only(*RUN_FIELDS).iterator(chunk_size=CHUNK_SIZE))
+    rows = (
+        queryset.filter(status=State.READY, pk__lte=top)
+        .order_by("pk")
+        .defer(None)
+        .only(*RUN_FIELDS)
+        .iterator(chunk_size=CHUNK_SIZE)
+    )
     backends: dict[str, str] = {}
     for chunk in batched(rows, CHUNK_SIZE):
         done = []

@@ -65,8 +65,13 @@ def finished():
 
 def message_of(run) -> bytes:
     """The push body Pub/Sub delivers for an enqueued run of ours."""
-    payload = {"task_id": run.result_id, "task_name": run.task_name, "args": run.args,
-               "kwargs": run.kwargs, "enqueued_at": timezone.now().isoformat()}
+    payload = {
+        "task_id": run.result_id,
+        "task_name": run.task_name,
+        "args": run.args,
+        "kwargs": run.kwargs,
+        "enqueued_at": timezone.now().isoformat(),
+    }
     return envelope(payload, message_id=f"m-{run.result_id[:8]}", attributes=RECORDED)
 
 
@@ -76,9 +81,11 @@ def ready_echo(*args):
 
 # --- Python: gyrinx_tasks.cancel() -----------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_cancel_a_ready_run_from_python_and_get_result_says_failed_with_the_reason(
-        fake_publisher, finished):
+    fake_publisher, finished
+):
     result = tasks.echo.enqueue("never")
 
     done = gyrinx_tasks.cancel(result.id, by="billing-cleanup")
@@ -94,8 +101,7 @@ def test_cancel_a_ready_run_from_python_and_get_result_says_failed_with_the_reas
     assert fetched.status == TaskResultStatus.FAILED
     assert fetched.is_finished
     [error] = fetched.errors
-    assert error.exception_class_path == CANCELLED_ERROR == (
-        "gyrinx_tasks.exceptions.TaskCancelled")
+    assert error.exception_class_path == CANCELLED_ERROR == "gyrinx_tasks.exceptions.TaskCancelled"
     assert "Cancelled by billing-cleanup" in error.traceback
     result.refresh()
     assert result.status == TaskResultStatus.FAILED
@@ -118,15 +124,19 @@ def test_cancel_of_an_unknown_id_is_a_clear_error():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize(("status", "fields", "says"), [
-    (State.RUNNING, {"attempts": 1}, "The run is running: its task has started"),
-    (State.FAILED, {"attempts": 1, "message_id": "m-1"}, "Pub/Sub will deliver it again"),
-    (State.SUCCESSFUL, {}, "The run is successful: it has already ended"),
-    (State.SKIPPED, {}, "The run is skipped: it has already ended"),
-    (State.CANCELLED, {}, "The run is cancelled: it has already ended"),
-])
+@pytest.mark.parametrize(
+    ("status", "fields", "says"),
+    [
+        (State.RUNNING, {"attempts": 1}, "The run is running: its task has started"),
+        (State.FAILED, {"attempts": 1, "message_id": "m-1"}, "Pub/Sub will deliver it again"),
+        (State.SUCCESSFUL, {}, "The run is successful: it has already ended"),
+        (State.SKIPPED, {}, "The run is skipped: it has already ended"),
+        (State.CANCELLED, {}, "The run is cancelled: it has already ended"),
+    ],
+)
 def test_a_run_that_is_not_ready_is_not_cancelled_and_the_answer_says_why(
-        status, fields, says, finished):
+    status, fields, says, finished
+):
     run = make_run("echo", status, **fields)
     before = TaskExecution.objects.values().get(pk=run.pk)
 
@@ -158,6 +168,7 @@ def test_a_cancelled_retry_no_longer_stands_for_its_original(fake_publisher):
 
 # --- The delivery of a cancelled run ---------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_the_delivery_of_a_cancelled_run_is_acknowledged_unrun_and_noted_once(client, calls):
     run = ready_echo("never")
@@ -180,8 +191,12 @@ def test_the_delivery_of_a_cancelled_run_is_acknowledged_unrun_and_noted_once(cl
     again = push(client, message_of(run))
     assert (again.status_code, again.json()["outcome"]) == (200, "cancelled")
     run.refresh_from_db()
-    assert sum(CANCELLED_ACK_NOTE in note for note in
-               [entry.get("note", "") for entry in run.timeline]) == 1
+    assert (
+        sum(
+            CANCELLED_ACK_NOTE in note for note in [entry.get("note", "") for entry in run.timeline]
+        )
+        == 1
+    )
     assert calls == []
 
 
@@ -198,6 +213,7 @@ def test_a_held_run_can_be_cancelled_and_its_next_delivery_is_acknowledged(clien
 
 
 # --- Races: cancel against a delivery claiming the run ---------------------------------------
+
 
 def in_thread(target, *args):
     """Run ``target`` in a thread with its own connection; returns (thread, results list)."""
@@ -218,7 +234,8 @@ def in_thread(target, *args):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_cancel_between_a_claims_read_and_its_write_wins_and_the_task_never_runs(
-        monkeypatch, calls):
+    monkeypatch, calls
+):
     """The claim has read the run READY; the cancel commits; the claim's conditional write
     changes no row, it decides again under the lock and acknowledges the delivery unrun."""
     run = ready_echo("raced")
@@ -246,8 +263,7 @@ def test_a_cancel_between_a_claims_read_and_its_write_wins_and_the_task_never_ru
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_claim_between_a_cancels_read_and_its_write_wins_and_the_page_says_running(
-        monkeypatch):
+def test_a_claim_between_a_cancels_read_and_its_write_wins_and_the_page_says_running(monkeypatch):
     """The cancel has read the run READY; a delivery starts it; the cancel's conditional
     write changes no row, it reads the run again and refuses: RUNNING."""
     started = threading.Event()
@@ -328,6 +344,7 @@ def test_cancel_and_delivery_at_the_same_moment_exactly_one_wins(monkeypatch):
 
 # --- The admin: permission, the run's page, a selection, select-across, audit ----------------
 
+
 def change_url(run):
     return reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
 
@@ -337,8 +354,12 @@ def cancel_url(run):
 
 
 def action_post(client, runs, query="", **extra):
-    data = {"action": "cancel_selected", "index": "0",
-            "_selected_action": [str(run.pk) for run in runs], **extra}
+    data = {
+        "action": "cancel_selected",
+        "index": "0",
+        "_selected_action": [str(run.pk) for run in runs],
+        **extra,
+    }
     return client.post(reverse(CHANGELIST) + query, data)
 
 
@@ -437,15 +458,18 @@ def test_cancel_a_selection_skips_what_is_not_ready_and_says_how_many(canceller,
 
     text = action_messages(canceller, [*ready, running, done])
     assert "Cancelled 3 runs: their tasks will not run." in text
-    assert "1 selected runs were running and were left alone: a task that has started " \
-           "cannot be stopped." in text
+    assert (
+        "1 selected runs were running and were left alone: a task that has started "
+        "cannot be stopped." in text
+    )
     assert "1 selected runs were not ready" in text
     statuses = dict(TaskExecution.objects.values_list("pk", "status"))
     assert [statuses[run.pk] for run in ready] == [State.CANCELLED] * 3
     assert (statuses[running.pk], statuses[done.pk]) == (State.RUNNING, State.SUCCESSFUL)
     logged = LogEntry.objects.filter(user=canceller.user)
     assert sorted(map(int, logged.values_list("object_id", flat=True))) == sorted(
-        run.pk for run in ready)
+        run.pk for run in ready
+    )
     assert len(finished) == 3
 
 
@@ -469,11 +493,13 @@ def test_select_across_asks_first_with_the_counts_and_the_cap(canceller):
     assert 'value="cancel_selected"' in text and "Yes, cancel 4 runs" in text
     assert TaskExecution.objects.filter(status=State.CANCELLED).count() == 0  # nothing yet
 
-    confirmed = action_messages(canceller, ready[:1], query="?task_name=echo",
-                                select_across="1", confirm="yes")
+    confirmed = action_messages(
+        canceller, ready[:1], query="?task_name=echo", select_across="1", confirm="yes"
+    )
     assert "Cancelled 4 runs" in confirmed
-    assert set(TaskExecution.objects.filter(status=State.CANCELLED).values_list(
-        "pk", flat=True)) == {run.pk for run in ready}
+    assert set(
+        TaskExecution.objects.filter(status=State.CANCELLED).values_list("pk", flat=True)
+    ) == {run.pk for run in ready}
     assert TaskExecution.objects.get(pk=other.pk).status == State.READY
     assert LogEntry.objects.count() == 4
 
@@ -483,8 +509,10 @@ def test_select_across_over_the_cap_says_so_and_cancels_nothing(canceller):
     runs = [ready_echo(i) for i in range(4)]
     with override_settings(TASKS_ADMIN_RETRY_LIMIT=3):
         page = action_post(canceller, runs[:1], select_across="1").content.decode()
-        assert "More than 3 of the selected runs can be cancelled, and one click may cancel " \
-               "at most 3 (the TASKS_ADMIN_RETRY_LIMIT setting)." in page
+        assert (
+            "More than 3 of the selected runs can be cancelled, and one click may cancel "
+            "at most 3 (the TASKS_ADMIN_RETRY_LIMIT setting)." in page
+        )
         assert "Yes, cancel" not in page
         forged = action_messages(canceller, runs[:1], select_across="1", confirm="yes")
         assert "More than 3 of the selected runs can be cancelled" in forged
@@ -520,13 +548,19 @@ def test_a_bulk_cancel_that_loses_to_a_delivery_counts_it_as_changed(canceller, 
 
 # --- End to end through the Pub/Sub emulator -------------------------------------------------
 
+
 @pytest.fixture
 def wired(settings, pubsub_emulator, live_server, emulator_push):
     """The echo task routed through the emulator to the live server, in a fresh namespace."""
     settings.TASKS_ENVIRONMENT = "cancel" + secrets.token_hex(4)
     settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
-    settings.TASKS = {**settings.TASKS, "default": {
-        **settings.TASKS["default"], "OPTIONS": {"project_id": pubsub_emulator.project}}}
+    settings.TASKS = {
+        **settings.TASKS,
+        "default": {
+            **settings.TASKS["default"],
+            "OPTIONS": {"project_id": pubsub_emulator.project},
+        },
+    }
     emulator_push("echo", f"{live_server.url}/tasks/pubsub/", min_backoff=1, max_backoff=2)
     yield
     task_backends["default"].__dict__.pop("publisher", None)
@@ -544,8 +578,7 @@ def wait_until(check, timeout=60.0):
 
 @pytest.mark.emulator
 @pytest.mark.django_db(transaction=True)
-def test_emulator_a_held_run_cancelled_is_acknowledged_unrun_and_never_runs(
-        wired, calls, caplog):
+def test_emulator_a_held_run_cancelled_is_acknowledged_unrun_and_never_runs(wired, calls, caplog):
     """enqueue() publishes to the emulator; the kill switch holds the delivery (429) so the
     emulator keeps it; the run is cancelled; its next delivery is acknowledged (200
     ``cancelled``), the emulator stops delivering it, and the task never runs — also once
@@ -553,14 +586,18 @@ def test_emulator_a_held_run_cancelled_is_acknowledged_unrun_and_never_runs(
     import logging
 
     caplog.set_level(logging.INFO, logger="gyrinx_tasks")
-    switch = KillSwitch.objects.create(task_name="echo", enabled=False, mode=SwitchMode.HOLD,
-                                       reason="e2e: hold")
+    switch = KillSwitch.objects.create(
+        task_name="echo", enabled=False, mode=SwitchMode.HOLD, reason="e2e: hold"
+    )
     doomed = tasks.echo.enqueue("cancelled")
     kept = tasks.echo.enqueue("kept")
 
     def held(result_id):
-        return any(r.msg.startswith("Held %s") and r.args[1] == result_id
-                   for r in caplog.records if r.name == "gyrinx_tasks")
+        return any(
+            r.msg.startswith("Held %s") and r.args[1] == result_id
+            for r in caplog.records
+            if r.name == "gyrinx_tasks"
+        )
 
     wait_until(lambda: held(doomed.id))  # delivered, held: the emulator keeps it
     done = gyrinx_tasks.cancel(doomed.id, by="e2e")
@@ -573,19 +610,27 @@ def test_emulator_a_held_run_cancelled_is_acknowledged_unrun_and_never_runs(
 
     run = wait_until(acknowledged)
     assert (run.status, run.attempts) == (State.CANCELLED, 0)
-    acks = [r for r in caplog.records if r.name == "gyrinx_tasks"
-            and r.msg.startswith("Acknowledged a delivery of cancelled run")]
+    acks = [
+        r
+        for r in caplog.records
+        if r.name == "gyrinx_tasks" and r.msg.startswith("Acknowledged a delivery of cancelled run")
+    ]
     assert acks
 
     switch.enabled = True
     switch.save()
-    wait_until(lambda: TaskExecution.objects.get(result_id=kept.id).status
-               == State.SUCCESSFUL)
+    wait_until(lambda: TaskExecution.objects.get(result_id=kept.id).status == State.SUCCESSFUL)
     time.sleep(4)  # a redelivery of the cancelled message would arrive within this (1-2 s)
     assert calls == [(("kept",), {})]  # the cancelled task never ran
     run = TaskExecution.objects.get(result_id=doomed.id)
     assert (run.status, run.attempts) == (State.CANCELLED, 0)
-    ack_count = len([r for r in caplog.records if r.name == "gyrinx_tasks"
-                     and r.msg.startswith("Acknowledged a delivery of cancelled run")])
+    ack_count = len(
+        [
+            r
+            for r in caplog.records
+            if r.name == "gyrinx_tasks"
+            and r.msg.startswith("Acknowledged a delivery of cancelled run")
+        ]
+    )
     assert ack_count == len(acks)  # acknowledged: the emulator delivered it no more
     assert sum(CANCELLED_ACK_NOTE in e.get("note", "") for e in run.timeline) == 1

@@ -71,8 +71,12 @@ def test_cancel_a_ready_run_from_its_page_in_place(admin_page, live_server):
         page.reload()
         assert "Cancelled by admin before it started" in page.inner_text("#content")
         assert page.locator("#gyrinx-cancel").count() == 0
-    assert LogEntry.objects.filter(
-        change_message="Cancelled before it started: the task will not run.").count() == 2
+    assert (
+        LogEntry.objects.filter(
+            change_message="Cancelled before it started: the task will not run."
+        ).count()
+        == 2
+    )
     assert not problems, "\n".join(dict.fromkeys(problems))
 
 
@@ -113,8 +117,7 @@ def test_cancel_every_ready_run_of_a_task_through_the_confirmation(admin_page, l
         assert "task_name=echo" in text
         assert "Runs matching: 57." in text
         assert "to be cancelled: 55." in text
-        assert "Running, left alone because a task that has started cannot be stopped: 1." \
-            in text
+        assert "Running, left alone because a task that has started cannot be stopped: 1." in text
         assert "at most 1,000 runs" in text
         assert not TaskExecution.objects.filter(status=State.CANCELLED).exists()
         problems += holds_up(page, f"cancel confirmation at {width} px")
@@ -127,8 +130,9 @@ def test_cancel_every_ready_run_of_a_task_through_the_confirmation(admin_page, l
         messages = page.inner_text(".messagelist")
         assert "Cancelled 55 runs: their tasks will not run." in messages
         assert "1 selected runs were running and were left alone" in messages
-    assert set(TaskExecution.objects.filter(status=State.CANCELLED).values_list(
-        "pk", flat=True)) == {run.pk for run in ready}
+    assert set(
+        TaskExecution.objects.filter(status=State.CANCELLED).values_list("pk", flat=True)
+    ) == {run.pk for run in ready}
     assert TaskExecution.objects.get(pk=running.pk).status == State.RUNNING
     assert TaskExecution.objects.get(pk=other.pk).status == State.READY
     assert LogEntry.objects.count() == 55
