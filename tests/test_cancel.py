@@ -23,6 +23,7 @@ from django.utils import timezone
 import gyrinx_tasks
 from gyrinx_tasks import cancellation, claim
 from gyrinx_tasks.claim import CANCELLED_ACK_NOTE
+from gyrinx_tasks.exceptions import TaskCancelled
 from gyrinx_tasks.models import CANCELLED_ERROR, KillSwitch, State, SwitchMode, TaskExecution
 from gyrinx_tasks.outcomes import OutcomeKind
 from gyrinx_tasks.push import parse_envelope
@@ -103,6 +104,7 @@ def test_cancel_a_ready_run_from_python_and_get_result_says_failed_with_the_reas
     [error] = fetched.errors
     assert error.exception_class_path == CANCELLED_ERROR == "gyrinx_tasks.exceptions.TaskCancelled"
     assert "Cancelled by billing-cleanup" in error.traceback
+    assert error.exception_class is TaskCancelled  # Django resolves it: a real class
     result.refresh()
     assert result.status == TaskResultStatus.FAILED
     # The run ended now: Django's task_finished, once.
