@@ -415,10 +415,11 @@ def test_the_button_on_a_ready_runs_page_cancels_it_in_place_and_audits(cancelle
     assert (entry.user, entry.object_id) == (canceller.user, str(run.pk))
     assert entry.change_message == "Cancelled before it started: the task will not run."
     assert [rid for rid, _status in finished] == [run.result_id]
-    # The page of the cancelled run: no button, the state and the reason.
+    # The page of the cancelled run: no button; the reason as its error, before any attempt.
     page = canceller.get(change_url(run)).content.decode()
     assert "gyrinx-cancel-button" not in page
-    assert "gyrinx-status-cancelled" in page or "Cancelled" in page
+    assert "Before any attempt:" in page
+    assert "<code>gyrinx_tasks.exceptions.TaskCancelled</code>" in page
 
 
 @pytest.mark.django_db
