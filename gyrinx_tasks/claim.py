@@ -284,12 +284,33 @@ def max_attempts(route: Any) -> int | None:
     return route.max_attempts or getattr(route.task, "max_attempts", None)
 
 
+# The timeline note of a cancelled run's acknowledged delivery; written once, not again for
+# each redelivery of the same message.
+CANCELLED_ACK_NOTE = "delivery acknowledged without running: the run was cancelled"
+
+
+def acknowledge_cancelled(execution: TaskExecution, delivery: Delivery, db: str) -> Outcome:
+    """A delivery of a cancelled run: acknowledged unrun, and noted once on the run (so its
+    page shows that Pub/Sub no longer holds the message)."""
+    last = execution.timeline[-1] if execution.timeline else {}
+    if not (isinstance(last, dict) and str(last.get("note", "")).startswith(
+            CANCELLED_ACK_NOTE)):
+        execution.note(f"{CANCELLED_ACK_NOTE} (message {delivery.message_id})")
+        write(execution, db)
+    logger.info("Acknowledged a delivery of cancelled run %s (%s) unrun",
+                execution.result_id, execution.task_name)
+    return Outcome(OutcomeKind.CANCELLED, execution,
+                   execution.status_detail or "The run was cancelled; the task is not run.")
+
+
 def decide(execution: TaskExecution, delivery: Delivery, route: Any, problem: str,
            raw_message: str, db: str) -> TaskExecution | Outcome:
     """Settle the delivery on the run as read, or start it; each write a conditional UPDATE
     (Raced if the run changed since it was read)."""
     if not execution.message_id:
         execution.message_id = delivery.message_id
+    if execution.status == State.CANCELLED:
+        return acknowledge_cancelled(execution, delivery, db)
     if execution.settled:
         return Outcome(OutcomeKind.DUPLICATE, execution, f"Run already {execution.status}.")
     if execution.status == State.RUNNING:

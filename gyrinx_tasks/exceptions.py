@@ -26,3 +26,8 @@ class PublishNotConfirmed(Exception):
 
 class OIDCVerificationError(Exception):
     """A push request's OIDC token is missing or invalid."""
+
+
+class TaskCancelled(TaskException):
+    """Never raised: the class a cancelled run's entry in ``TaskResult.errors`` names, with
+    who cancelled it and when as its ``traceback`` (gyrinx_tasks.cancel())."""

@@ -22,6 +22,7 @@ class State(models.TextChoices):
     FAILED = "FAILED", _("Failed")
     SKIPPED = "SKIPPED", _("Skipped")
     REJECTED = "REJECTED", _("Rejected")
+    CANCELLED = "CANCELLED", _("Cancelled")
 
 
 class Trigger(models.TextChoices):
@@ -38,11 +39,11 @@ PUBLISH_UNCONFIRMED = ("Publishing was not confirmed in time: Pub/Sub may still 
 # Runs that need a successful retry before they count as recovered (the run list's filter).
 NEEDS_RECOVERY = (State.FAILED, State.REJECTED)
 
-# A redelivery of a run in one of these states changes nothing (FAILED runs that gave up too).
-SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED)
+# A redelivery of a run in one of these states does not run it (FAILED runs that gave up too).
+SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED, State.CANCELLED)
 
-# Our states in the terms of Django's TaskResultStatus. SKIPPED and REJECTED runs never
-# started, which Django calls FAILED ("unable to start").
+# Our states in the terms of Django's TaskResultStatus. SKIPPED, REJECTED and CANCELLED runs
+# never started, which Django calls FAILED ("unable to start"); Django has no CANCELLED.
 DJANGO_STATUS = {
     State.READY: TaskResultStatus.READY,
     State.RUNNING: TaskResultStatus.RUNNING,
@@ -50,7 +51,12 @@ DJANGO_STATUS = {
     State.FAILED: TaskResultStatus.FAILED,
     State.SKIPPED: TaskResultStatus.FAILED,
     State.REJECTED: TaskResultStatus.FAILED,
+    State.CANCELLED: TaskResultStatus.FAILED,
 }
+
+# The exception class a cancelled run's error entry names (exceptions.TaskCancelled), so
+# Django's TaskResult.errors carries the reason.
+CANCELLED_ERROR = "gyrinx_tasks.exceptions.TaskCancelled"
 
 
 def new_result_id() -> str:
@@ -283,6 +289,7 @@ class TaskExecution(models.Model):
         permissions = [
             ("retry_taskexecution", _("Can retry task executions")),
             ("export_taskexecution", _("Can export task executions")),
+            ("cancel_taskexecution", _("Can cancel task executions")),
             # Payload of routes with redact=True (gyrinx_tasks/redaction.py).
             ("view_payload_taskexecution",
              _("Can see arguments and results of redacted tasks")),
@@ -420,6 +427,13 @@ class TaskExecution(models.Model):
         self.finished_at = timezone.now()
         self._log(self.status, State.REJECTED, reason)
 
+    @transition(field=status, source=State.READY, target=State.CANCELLED)
+    def cancel(self, reason: str) -> None:
+        """READY → CANCELLED: the task never runs; its deliveries are acknowledged unrun."""
+        self._add_error(CANCELLED_ERROR, reason)
+        self.status_detail = reason
+        self.finished_at = timezone.now()
+        self._log(State.READY, State.CANCELLED, reason)
 
     # --- Enqueue and retry transitions ---
     #
@@ -492,6 +506,23 @@ class TaskExecution(models.Model):
         return self._apply(using, expect, change, (
             "status_detail", "gave_up", "finished_at", "timeline", "timeline_omitted"),
             exclude=Exists(TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
+
+    def record_cancelled(self, using: str, reason: str) -> bool:
+        """READY → CANCELLED (staff, or gyrinx_tasks.cancel()), only if the run is still as
+        read: READY, the same attempts and the same timeline, as a delivery's claim expects
+        too. So a cancel and a delivery claiming the run at the same moment make one winner:
+        if the claim wrote first, this changes no row (the run is RUNNING and cannot be
+        cancelled); if this wrote first, the claim's write changes no row, it decides again
+        on the CANCELLED row and acknowledges the delivery unrun. The instance is changed
+        only when it won."""
+        candidate = copy.copy(self)
+        if "_progress_read" not in candidate.__dict__:
+            candidate.remember_progress()
+        candidate.cancel(reason)
+        if not type(self).objects.using(using).write_transition(candidate):
+            return False
+        self.__dict__.update(candidate.__dict__)
+        return True
 
     @property
     def redelivered_by_pubsub(self) -> bool:

@@ -15,6 +15,9 @@ class OutcomeKind(StrEnum):
     SKIPPED = "skipped"  # a kill switch is off (skip): acknowledged unrun
     HELD = "held"  # a kill switch is off (hold): left in Pub/Sub
     DUPLICATE = "duplicate"  # a redelivery of a run that already ended
+    # staff (or gyrinx_tasks.cancel()) cancelled the READY run: acknowledged unrun. Not an
+    # end of the run: it ended when it was cancelled, and task_finished was sent then.
+    CANCELLED = "cancelled"
     BUSY = "busy"  # the run is running elsewhere, or its enqueue has not committed yet
     SUPERSEDED = "superseded"  # this attempt outlived its ack deadline and was started again
     UNRECORDED = "unrecorded"  # the task ran but the database refused its outcome

@@ -196,9 +196,10 @@ def count_selection(queryset: Any, limit: int) -> Selection:
     )
 
 
-def limit_message(limit: int) -> str:
-    return (f"More than {limit:,} of the selected runs can be retried, and one click may "
-            f"retry at most {limit:,} (the TASKS_ADMIN_RETRY_LIMIT setting). Narrow the "
+def limit_message(limit: int, done: str = "retried", do: str = "retry") -> str:
+    """Why a bulk action (retry; cancel, which shares the cap) was refused as too large."""
+    return (f"More than {limit:,} of the selected runs can be {done}, and one click may "
+            f"{do} at most {limit:,} (the TASKS_ADMIN_RETRY_LIMIT setting). Narrow the "
             "filter, for example by task, or raise the setting.")
 
 

@@ -41,10 +41,14 @@ def _sender(task: Any) -> type:
     return type(backend) if isinstance(backend, PubSubBackend) else PubSubBackend
 
 
+def announce_finished(execution: Any, task: Any) -> None:
+    """Send Django's task_finished for a run that has ended (also a cancelled one)."""
+    task_finished.send(_sender(task), task_result=result_from_execution(execution, task))
+
+
 def _announce_end(outcome: Outcome, task: Any) -> None:
     if outcome.kind.ends_the_run and outcome.execution is not None:
-        task_finished.send(_sender(task), task_result=result_from_execution(
-            outcome.execution, task))
+        announce_finished(outcome.execution, task)
 
 
 def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:

@@ -44,6 +44,7 @@ STATUS_FOR: dict[OutcomeKind, int] = {
     # stays out of 5xx error rates and alerts (docs/admin.md, "Kill switches").
     OutcomeKind.HELD: 429,
     OutcomeKind.DUPLICATE: ACK,  # ack: the run already settled
+    OutcomeKind.CANCELLED: ACK,  # ack: staff cancelled the run before it started
     # retry later: another worker is still running this delivery, or its enqueue's
     # transaction is still open
     OutcomeKind.BUSY: 429,

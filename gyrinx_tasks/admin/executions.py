@@ -22,6 +22,14 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from ..cancellation import (
+    Cancelled,
+    CancelReport,
+    cancel_queryset,
+    cancel_run,
+    refusal,
+)
+from ..cancellation import count_selection as count_cancel_selection
 from ..conf import tasks_settings
 from ..dates import format_when
 from ..expressions import last_error_class
@@ -315,11 +323,12 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
             context.update(execution_context(obj, redact=is_redacted(obj.task_name,
                                                                      request.user)))
             context.update(self.retry_context(request, obj))
+            context.update(self.cancel_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- Retry: the button on a run's page, and the bulk action -------------------------------
 
-    actions = ["retry_selected"]
+    actions = ["retry_selected", "cancel_selected"]
 
     def has_retry_permission(self, request) -> bool:
         return has_model_permission(request, self.opts, "retry_taskexecution")
@@ -333,7 +342,9 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
                          name=f"{self.opts.app_label}_{self.opts.model_name}_republish")
         panel = path("<int:object_id>/retry/panel/",
                      self.admin_site.admin_view(self.retry_panel_view), name=f"{name}_panel")
-        return [retry, republish, panel, *super().get_urls()]
+        cancel = path("<int:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view),
+                      name=f"{self.opts.app_label}_{self.opts.model_name}_cancel")
+        return [retry, republish, panel, cancel, *super().get_urls()]
 
     def retry_context(self, request, obj, new=None, error: str = "",
                       republished: bool = False) -> dict[str, Any]:
@@ -450,19 +461,13 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         if across and request.POST.get("confirm") != "yes":
             # "All N matching this filter": say how many, and the cap, before any work.
             selection = count_selection(queryset, limit)
-            return TemplateResponse(request, RETRY_CONFIRM, page_context(
-                self, request, str(_("Retry runs")),
-                selection=selection,
+            return self.across_confirmation(
+                request, RETRY_CONFIRM, str(_("Retry runs")), "retry_selected", limit,
+                selection=selection, to_do=selection.retryable,
                 total_label=capped_count(selection.total, limit),
                 retryable_label=capped_count(selection.retryable, limit),
                 already_retried_label=capped_count(selection.already_retried, limit),
-                limit_label=f"{limit:,}",
-                limit_message=limit_message(limit),
-                selected=request.POST.getlist(ACTION_CHECKBOX_NAME),
-                filters=[(key, value) for key, value in request.GET.items()
-                         if key not in ("p", "o")],
-                changelist_url=request.get_full_path(),
-            ))
+                limit_message=limit_message(limit))
         new_ids: list[int] = []
 
         def retried(done: list[Retried]) -> None:
@@ -478,19 +483,112 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
             self.message_user(request, text, level)
         return None
 
-    def _log_retries(self, request, done: list[Retried]) -> None:
-        # One LogEntry per retried run (at most TASKS_ADMIN_RETRY_LIMIT per click).
+    def across_confirmation(self, request, template: str, title: str, action: str,
+                            limit: int, **extra: Any) -> TemplateResponse:
+        """The page a bulk action shows before working on every run matching the filter
+        (select-across): its counts (made by the action, counted no further than the cap)
+        and a form that posts the action again with confirm=yes. The templates extend
+        taskexecution/across_confirm.html."""
+        return TemplateResponse(request, template, page_context(
+            self, request, title,
+            action=action,
+            limit_label=f"{limit:,}",
+            selected=request.POST.getlist(ACTION_CHECKBOX_NAME),
+            filters=[(key, value) for key, value in request.GET.items()
+                     if key not in ("p", "o")],
+            changelist_url=request.get_full_path(),
+            **extra,
+        ))
+
+    def _log_changes(self, request, entries: list[tuple[int, str, str]]) -> None:
+        """One LogEntry per (run pk, run repr, message): at most the cap per click."""
         content_type = ContentType.objects.get_for_model(TaskExecution)
         LogEntry.objects.bulk_create([
             LogEntry(user_id=request.user.pk, content_type=content_type,
-                     object_id=str(item.original_id), object_repr=item.original_repr[:200],
-                     action_flag=CHANGE,
-                     change_message=retried_message(item.new_id, item.new_result_id,
-                                                    item.published))
-            for item in done
+                     object_id=str(pk), object_repr=label[:200], action_flag=CHANGE,
+                     change_message=message)
+            for pk, label, message in entries
         ])
 
+    def _log_retries(self, request, done: list[Retried]) -> None:
+        self._log_changes(request, [
+            (item.original_id, item.original_repr,
+             retried_message(item.new_id, item.new_result_id, item.published))
+            for item in done])
 
+    # --- Cancel: the button on a READY run's page, and the bulk action ------------------------
+
+    def has_cancel_permission(self, request) -> bool:
+        return has_model_permission(request, self.opts, "cancel_taskexecution")
+
+    def cancel_context(self, request, obj, error: str = "",
+                       cancelled: bool = False) -> dict[str, Any]:
+        """What the cancel panel (taskexecution/_cancel.html) shows for ``obj``: the button
+        for a READY run, or why a RUNNING one cannot be cancelled; only with the permission."""
+        allowed = self.has_cancel_permission(request)
+        reason = refusal(obj) if allowed and obj.status in UNSETTLED else ""
+        return {
+            "can_cancel": allowed and obj.status == State.READY and not reason,
+            "cancel_refusal": reason,
+            "cancel_error": error,
+            "cancelled_now": cancelled,
+        }
+
+    def cancel_view(self, request, object_id):
+        """POST: cancel one READY run. HTMX gets the panel back; a plain POST is redirected
+        to the run's page."""
+        require(self.has_cancel_permission(request))
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        run = get_object_or_404(TaskExecution, pk=object_id)
+        done = cancel_run(run, request.user)
+        if done.cancelled:
+            audit(request, run, CANCELLED_MESSAGE)
+        run.refresh_from_db()
+        error = "" if done.cancelled else done.detail
+        if request.htmx:
+            context = {**self.cancel_context(request, run, error, done.cancelled),
+                       "original": run, "opts": self.opts}
+            return TemplateResponse(request, CANCEL_PANEL, context)
+        if error:
+            self.message_user(request, error, messages.ERROR)
+        else:
+            self.message_user(request, "Cancelled: the task will not run.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change", args=[run.pk]))
+
+    @admin.action(permissions=["cancel"], description=_("Cancel selected runs"))
+    def cancel_selected(self, request, queryset):
+        require(self.has_cancel_permission(request))
+        limit = tasks_settings.TASKS_ADMIN_RETRY_LIMIT
+        across = request.POST.get("select_across") in ("1", "True")
+        if across and request.POST.get("confirm") != "yes":
+            selection = count_cancel_selection(queryset, limit)
+            return self.across_confirmation(
+                request, CANCEL_CONFIRM, str(_("Cancel runs")), "cancel_selected", limit,
+                selection=selection, to_do=selection.cancellable,
+                total_label=capped_count(selection.total, limit),
+                cancellable_label=capped_count(selection.cancellable, limit),
+                running_label=capped_count(selection.running, limit),
+                limit_message=limit_message(limit, "cancelled", "cancel"))
+
+        def cancelled(done: list[Cancelled]) -> None:
+            self._log_changes(request, [(item.pk, item.label, CANCELLED_MESSAGE)
+                                        for item in done])
+
+        try:
+            report = cancel_queryset(queryset, request.user, limit, on_cancelled=cancelled)
+        except RetryLimitExceeded as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        for level, text in cancel_messages(report, limit):
+            self.message_user(request, text, level)
+        return None
+
+
+CANCEL_PANEL = "admin/gyrinx_tasks/taskexecution/_cancel.html"
+CANCEL_CONFIRM = "admin/gyrinx_tasks/taskexecution/cancel_confirm.html"
+CANCELLED_MESSAGE = "Cancelled before it started: the task will not run."
 RETRY_PANEL = "admin/gyrinx_tasks/taskexecution/_retry.html"
 RETRY_CONFIRM = "admin/gyrinx_tasks/taskexecution/retry_confirm.html"
 RETRIES_SHOWN = 20
@@ -558,6 +656,30 @@ def report_messages(report: RetryReport, limit: int,
     if report.publish_failed:
         out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
                                     "retries; those new runs are recorded as FAILED."))
+    return out
+
+
+def cancel_messages(report: CancelReport, limit: int) -> list[tuple[int, str]]:
+    """The bulk cancel's outcome as admin messages: what was done, then what was not."""
+    out: list[tuple[int, str]] = [(
+        messages.SUCCESS if report.cancelled else messages.WARNING,
+        "Cancelled 1 run: its task will not run." if report.cancelled == 1 else
+        f"Cancelled {report.cancelled:,} runs: their tasks will not run.")]
+    if report.running:
+        count = capped_count(report.running, limit).capitalize()
+        out.append((messages.WARNING, f"{count} selected runs were running and were left "
+                                      "alone: a task that has started cannot be stopped."))
+    if report.changed:
+        out.append((messages.WARNING, f"{report.changed:,} runs started (or changed) while "
+                                      "they were being cancelled and were left alone; reload "
+                                      "the list to see them."))
+    if report.ended:
+        count = capped_count(report.ended, limit).capitalize()
+        out.append((messages.INFO, f"{count} selected runs were not ready (they had ended, "
+                                   "or failed and will be delivered again) and were left "
+                                   "alone; only READY runs can be cancelled."))
+    for reason, refused in report.refused.items():
+        out.append((messages.WARNING, f"{refused:,} not cancelled: {reason}"))
     return out
 
 

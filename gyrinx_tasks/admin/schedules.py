@@ -49,7 +49,7 @@ from .base import PageAdmin, audit, has_model_permission, page_context, require
 TEMPLATES = "admin/gyrinx_tasks/scheduledjob"
 CALL_TIMEOUT = 3.0  # seconds for one Cloud Scheduler call, retries included
 NEXT_RUNS = 5
-SETTLED = {State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED}
+SETTLED = {State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED, State.CANCELLED}
 # Stop watching a Run now whose message has not been delivered after this long.
 WATCH_LIMIT = 600
 # How far in the future a watch's start time may be (servers' clocks differ a little).
