@@ -53,10 +53,12 @@ DELIVERY_COUNT = "CloudPubSubDeadLetterSourceDeliveryCount"
 SOURCE_PUBLISH_TIME = "CloudPubSubDeadLetterSourceTopicPublishTime"
 
 REPLAY_NAMESPACE = uuid.UUID("6f1f7c1e-3d7a-4f0e-9a53-2f2b7d4c8e10")
-PEEK_NOTE = ("Listing is a peek: the messages are pulled and given straight back, so nothing "
-             "is consumed, and Pub/Sub may show the same message again later. One look shows "
-             f"up to {PEEK_LIMIT} messages per dead-letter topic, in the order Pub/Sub hands "
-             "them out.")
+PEEK_NOTE = (
+    "Listing is a peek: the messages are pulled and given straight back, so nothing "
+    "is consumed, and Pub/Sub may show the same message again later. One look shows "
+    f"up to {PEEK_LIMIT} messages per dead-letter topic, in the order Pub/Sub hands "
+    "them out."
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,7 @@ class Source:
         return self.subscription.rsplit("/", 1)[-1]
 
 
-def sources(project: str | None = None,
-            routes: Iterable[TaskRoute] | None = None) -> list[Source]:
+def sources(project: str | None = None, routes: Iterable[TaskRoute] | None = None) -> list[Source]:
     """One Source per dead-letter topic of the registry's routes, in registry order."""
     from .provisioning.config import default_project
     from .provisioning.pubsub import dead_letter_subscription_path
@@ -86,8 +87,10 @@ def sources(project: str | None = None,
             if not topic.startswith("projects/"):
                 topic = f"projects/{project}/topics/{topic}"
             found.setdefault(topic, []).append(route)
-    return [Source(topic, dead_letter_subscription_path(project, topic), tuple(routes))
-            for topic, routes in found.items()]
+    return [
+        Source(topic, dead_letter_subscription_path(project, topic), tuple(routes))
+        for topic, routes in found.items()
+    ]
 
 
 @dataclass
@@ -144,11 +147,15 @@ def read_letter(received: Any, source: Source) -> Letter:
     message = received.message
     attributes = dict(message.attributes)
     publish_time = message.publish_time
-    letter = Letter(message_id=str(message.message_id), ack_id=received.ack_id,
-                    data=bytes(message.data), attributes=attributes,
-                    dead_lettered_at=publish_time if publish_time else None,
-                    published_at=_parse_time(attributes.get(SOURCE_PUBLISH_TIME, "")),
-                    source_subscription=attributes.get(SOURCE_SUBSCRIPTION, ""))
+    letter = Letter(
+        message_id=str(message.message_id),
+        ack_id=received.ack_id,
+        data=bytes(message.data),
+        attributes=attributes,
+        dead_lettered_at=publish_time if publish_time else None,
+        published_at=_parse_time(attributes.get(SOURCE_PUBLISH_TIME, "")),
+        source_subscription=attributes.get(SOURCE_SUBSCRIPTION, ""),
+    )
     count = attributes.get(DELIVERY_COUNT, "")
     letter.delivery_attempts = int(count) if count.isdigit() else None
     try:
@@ -186,6 +193,7 @@ def replay_result_id(source: Source, letter: Letter) -> str:
 
 # --- Talking to Pub/Sub ---------------------------------------------------------------------
 
+
 def open_subscriber() -> Any:
     """A SubscriberClient (tests replace this); the caller closes it."""
     return clients.subscriber_client()
@@ -194,13 +202,19 @@ def open_subscriber() -> Any:
 def _call_options() -> dict[str, Any]:
     from google.api_core import retry as retries
 
-    retry = retries.Retry(predicate=retries.if_transient_error, initial=0.2, maximum=1.0,
-                          multiplier=2.0, timeout=CALL_TIMEOUT)
+    retry = retries.Retry(
+        predicate=retries.if_transient_error,
+        initial=0.2,
+        maximum=1.0,
+        multiplier=2.0,
+        timeout=CALL_TIMEOUT,
+    )
     return {"retry": retry, "timeout": CALL_TIMEOUT}
 
 
-def pull(subscriber: Any, subscription: str, limit: int = PEEK_LIMIT,
-         wanted: set[str] | None = None) -> list[Any]:
+def pull(
+    subscriber: Any, subscription: str, limit: int = PEEK_LIMIT, wanted: set[str] | None = None
+) -> list[Any]:
     """Pull up to ``limit`` messages (stopping early once every id in ``wanted`` is held).
     The caller must acknowledge or give back every message returned; on an error the
     messages pulled so far are given back before it is raised."""
@@ -216,7 +230,9 @@ def pull(subscriber: Any, subscription: str, limit: int = PEEK_LIMIT,
             try:
                 response = subscriber.pull(
                     request={"subscription": subscription, "max_messages": want},
-                    retry=None, timeout=PULL_WAIT)
+                    retry=None,
+                    timeout=PULL_WAIT,
+                )
             except exceptions.DeadlineExceeded:
                 break  # nothing more came within PULL_WAIT
             if not response.received_messages:
@@ -230,28 +246,38 @@ def pull(subscriber: Any, subscription: str, limit: int = PEEK_LIMIT,
     return received
 
 
-def give_back(subscriber: Any, subscription: str, ack_ids: Sequence[str],
-              quiet: bool = False) -> None:
+def give_back(
+    subscriber: Any, subscription: str, ack_ids: Sequence[str], quiet: bool = False
+) -> None:
     """Return messages to Pub/Sub at once (ack deadline 0), so they are pullable again."""
     try:
         for start in range(0, len(ack_ids), ACK_CHUNK):
             subscriber.modify_ack_deadline(
-                request={"subscription": subscription, "ack_ids": list(
-                    ack_ids[start:start + ACK_CHUNK]), "ack_deadline_seconds": 0},
-                **_call_options())
+                request={
+                    "subscription": subscription,
+                    "ack_ids": list(ack_ids[start : start + ACK_CHUNK]),
+                    "ack_deadline_seconds": 0,
+                },
+                **_call_options(),
+            )
     except Exception:
         if not quiet:
             raise
         # Their lease runs out by itself after the subscription's ack deadline.
-        logger.warning("Giving back %s dead letters on %s failed", len(ack_ids), subscription,
-                       exc_info=True)
+        logger.warning(
+            "Giving back %s dead letters on %s failed", len(ack_ids), subscription, exc_info=True
+        )
 
 
 def acknowledge(subscriber: Any, subscription: str, ack_ids: Sequence[str]) -> None:
     for start in range(0, len(ack_ids), ACK_CHUNK):
-        subscriber.acknowledge(request={"subscription": subscription,
-                                        "ack_ids": list(ack_ids[start:start + ACK_CHUNK])},
-                               **_call_options())
+        subscriber.acknowledge(
+            request={
+                "subscription": subscription,
+                "ack_ids": list(ack_ids[start : start + ACK_CHUNK]),
+            },
+            **_call_options(),
+        )
 
 
 def _dedupe(received: list[Any]) -> tuple[list[Any], list[str]]:
@@ -269,16 +295,23 @@ def _dedupe(received: list[Any]) -> tuple[list[Any], list[str]]:
 
 def _annotate(letters: list[Letter], source: Source) -> None:
     """Find each letter's original run and any replay of it already made."""
-    ids = {letter.task_id for letter in letters if letter.task_id
-           and not is_scheduled(letter.task_id)}
+    ids = {
+        letter.task_id for letter in letters if letter.task_id and not is_scheduled(letter.task_id)
+    }
     keys = {replay_result_id(source, letter): letter for letter in letters if not letter.problem}
-    runs = {run.result_id: run for run in TaskExecution.objects.filter(
-        result_id__in=ids | set(keys)).only("pk", "result_id", "task_name", "status")}
+    runs = {
+        run.result_id: run
+        for run in TaskExecution.objects.filter(result_id__in=ids | set(keys)).only(
+            "pk", "result_id", "task_name", "status"
+        )
+    }
     for key, letter in keys.items():
         if key in runs:
             letter.replayed_as = key
     for letter in letters:
-        letter.original = runs.get(letter.task_id) if letter.task_id in ids else None
+        # The run the message was published for: its task_id is the run's result id.
+        run = runs.get(letter.task_id) if letter.task_id in ids else None
+        letter.original = run if run is not None and run.task_name == letter.task_name else None
 
 
 def peek(subscriber: Any, source: Source, limit: int = PEEK_LIMIT) -> list[Letter]:
@@ -330,13 +363,18 @@ def replay(letter: Letter, source: Source, user: Any = None) -> Outcome:
         return outcome
     backend = task_backends[route.task.backend]
     if not isinstance(backend, PubSubBackend):
-        outcome.reason = (f"Task {route.name!r} now runs on backend {backend.alias!r}, not "
-                          "on Pub/Sub, so its dead letters cannot be replayed here.")
+        outcome.reason = (
+            f"Task {route.name!r} now runs on backend {backend.alias!r}, not "
+            "on Pub/Sub, so its dead letters cannot be replayed here."
+        )
         return outcome
     original = None
     if letter.task_id and not is_scheduled(letter.task_id):
-        original = (TaskExecution.objects.filter(result_id=letter.task_id)
-                    .only(*ORIGINAL_FIELDS).first())
+        original = (
+            TaskExecution.objects.filter(result_id=letter.task_id, task_name=letter.task_name)
+            .only(*ORIGINAL_FIELDS)
+            .first()
+        )
     if original is not None:
         outcome.reason = live_retry_refusal(original)
         if outcome.reason:
@@ -344,10 +382,16 @@ def replay(letter: Letter, source: Source, user: Any = None) -> Outcome:
             return outcome
     who = _who(user)
     execution = TaskExecution(
-        result_id=result_id, task_name=route.name, task_path=route.path,
-        backend=backend.alias, args=letter.args, kwargs=letter.kwargs,
-        enqueued_at=timezone.now(), trigger=Trigger.RETRY,
-        retry_of_id=original.pk if original is not None else None)
+        result_id=result_id,
+        task_name=route.name,
+        task_path=route.path,
+        backend=backend.alias,
+        args=letter.args,
+        kwargs=letter.kwargs,
+        enqueued_at=timezone.now(),
+        trigger=Trigger.RETRY,
+        retry_of_id=original.pk if original is not None else None,
+    )
     execution.task_id = execution.result_id
     note = f"replay of dead letter {letter.message_id}"
     if original is not None:
@@ -358,8 +402,11 @@ def replay(letter: Letter, source: Source, user: Any = None) -> Outcome:
         with transaction.atomic(using=using):
             if original is not None:
                 settle = original.redelivered_by_pubsub
-                sentence = (f"Dead letter {letter.message_id} replayed as run {result_id}"
-                            + (f" by {who}" if who else "") + ".")
+                sentence = (
+                    f"Dead letter {letter.message_id} replayed as run {result_id}"
+                    + (f" by {who}" if who else "")
+                    + "."
+                )
                 if settle:
                     sentence += " Pub/Sub gave this run up; it counts as failed for good."
                 if not original.record_retried(using, sentence, settle):
@@ -374,13 +421,16 @@ def replay(letter: Letter, source: Source, user: Any = None) -> Outcome:
     failed = backend.publish_executions([pending_for(execution, route)])
     outcome.done, outcome.run, outcome.published = "replayed", execution, not failed
     if failed:
-        outcome.reason = (f"Run {result_id} was recorded, but publishing it failed; it is "
-                          f"{State(execution.status).label.lower()}. Retry it from its page.")
+        outcome.reason = (
+            f"Run {result_id} was recorded, but publishing it failed; it is "
+            f"{State(execution.status).label.lower()}. Retry it from its page."
+        )
     return outcome
 
 
-def act(subscriber: Any, source: Source, message_ids: Iterable[str], action: str,
-        user: Any = None) -> list[Outcome]:
+def act(
+    subscriber: Any, source: Source, message_ids: Iterable[str], action: str, user: Any = None
+) -> list[Outcome]:
     """Replay or discard the messages ``message_ids`` of ``source``, from a fresh pull.
 
     Messages replayed (or found replayed already) and discarded are acknowledged; the rest
@@ -395,7 +445,8 @@ def act(subscriber: Any, source: Source, message_ids: Iterable[str], action: str
     back = repeats + [m.ack_id for m in received if str(m.message.message_id) not in wanted]
     give_back(subscriber, source.subscription, back, quiet=True)
     outcomes = []
-    to_ack, to_return = [], []
+    to_ack: list[str] = []
+    to_return: list[str] = []
     for message in chosen:
         letter = read_letter(message, source)
         try:
@@ -414,18 +465,26 @@ def act(subscriber: Any, source: Source, message_ids: Iterable[str], action: str
         try:
             acknowledge(subscriber, source.subscription, to_ack)
         except Exception as exc:  # noqa: BLE001 - the runs stand; the message may show again
-            logger.warning("Acknowledging dead letters on %s failed: %s", source.subscription,
-                           exc)
-            failure = (f"Acknowledging it failed ({type(exc).__name__}), so it may be "
-                       "listed again")
+            logger.warning("Acknowledging dead letters on %s failed: %s", source.subscription, exc)
+            failure = f"Acknowledging it failed ({type(exc).__name__}), so it may be listed again"
             for outcome in outcomes:
                 if outcome.done:
-                    after = ("; replaying it again finds the run made now." if outcome.run
-                             else "; discard it again.")
+                    after = (
+                        "; replaying it again finds the run made now."
+                        if outcome.run
+                        else "; discard it again."
+                    )
                     outcome.reason = f"{outcome.reason} {failure}{after}".strip()
     found = {outcome.message_id for outcome in outcomes}
     for message_id in sorted(wanted - found):
-        outcomes.append(Outcome(message_id, reason=(
-            "A fresh pull did not return it: another user may be handling it, it may be gone "
-            "already, or Pub/Sub did not hand it out this time. Reload the list and try again.")))
+        outcomes.append(
+            Outcome(
+                message_id,
+                reason=(
+                    "A fresh pull did not return it: another user may be handling it, it "
+                    "may be gone already, or Pub/Sub did not hand it out this time. Reload "
+                    "the list and try again."
+                ),
+            )
+        )
     return outcomes

@@ -23,8 +23,13 @@ def charge_card(email: str, amount: int) -> int:
 
 
 tasks = [
-    TaskRoute(fails_until_fixed, min_retry_delay=1, max_retry_delay=2,
-              dead_letter_topic=DEAD_LETTER_TOPIC, max_delivery_attempts=5),
+    TaskRoute(
+        fails_until_fixed,
+        min_retry_delay=1,
+        max_retry_delay=2,
+        dead_letter_topic=DEAD_LETTER_TOPIC,
+        max_delivery_attempts=5,
+    ),
     TaskRoute(charge_card, redact=True, dead_letter_topic=DEAD_LETTER_TOPIC),
     TaskRoute(plain.add, dead_letter_topic=DEAD_LETTER_TOPIC, max_delivery_attempts=7),
     TaskRoute(plain.explode),  # no dead-letter topic

@@ -36,10 +36,13 @@ PAGE = "admin:gyrinx_tasks_deadletter_changelist"
 LIST = "admin:gyrinx_tasks_deadletter_list"
 ACT = "admin:gyrinx_tasks_deadletter_act"
 TOPIC = f"projects/test-project/topics/{deadletter_tasks.DEAD_LETTER_TOPIC}"
-CONFIG = ProvisioningConfig(project="test-project", location="europe-west2",
-                            push_endpoint="https://tasks-test.example.run.app/tasks/pubsub/",
-                            service_account="x@test-project.iam.gserviceaccount.com",
-                            audience="aud")
+CONFIG = ProvisioningConfig(
+    project="test-project",
+    location="europe-west2",
+    push_endpoint="https://tasks-test.example.run.app/tasks/pubsub/",
+    service_account="x@test-project.iam.gserviceaccount.com",
+    audience="aud",
+)
 
 
 @pytest.fixture
@@ -63,15 +66,19 @@ def sub_path():
 
 
 def task_message(task_name, args=(), kwargs=None, task_id="t-1"):
-    return json.dumps({"task_id": task_id, "task_name": task_name, "args": list(args),
-                       "kwargs": kwargs or {}}).encode()
+    return json.dumps(
+        {"task_id": task_id, "task_name": task_name, "args": list(args), "kwargs": kwargs or {}}
+    ).encode()
 
 
 def dead(fake, data, message_id, source="", count="5"):
     """Put a dead-lettered message on the fake, with the attributes Pub/Sub adds."""
-    attributes = {deadletters.DELIVERY_COUNT: count,
-                  deadletters.SOURCE_PUBLISH_TIME: "2026-11-30T10:00:00.123Z",
-                  deadletters.SOURCE_PROJECT: "test-project", "trigger": "enqueue"}
+    attributes = {
+        deadletters.DELIVERY_COUNT: count,
+        deadletters.SOURCE_PUBLISH_TIME: "2026-11-30T10:00:00.123Z",
+        deadletters.SOURCE_PROJECT: "test-project",
+        "trigger": "enqueue",
+    }
     if source:
         attributes[deadletters.SOURCE_SUBSCRIPTION] = source
     fake.add(sub_path(), data, message_id, attributes, publish_time=timezone.now())
@@ -83,18 +90,23 @@ def route(name):
 
 # --- Provisioning ---------------------------------------------------------------------------
 
+
 def test_one_pull_subscription_per_dead_letter_topic_in_the_desired_state(dl_registry):
     subs = [d for d in desired_state(CONFIG) if d.kind == Kind.SUBSCRIPTION]
     pulls = [d for d in subs if "push_config" not in d.body]
     # Three routes share the topic: one subscription, named with the environment's prefix.
     assert [d.name for d in pulls] == [
         "projects/test-project/subscriptions/test--gyrinx.tasks--dead-letters--"
-        "gyrinx-test-dead-letters"]
+        "gyrinx-test-dead-letters"
+    ]
     (pull,) = pulls
     assert pull.body["topic"] == TOPIC
     assert "retry_policy" not in pull.body and "dead_letter_policy" not in pull.body
-    assert pull.fields == {"topic": TOPIC, "ack_deadline_seconds": "60",
-                           "expiration_policy.ttl": "never"}
+    assert pull.fields == {
+        "topic": TOPIC,
+        "ack_deadline_seconds": "60",
+        "expiration_policy.ttl": "never",
+    }
     assert pull.route is None  # not a route's own subscription on the provisioning page
     assert len(subs) == len(registry.get_routes()) + 1
 
@@ -103,21 +115,26 @@ def test_dead_letter_subscription_names_stay_within_pubsubs_limit():
     long_topic = "projects/other/topics/" + "t" * 250
     name = dead_letter_subscription_path("test-project", long_topic).rsplit("/", 1)[-1]
     assert len(name) == 255
-    assert name != dead_letter_subscription_path(
-        "test-project", long_topic + "x").rsplit("/", 1)[-1]
+    assert (
+        name != dead_letter_subscription_path("test-project", long_topic + "x").rsplit("/", 1)[-1]
+    )
 
 
 # --- Reading a message ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("data, problem", [
-    (b"this is not json", "not JSON"),
-    (b"\xff\xfe\x00", "not JSON"),
-    (b"[1, 2]", "not an object"),
-    (b'{"args": []}', "no task_name"),
-    (b'{"task_name": "add", "args": "1, 2"}', "args is not a list"),
-    (b'{"task_name": "add", "kwargs": []}', "kwargs is not an object"),
-    (b'{"task_name": "add", "task_id": 7}', "task_id is not a string"),
-])
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        (b"this is not json", "not JSON"),
+        (b"\xff\xfe\x00", "not JSON"),
+        (b"[1, 2]", "not an object"),
+        (b'{"args": []}', "no task_name"),
+        (b'{"task_name": "add", "args": "1, 2"}', "args is not a list"),
+        (b'{"task_name": "add", "kwargs": []}', "kwargs is not an object"),
+        (b'{"task_name": "add", "task_id": 7}', "task_id is not a string"),
+    ],
+)
 def test_a_message_that_is_not_ours_is_read_as_such(dl_registry, data, problem):
     fake = FakeSubscriber()
     fake.add("s", data, "9", {deadletters.DELIVERY_COUNT: "many"})
@@ -130,17 +147,23 @@ def test_a_message_that_is_not_ours_is_read_as_such(dl_registry, data, problem):
 def test_route_is_the_subscription_pubsub_names_else_the_task_name(dl_registry):
     source = deadletters.sources()[0]
     fake = FakeSubscriber()
-    fake.add("s", task_message("add"), "1",
-             {deadletters.SOURCE_SUBSCRIPTION: route("charge_card").subscription_name})
+    fake.add(
+        "s",
+        task_message("add"),
+        "1",
+        {deadletters.SOURCE_SUBSCRIPTION: route("charge_card").subscription_name},
+    )
     fake.add("s", task_message("add"), "2")
     fake.add("s", task_message("explode"), "3")  # a route without this dead-letter topic
-    got = [deadletters.read_letter(m, source) for m in
-           fake.pull({"subscription": "s", "max_messages": 9}).received_messages]
-    assert [letter.route and letter.route.name for letter in got] == ["charge_card", "add",
-                                                                      None]
+    got = [
+        deadletters.read_letter(m, source)
+        for m in fake.pull({"subscription": "s", "max_messages": 9}).received_messages
+    ]
+    assert [letter.route and letter.route.name for letter in got] == ["charge_card", "add", None]
 
 
 # --- Peek -----------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_peek_gives_every_message_back_so_nothing_is_consumed(subscriber):
@@ -150,8 +173,7 @@ def test_peek_gives_every_message_back_so_nothing_is_consumed(subscriber):
     first = deadletters.peek(subscriber, source)
     assert [letter.message_id for letter in first] == ["0", "1", "2"]
     assert subscriber.leased(sub_path()) == []  # all given back at once
-    assert [letter.message_id for letter in deadletters.peek(subscriber, source)] == [
-        "0", "1", "2"]
+    assert [letter.message_id for letter in deadletters.peek(subscriber, source)] == ["0", "1", "2"]
     assert not [call for call in subscriber.calls if call[0] == "acknowledge"]
 
 
@@ -165,6 +187,7 @@ def test_peek_stops_at_its_limit(subscriber):
 
 # --- The page -------------------------------------------------------------------------------
 
+
 def viewer(*extra):
     return staff_user("viewer", "view_deadletter", *extra)
 
@@ -172,10 +195,19 @@ def viewer(*extra):
 @pytest.mark.django_db
 def test_page_loads_the_list_and_lists_per_route_with_redaction(client, subscriber):
     original = make_run("add", State.FAILED, attempts=7, message_id="77")
-    dead(subscriber, task_message("add", [2, 3], task_id=original.result_id), "m-add",
-         source=route("add").subscription_name, count="7")
-    dead(subscriber, task_message("charge_card", ["alice@example.com", 5]), "m-card",
-         source=route("charge_card").subscription_name)
+    dead(
+        subscriber,
+        task_message("add", [2, 3], task_id=original.result_id),
+        "m-add",
+        source=route("add").subscription_name,
+        count="7",
+    )
+    dead(
+        subscriber,
+        task_message("charge_card", ["alice@example.com", 5]),
+        "m-card",
+        source=route("charge_card").subscription_name,
+    )
     dead(subscriber, b"\x00 not ours alice@example.com", "m-junk")
     client.force_login(viewer())
 
@@ -212,8 +244,9 @@ def test_payload_permission_shows_redacted_arguments(client, subscriber):
 
 
 @pytest.mark.django_db
-def test_missing_subscription_and_failures_are_sentences_not_errors(client, subscriber,
-                                                                    monkeypatch):
+def test_missing_subscription_and_failures_are_sentences_not_errors(
+    client, subscriber, monkeypatch
+):
     del subscriber.messages[sub_path()]  # not provisioned yet
     client.force_login(viewer())
     html = client.get(reverse(LIST)).content.decode()  # without HTMX: the whole page
@@ -236,8 +269,15 @@ def test_permissions_are_checked_on_the_server(client, subscriber):
     assert client.get(reverse(PAGE)).status_code == 403
     assert client.get(reverse(LIST)).status_code == 403
     client.force_login(viewer())
-    post = client.post(reverse(ACT), {"action": "discard", "message": "m-1",
-                                      "subscription": sub_path().rsplit("/", 1)[-1]})
+    post = client.post(
+        reverse(ACT),
+        {
+            "action": "discard",
+            "message": "m-1",
+            "confirm": "1",
+            "subscription": sub_path().rsplit("/", 1)[-1],
+        },
+    )
     assert post.status_code == 403
     assert client.get(reverse(ACT)).status_code == 405  # nothing changes on GET
     assert subscriber.waiting(sub_path()) == ["m-1"]
@@ -246,15 +286,19 @@ def test_permissions_are_checked_on_the_server(client, subscriber):
 
 # --- Replay and discard ---------------------------------------------------------------------
 
-def post(client, action, *ids, htmx=True):
-    data = {"action": action, "message": list(ids),
-            "subscription": sub_path().rsplit("/", 1)[-1]}
+
+def post(client, action, *ids, htmx=True, **extra):
+    data = {
+        "action": action,
+        "message": list(ids),
+        "subscription": sub_path().rsplit("/", 1)[-1],
+        **extra,
+    }
     return client.post(reverse(ACT), data, headers={"HX-Request": "true"} if htmx else {})
 
 
 @pytest.mark.django_db
-def test_replay_makes_a_linked_run_and_acknowledges_only_it(client, subscriber,
-                                                            fake_publisher):
+def test_replay_makes_a_linked_run_and_acknowledges_only_it(client, subscriber, fake_publisher):
     original = make_run("add", State.FAILED, attempts=7, message_id="77")
     dead(subscriber, task_message("add", [2, 3], task_id=original.result_id), "m-1")
     dead(subscriber, task_message("add", [4, 5]), "m-2")
@@ -264,8 +308,12 @@ def test_replay_makes_a_linked_run_and_acknowledges_only_it(client, subscriber,
     html = post(client, "replay", "m-1").content.decode()
 
     new = TaskExecution.objects.get(retry_of=original)
-    assert (new.task_name, new.args, new.trigger, new.status) == ("add", [2, 3], Trigger.RETRY,
-                                                                  State.READY)
+    assert (new.task_name, new.args, new.trigger, new.status) == (
+        "add",
+        [2, 3],
+        Trigger.RETRY,
+        State.READY,
+    )
     assert f"replayed as run {new.result_id}" in html
     assert fake_publisher.published[0][1]["task_id"] == new.result_id  # published
     assert subscriber.waiting(sub_path()) == ["m-2"]  # m-1 acknowledged, m-2 given back
@@ -280,7 +328,8 @@ def test_replay_makes_a_linked_run_and_acknowledges_only_it(client, subscriber,
 
 @pytest.mark.django_db
 def test_a_message_is_replayed_once_even_when_its_acknowledgement_is_lost(
-        client, subscriber, fake_publisher):
+    client, subscriber, fake_publisher
+):
     from google.api_core.exceptions import ServiceUnavailable
 
     dead(subscriber, task_message("fails_until_fixed", ["k"], task_id="scheduled-x"), "m-1")
@@ -302,8 +351,7 @@ def test_a_message_is_replayed_once_even_when_its_acknowledgement_is_lost(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_replays_racing_for_one_message_make_one_run(subscriber, fake_publisher,
-                                                         monkeypatch):
+def test_two_replays_racing_for_one_message_make_one_run(subscriber, fake_publisher, monkeypatch):
     """Both passed the "replayed before?" look before either wrote: the database decides."""
     original = make_run("add", State.FAILED, attempts=7, message_id="77")
     dead(subscriber, task_message("add", [1, 1], task_id=original.result_id), "m-1")
@@ -314,10 +362,17 @@ def test_two_replays_racing_for_one_message_make_one_run(subscriber, fake_publis
     assert all(outcome.done == "replayed" for outcome in first.values())
 
     real_filter = TaskExecution.objects.filter
-    monkeypatch.setattr(TaskExecution.objects, "filter", lambda *a, **kw: (
-        real_filter(pk=-1) if set(kw) == {"result_id"} and len(kw["result_id"]) == 36
-        and kw["result_id"] in {o.run.result_id for o in first.values()}
-        else real_filter(*a, **kw)))
+    monkeypatch.setattr(
+        TaskExecution.objects,
+        "filter",
+        lambda *a, **kw: (
+            real_filter(pk=-1)
+            if set(kw) == {"result_id"}
+            and len(kw["result_id"]) == 36
+            and kw["result_id"] in {o.run.result_id for o in first.values()}
+            else real_filter(*a, **kw)
+        ),
+    )
     monkeypatch.setattr(deadletters, "live_retry_refusal", lambda original: "")
     again = {key: deadletters.replay(letter, source) for key, letter in letters.items()}
 
@@ -336,7 +391,12 @@ def test_discard_acknowledges_without_a_run_and_is_audited(client, subscriber):
     assert "It can only be discarded" in html
     assert subscriber.waiting(sub_path()) == ["m-junk", "m-keep"]
 
-    response = post(client, "discard", "m-junk", htmx=False)
+    confirm = post(client, "discard", "m-junk").content.decode()
+    assert "Discard 1 dead letter?" in confirm and "cannot be undone" in confirm
+    assert subscriber.waiting(sub_path()) == ["m-junk", "m-keep"]  # asking changes nothing
+    assert "<title>" in post(client, "discard", "m-junk", htmx=False).content.decode()
+
+    response = post(client, "discard", "m-junk", htmx=False, confirm="1")
 
     assert response.status_code == 302
     assert subscriber.waiting(sub_path()) == ["m-keep"]
@@ -379,32 +439,37 @@ def test_bad_posts_are_sentences(client, subscriber):
     client.force_login(viewer("replay_deadletter"))
     assert "Choose Replay or Discard" in post(client, "delete", "m").content.decode()
     assert "Select one or more" in post(client, "replay").content.decode()
-    html = client.post(reverse(ACT), {"action": "replay", "message": "m",
-                                      "subscription": "someone-elses"},
-                       headers={"HX-Request": "true"}).content.decode()
+    html = client.post(
+        reverse(ACT),
+        {"action": "replay", "message": "m", "subscription": "someone-elses"},
+        headers={"HX-Request": "true"},
+    ).content.decode()
     assert "not one the registry names" in html
     assert not [call for call in subscriber.calls if call[0] != "pull"]
 
 
 # --- On the real emulator -------------------------------------------------------------------
 
+
 def emulator_clients():
     return clients.publisher_client(), clients.subscriber_client()
 
 
 @pytest.mark.emulator
-def test_emulator_gives_back_a_pulled_message_and_keeps_acknowledged_ones_gone(
-        pubsub_emulator):
+def test_emulator_gives_back_a_pulled_message_and_keeps_acknowledged_ones_gone(pubsub_emulator):
     """The google-cloud-pubsub calls the page relies on, as the emulator answers them."""
     publisher, subscriber = emulator_clients()
     name = "peek" + secrets.token_hex(4)
     topic, sub = pubsub_emulator.topic_path(name), pubsub_emulator.subscription_path(name)
     publisher.create_topic(name=topic)
-    subscriber.create_subscription(request={"name": sub, "topic": topic,
-                                            "ack_deadline_seconds": 60})
+    subscriber.create_subscription(
+        request={"name": sub, "topic": topic, "ack_deadline_seconds": 60}
+    )
     try:
-        ids = {publisher.publish(topic, task_message("add", [n, n])).result(timeout=30)
-               for n in range(3)}
+        ids = {
+            publisher.publish(topic, task_message("add", [n, n])).result(timeout=30)
+            for n in range(3)
+        }
         source = deadletters.Source(topic, sub, ())
         for _ in range(2):  # looking twice sees the same messages: nothing was consumed
             got = deadletters.pull(subscriber, sub)
@@ -418,8 +483,9 @@ def test_emulator_gives_back_a_pulled_message_and_keeps_acknowledged_ones_gone(
         deadletters.give_back(subscriber, sub, [m.ack_id for m in left])
         assert source.short_name == name
         # An empty pull ends within the wait, as no messages, not as an error.
-        deadletters.acknowledge(subscriber, sub, [m.ack_id for m in
-                                                  deadletters.pull(subscriber, sub)])
+        deadletters.acknowledge(
+            subscriber, sub, [m.ack_id for m in deadletters.pull(subscriber, sub)]
+        )
         started = time.monotonic()
         assert deadletters.pull(subscriber, sub) == []
         assert time.monotonic() - started < deadletters.PULL_WAIT + 2
@@ -432,21 +498,24 @@ def test_emulator_gives_back_a_pulled_message_and_keeps_acknowledged_ones_gone(
 
 @pytest.mark.emulator
 def test_dead_letter_subscription_is_provisioned_and_reported_orphaned(
-        dl_registry, settings, pubsub_emulator):
+    dl_registry, settings, pubsub_emulator
+):
     settings.TASKS_ENVIRONMENT = "dl" + secrets.token_hex(4)
     config = ProvisioningConfig.from_settings(emulator=True)
     publisher, subscriber = emulator_clients()
     try:
         with build_plan(publisher, subscriber, config=config, parts=["pubsub"]) as plan:
             apply_plan(plan)
-        wanted = dead_letter_subscription_path(config.project, config.topic_path(
-            deadletter_tasks.DEAD_LETTER_TOPIC))
+        wanted = dead_letter_subscription_path(
+            config.project, config.topic_path(deadletter_tasks.DEAD_LETTER_TOPIC)
+        )
         made = subscriber.get_subscription(subscription=wanted)
         assert made.topic == config.topic_path(deadletter_tasks.DEAD_LETTER_TOPIC)
         assert not made.push_config.push_endpoint  # a pull subscription
         routes = [replace(r, dead_letter_topic=None) for r in registry.get_routes()]
-        with build_plan(publisher, subscriber, config=config, routes=routes,
-                        parts=["pubsub"]) as plan:
+        with build_plan(
+            publisher, subscriber, config=config, routes=routes, parts=["pubsub"]
+        ) as plan:
             verbs = {a.name: a.verb for a in plan.actions if a.kind == Kind.SUBSCRIPTION}
             lines = "\n".join(plan.lines())
         assert verbs[wanted] == Verb.ORPHAN  # kept, like the others: it holds messages
@@ -472,7 +541,8 @@ def wait_for(condition, timeout=90.0, what="it"):
 @pytest.mark.emulator
 @pytest.mark.django_db(transaction=True)
 def test_end_to_end_a_failing_task_is_dead_lettered_listed_and_replayed(
-        dl_registry, settings, pubsub_emulator, live_server, client):
+    dl_registry, settings, pubsub_emulator, live_server, client
+):
     """The emulator applies the route's dead-letter policy itself (5 delivery attempts)."""
     settings.TASKS_ENVIRONMENT = "dle2e" + secrets.token_hex(4)
     settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
@@ -486,11 +556,15 @@ def test_end_to_end_a_failing_task_is_dead_lettered_listed_and_replayed(
             apply_plan(plan)
         result = deadletter_tasks.fails_until_fixed.enqueue(key)
         source = deadletters.sources()[0]
-        letter = wait_for(lambda: next(iter(deadletters.peek(subscriber, source)), None),
-                          what="dead-lettering")
+        letter = wait_for(
+            lambda: next(iter(deadletters.peek(subscriber, source)), None), what="dead-lettering"
+        )
         original = TaskExecution.objects.get(result_id=result.id)
         assert (letter.task_name, letter.args, letter.delivery_attempts) == (
-            "fails_until_fixed", [key], 5)
+            "fails_until_fixed",
+            [key],
+            5,
+        )
         assert letter.route.name == "fails_until_fixed" and letter.original == original
         assert original.status == State.FAILED and original.attempts == 5
 
@@ -498,15 +572,18 @@ def test_end_to_end_a_failing_task_is_dead_lettered_listed_and_replayed(
         html = client.get(reverse(LIST), headers={"HX-Request": "true"}).content.decode()
         assert f'data-message="{letter.message_id}"' in html and key in html
         deadletter_tasks.BROKEN.discard(key)  # the bug is fixed; replay
-        html = client.post(reverse(ACT), {"action": "replay", "message": letter.message_id,
-                                          "subscription": source.short_name},
-                           headers={"HX-Request": "true"}).content.decode()
+        html = client.post(
+            reverse(ACT),
+            {"action": "replay", "message": letter.message_id, "subscription": source.short_name},
+            headers={"HX-Request": "true"},
+        ).content.decode()
         assert "replayed as run" in html
 
         new = TaskExecution.objects.get(retry_of=original)
-        wait_for(lambda: TaskExecution.objects.filter(pk=new.pk,
-                                                      status=State.SUCCESSFUL).exists(),
-                 what="the replay's run")
+        wait_for(
+            lambda: TaskExecution.objects.filter(pk=new.pk, status=State.SUCCESSFUL).exists(),
+            what="the replay's run",
+        )
         new.refresh_from_db()
         assert new.return_value == f"fixed {key}" and new.attempts == 1
         assert deadletters.peek(subscriber, source) == []  # acknowledged

@@ -2,7 +2,14 @@
 
 from django.contrib import admin
 
-from ..models import DeadLetter, KillSwitch, Overview, ProvisioningStatus, ScheduledJob, TaskExecution
+from ..models import (
+    DeadLetter,
+    KillSwitch,
+    Overview,
+    ProvisioningStatus,
+    ScheduledJob,
+    TaskExecution,
+)
 from .deadletters import DeadLetterAdmin
 from .executions import TaskExecutionAdmin
 from .killswitches import KillSwitchAdmin

@@ -50,8 +50,12 @@ def shown(letter: deadletters.Letter, user: Any) -> dict[str, Any]:
         return {"letter": letter, "payload": payload, "redacted": payload == REDACTED}
     if is_redacted(letter.task_name, user):
         return {"letter": letter, "args": REDACTED, "kwargs": REDACTED, "redacted": True}
-    return {"letter": letter, "args": _short(letter.args), "kwargs": _short(letter.kwargs),
-            "redacted": False}
+    return {
+        "letter": letter,
+        "args": _short(letter.args),
+        "kwargs": _short(letter.kwargs),
+        "redacted": False,
+    }
 
 
 class DeadLetterAdmin(PageAdmin):
@@ -70,12 +74,17 @@ class DeadLetterAdmin(PageAdmin):
         ]
 
     def _url(self, view: str) -> str:
-        return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}",
-                       current_app=self.admin_site.name)
+        return reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}",
+            current_app=self.admin_site.name,
+        )
 
     def _detail(self, request: HttpRequest) -> bool:
-        return bool(request.user.is_active and request.user.is_superuser
-                    or self.has_replay_permission(request))
+        return bool(
+            request.user.is_active
+            and request.user.is_superuser
+            or self.has_replay_permission(request)
+        )
 
     def _failure(self, request: HttpRequest, exc: Exception) -> str:
         if isinstance(exc, api_exceptions.NotFound):
@@ -104,15 +113,17 @@ class DeadLetterAdmin(PageAdmin):
                 try:
                     letters = deadletters.peek(subscriber, source)
                 except Exception as exc:  # the page stays up; the log has the detail
-                    logger.warning("Reading dead letters from %s failed: %s",
-                                   source.subscription, exc)
+                    logger.warning(
+                        "Reading dead letters from %s failed: %s", source.subscription, exc
+                    )
                     section["error"] = self._failure(request, exc)
                     sections.append(section)
                     continue
                 section["count"] = len(letters)
                 for route in [*source.routes, None]:
-                    rows = [shown(letter, request.user) for letter in letters
-                            if letter.route is route]
+                    rows = [
+                        shown(letter, request.user) for letter in letters if letter.route is route
+                    ]
                     if rows or route is not None:
                         section["groups"].append({"route": route, "rows": rows})
                 sections.append(section)
@@ -120,23 +131,35 @@ class DeadLetterAdmin(PageAdmin):
             subscriber.close()
         return sections, ""
 
-    def _render(self, request: HttpRequest, outcomes: list[dict[str, Any]] | None = None,
-                status: int = 200) -> HttpResponse:
+    def _render(
+        self, request: HttpRequest, outcomes: list[dict[str, Any]] | None = None, status: int = 200
+    ) -> HttpResponse:
         sections, error = self._sections(request)
-        context = {"sections": sections, "error": error, "outcomes": outcomes or [],
-                   "list_url": self._url("list"), "act_url": self._url("act"),
-                   "can_replay": self.has_replay_permission(request),
-                   "peek_note": deadletters.PEEK_NOTE}
+        context = {
+            "sections": sections,
+            "error": error,
+            "outcomes": outcomes or [],
+            "list_url": self._url("list"),
+            "act_url": self._url("act"),
+            "can_replay": self.has_replay_permission(request),
+            "peek_note": deadletters.PEEK_NOTE,
+        }
         if getattr(request, "htmx", False):
             return TemplateResponse(request, f"{TEMPLATES}/_list.html", context, status=status)
-        context = page_context(self, request, "Dead letters",
-                               fragment=f"{TEMPLATES}/_list.html", **context)
+        context = page_context(
+            self, request, "Dead letters", fragment=f"{TEMPLATES}/_list.html", **context
+        )
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context, status=status)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         require(self.has_view_permission(request))
-        context = page_context(self, request, "Dead letters", list_url=self._url("list"),
-                               peek_note=deadletters.PEEK_NOTE)
+        context = page_context(
+            self,
+            request,
+            "Dead letters",
+            list_url=self._url("list"),
+            peek_note=deadletters.PEEK_NOTE,
+        )
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context)
 
     def list_view(self, request: HttpRequest) -> HttpResponse:
@@ -148,31 +171,52 @@ class DeadLetterAdmin(PageAdmin):
         action = request.POST.get("action", "")
         wanted = [value[:100] for value in request.POST.getlist("message") if value][:200]
         try:
-            source = next((s for s in deadletters.sources()
-                           if s.short_name == request.POST.get("subscription")), None)
+            source = next(
+                (
+                    s
+                    for s in deadletters.sources()
+                    if s.short_name == request.POST.get("subscription")
+                ),
+                None,
+            )
         except (ImproperlyConfigured, RegistryError):
             source = None
         problem = ""
         if action not in (deadletters.REPLAY, deadletters.DISCARD):
             problem = "Choose Replay or Discard."
         elif source is None:
-            problem = ("That dead-letter subscription is not one the registry names any more; "
-                       "reload the page.")
+            problem = (
+                "That dead-letter subscription is not one the registry names any more; "
+                "reload the page."
+            )
         elif not wanted:
             problem = "Select one or more messages first."
         outcomes: list[deadletters.Outcome] = []
+        if not problem and action == deadletters.DISCARD and not request.POST.get("confirm"):
+            # Discarding cannot be undone: say what it does, and ask once more.
+            assert source is not None
+            context = page_context(
+                self,
+                request,
+                "Dead letters",
+                source=source,
+                wanted=wanted,
+                act_url=self._url("act"),
+                page_url=self._url("changelist"),
+                list_url=self._url("list"),
+            )
+            template = "_confirm.html" if getattr(request, "htmx", False) else "confirm.html"
+            return TemplateResponse(request, f"{TEMPLATES}/{template}", context)
         if not problem:
             assert source is not None
             try:
                 subscriber = deadletters.open_subscriber()
                 try:
-                    outcomes = deadletters.act(subscriber, source, wanted, action,
-                                               request.user)
+                    outcomes = deadletters.act(subscriber, source, wanted, action, request.user)
                 finally:
                     subscriber.close()
             except Exception as exc:  # nothing acknowledged; say so in place
-                logger.warning("Dead-letter %s on %s failed: %s", action,
-                               source.subscription, exc)
+                logger.warning("Dead-letter %s on %s failed: %s", action, source.subscription, exc)
                 problem = f"{action.capitalize()} failed. " + self._failure(request, exc)
             for outcome in outcomes:
                 self._audit(request, source, outcome)
@@ -181,8 +225,9 @@ class DeadLetterAdmin(PageAdmin):
             said.append({"text": problem, "ok": False})
         if not getattr(request, "htmx", False):
             for line in said:
-                messages.add_message(request, messages.SUCCESS if line["ok"] else
-                                     messages.WARNING, line["text"])
+                messages.add_message(
+                    request, messages.SUCCESS if line["ok"] else messages.WARNING, line["text"]
+                )
             return HttpResponseRedirect(self._url("changelist"))
         return self._render(request, said)
 
@@ -193,8 +238,11 @@ class DeadLetterAdmin(PageAdmin):
         if outcome.done == "replayed":
             text = f"{what}: replayed as run {run.result_id}."
         elif outcome.done == "already replayed":
-            text = (f"{what} was replayed before, as run {run.result_id}; it is "
-                    "acknowledged now." if run is not None else f"{what} was replayed before.")
+            text = (
+                f"{what} was replayed before, as run {run.result_id}; it is acknowledged now."
+                if run is not None
+                else f"{what} was replayed before."
+            )
         elif outcome.done == "discarded":
             text = f"{what}: discarded (acknowledged without a run)."
         else:
@@ -202,8 +250,9 @@ class DeadLetterAdmin(PageAdmin):
         text = f"{text} {outcome.reason}".strip()
         return {"text": text, "ok": bool(outcome.done) and outcome.published, "run": run}
 
-    def _audit(self, request: HttpRequest, source: deadletters.Source,
-               outcome: deadletters.Outcome) -> None:
+    def _audit(
+        self, request: HttpRequest, source: deadletters.Source, outcome: deadletters.Outcome
+    ) -> None:
         letter = outcome.letter
         if not outcome.done or letter is None:
             return
@@ -212,17 +261,30 @@ class DeadLetterAdmin(PageAdmin):
             run: TaskExecution = outcome.run
             text = f"Replayed {where} as this run"
             if run.retry_of_id:
-                original = TaskExecution.objects.filter(pk=run.retry_of_id).values_list(
-                    "result_id", flat=True).first() or ""
+                original = (
+                    TaskExecution.objects.filter(pk=run.retry_of_id)
+                    .values_list("result_id", flat=True)
+                    .first()
+                    or ""
+                )
                 text += f", a retry of run {original}"
             if not outcome.published:
                 text += "; publishing it failed"
             audit(request, run, text + ".", action_flag=ADDITION, model=TaskExecution)
         elif outcome.done == "already replayed":
             run_id = outcome.run.result_id if outcome.run is not None else "?"
-            audit(request, where, f"Acknowledged {where}: it was replayed before as run "
-                  f"{run_id}.", model=DeadLetter)
+            audit(
+                request,
+                where,
+                f"Acknowledged {where}: it was replayed before as run {run_id}.",
+                model=DeadLetter,
+            )
         else:
             task = letter.task_name or "a message that is not a task message"
-            audit(request, where, f"Discarded {where} ({task}), acknowledged without a run.",
-                  action_flag=DELETION, model=DeadLetter)
+            audit(
+                request,
+                where,
+                f"Discarded {where} ({task}), acknowledged without a run.",
+                action_flag=DELETION,
+                model=DeadLetter,
+            )

@@ -29,11 +29,17 @@ class FakeSubscriber:
     closed: bool = False
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
-    def add(self, subscription: str, data: bytes, message_id: str,
-            attributes: dict[str, str] | None = None,
-            publish_time: datetime | None = None) -> None:
-        message = types.PubsubMessage(data=data, message_id=message_id,
-                                      attributes=attributes or {}, publish_time=publish_time)
+    def add(
+        self,
+        subscription: str,
+        data: bytes,
+        message_id: str,
+        attributes: dict[str, str] | None = None,
+        publish_time: datetime | None = None,
+    ) -> None:
+        message = types.PubsubMessage(
+            data=data, message_id=message_id, attributes=attributes or {}, publish_time=publish_time
+        )
         self.messages.setdefault(subscription, []).append(Held(message))
 
     def _held(self, subscription: str) -> list[Held]:
@@ -47,7 +53,7 @@ class FakeSubscriber:
         if not free and self.empty_pull == "deadline":
             raise exceptions.DeadlineExceeded("no message within the wait")
         received = []
-        for held in free[:request["max_messages"]]:
+        for held in free[: request["max_messages"]]:
             held.ack_id = f"ack-{next(self._ids)}"
             received.append(types.ReceivedMessage(ack_id=held.ack_id, message=held.message))
         return types.PullResponse(received_messages=received)
@@ -71,8 +77,7 @@ class FakeSubscriber:
         return [str(h.message.message_id) for h in self.messages.get(subscription, [])]
 
     def leased(self, subscription: str) -> list[str]:
-        return [str(h.message.message_id) for h in self.messages.get(subscription, [])
-                if h.ack_id]
+        return [str(h.message.message_id) for h in self.messages.get(subscription, []) if h.ack_id]
 
     def close(self) -> None:
         self.closed = True
