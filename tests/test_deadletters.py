@@ -7,6 +7,7 @@ Pub/Sub emulator: a task that keeps failing is dead-lettered by the emulator its
 replayed, and its new run runs.
 """
 
+import io
 import json
 import secrets
 import time
@@ -14,6 +15,7 @@ from dataclasses import replace
 
 import pytest
 from django.contrib.admin.models import ADDITION, DELETION, LogEntry
+from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
@@ -109,6 +111,23 @@ def test_one_pull_subscription_per_dead_letter_topic_in_the_desired_state(dl_reg
     }
     assert pull.route is None  # not a route's own subscription on the provisioning page
     assert len(subs) == len(registry.get_routes()) + 1
+
+
+def test_provisioning_page_shows_it_among_the_other_resources(dl_registry):
+    from gyrinx_tasks.admin.provisioning import plan_rows
+    from gyrinx_tasks.provisioning import Action, Plan
+
+    plan = Plan(
+        CONFIG, [Action(d.kind, d.name, Verb.CREATE, desired=d) for d in desired_state(CONFIG)]
+    )
+    rows = plan_rows(plan)
+    others = {(c["kind"], c["name"]) for c in rows["others"]}
+    assert others == {
+        (Kind.TOPIC, deadletter_tasks.DEAD_LETTER_TOPIC),
+        (Kind.SUBSCRIPTION, sub_path().rsplit("/", 1)[-1]),
+    }
+    # Each route's own row still shows its push subscription.
+    assert all(row["subscription"]["name"].endswith("-sub") for row in rows["rows"])
 
 
 def test_dead_letter_subscription_names_stay_within_pubsubs_limit():
@@ -504,6 +523,10 @@ def test_dead_letter_subscription_is_provisioned_and_reported_orphaned(
     config = ProvisioningConfig.from_settings(emulator=True)
     publisher, subscriber = emulator_clients()
     try:
+        out = io.StringIO()
+        call_command("tasks_provision", "--dry-run", stdout=out)
+        name = f"{settings.TASKS_ENVIRONMENT}--gyrinx.tasks--dead-letters--gyrinx-test-dead-letters"
+        assert f"create     {name}" in out.getvalue()  # the command's plan shows it
         with build_plan(publisher, subscriber, config=config, parts=["pubsub"]) as plan:
             apply_plan(plan)
         wanted = dead_letter_subscription_path(
