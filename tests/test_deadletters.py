@@ -401,6 +401,63 @@ def test_two_replays_racing_for_one_message_make_one_run(subscriber, fake_publis
     assert len(fake_publisher.published) == 2
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("recorded", [True, False], ids=["original", "no-original"])
+def test_two_threads_replaying_one_message_at_once_make_one_run(subscriber, monkeypatch, recorded):
+    """Two staff whose fresh pulls both held the message (a lease ran out in between): both
+    threads pass every check before either writes, then race in the database."""
+    import threading
+
+    from django.db import connection
+
+    from gyrinx_tasks import clients as client_factory
+    from tests.helpers import FakePublisher
+
+    publisher = FakePublisher()
+    monkeypatch.setattr(client_factory, "shared_publisher", lambda client_options=None: publisher)
+    original = make_run("add", State.FAILED, attempts=7, message_id="77")
+    task_id = original.result_id if recorded else "not-recorded"
+    dead(subscriber, task_message("add", [1, 1], task_id=task_id), "m-1")
+    source = deadletters.sources()[0]
+    (letter,) = deadletters.peek(subscriber, source)
+    both_checked = threading.Barrier(2, timeout=30)
+    real = deadletters.live_retry_refusal
+
+    def checked(run):
+        reason = real(run)
+        both_checked.wait()
+        return reason
+
+    monkeypatch.setattr(deadletters, "live_retry_refusal", checked)
+    if not recorded:  # no original to look up: meet before the transaction instead
+        real_route = deadletters.route_refusal
+
+        def route_checked(name):
+            answer = real_route(name)
+            both_checked.wait()
+            return answer
+
+        monkeypatch.setattr(deadletters, "route_refusal", route_checked)
+    outcomes = []
+
+    def replay():
+        try:
+            outcomes.append(deadletters.replay(letter, source))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=replay) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(o.done for o in outcomes) == sorted(
+        ["replayed", "" if recorded else "already replayed"]
+    ), [(o.done, o.reason) for o in outcomes]
+    assert TaskExecution.objects.filter(trigger=Trigger.RETRY).count() == 1
+    assert len(publisher.published) == 1
+
+
 @pytest.mark.django_db
 def test_discard_acknowledges_without_a_run_and_is_audited(client, subscriber):
     dead(subscriber, b"not ours", "m-junk")
