@@ -139,6 +139,37 @@ def test_dead_letter_subscription_names_stay_within_pubsubs_limit():
     )
 
 
+def test_checks_e055_e056_bad_dead_letter_topics(settings):
+    from django.core import checks
+
+    registry.clear_cache()
+    settings.TASKS_REGISTRY = "tests.check_registries.dead_letter_topics"
+    try:
+        found = [
+            m
+            for m in checks.run_checks(databases=[])
+            if (m.id or "").startswith("gyrinx_tasks.E05")
+        ]
+        assert sorted((m.id, m.obj) for m in found) == [
+            ("gyrinx_tasks.E055", "tests.tasks.add"),
+            ("gyrinx_tasks.E055", "tests.tasks.echo"),
+            ("gyrinx_tasks.E056", "tests.tasks.flaky"),
+            ("gyrinx_tasks.E056", "tests.tasks.report_attempt"),
+        ]
+        assert all(m.hint for m in found)
+        # The page and provisioning still name a subscription for a malformed topic.
+        assert dead_letter_subscription_path("p", "projects/p/topics/x y").endswith(
+            "dead-letters--x y"
+        )
+    finally:
+        registry.clear_cache()
+    settings.TASKS_REGISTRY = "tests.deadletter_tasks"
+    assert not [
+        m for m in checks.run_checks(databases=[]) if (m.id or "").startswith("gyrinx_tasks.E05")
+    ]
+    registry.clear_cache()
+
+
 # --- Reading a message ----------------------------------------------------------------------
 
 

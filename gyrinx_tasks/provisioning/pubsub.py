@@ -42,7 +42,11 @@ def dead_letter_subscription_path(project: str, dead_letter_topic: str) -> str:
     topic's project before its id when that is another project. A route's own names never
     hold "dead-letters--" (a dash is not part of a Python dotted path).
     """
-    _, topic_project, _, topic_id = dead_letter_topic.split("/", 3)
+    parts = dead_letter_topic.split("/")
+    if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics":
+        topic_project, topic_id = parts[1], parts[3]
+    else:  # not a topic path (check gyrinx_tasks.E055 says so): still a usable name
+        topic_project, topic_id = project, dead_letter_topic.replace("/", ".")
     where = topic_id if topic_project == project else f"{topic_project}.{topic_id}"
     name = f"{topic_name_for('')}dead-letters--{where}"
     if len(name) > SUBSCRIPTION_ID_LIMIT:
