@@ -454,10 +454,16 @@ def act(
                 outcome = Outcome(letter.message_id, done="discarded", letter=letter)
             else:
                 outcome = replay(letter, source, user)
-        except Exception:
-            to_return.append(letter.ack_id)
-            give_back(subscriber, source.subscription, to_return, quiet=True)
-            raise
+        except Exception as exc:  # noqa: BLE001 - one message's failure stops no other
+            logger.exception("Dead-letter %s of %s failed", action, letter.message_id)
+            outcome = Outcome(
+                letter.message_id,
+                letter=letter,
+                reason=(
+                    f"{action.capitalize()} failed ({type(exc).__name__}); the message is left "
+                    "where it is, and the server log has the detail."
+                ),
+            )
         (to_ack if outcome.done else to_return).append(letter.ack_id)
         outcomes.append(outcome)
     give_back(subscriber, source.subscription, to_return, quiet=True)

@@ -530,6 +530,28 @@ def test_refused_and_vanished_messages_are_left_alone(client, subscriber, fake_p
 
 
 @pytest.mark.django_db
+def test_one_failing_replay_stops_no_other_and_the_made_runs_are_audited(
+    client, subscriber, fake_publisher, monkeypatch
+):
+    dead(subscriber, task_message("add", [1, 2], task_id="a"), "m-1")
+    dead(subscriber, task_message("add", [3, 4], task_id="b"), "m-2")
+    real = deadletters.replay
+
+    def flaky_replay(letter, source, user=None):
+        if letter.message_id == "m-1":
+            raise RuntimeError("database went away")
+        return real(letter, source, user)
+
+    monkeypatch.setattr(deadletters, "replay", flaky_replay)
+    client.force_login(viewer("replay_deadletter"))
+    html = post(client, "replay", "m-1", "m-2").content.decode()
+    assert "Message m-1: left alone. Replay failed (RuntimeError)" in html
+    (run,) = TaskExecution.objects.all()
+    assert run.args == [3, 4] and LogEntry.objects.get().object_id == str(run.pk)
+    assert subscriber.waiting(sub_path()) == ["m-1"] and subscriber.leased(sub_path()) == []
+
+
+@pytest.mark.django_db
 def test_an_original_already_retried_is_not_run_twice(client, subscriber, fake_publisher):
     original = make_run("add", State.FAILED, attempts=7, message_id="77")
     make_run("add", State.SUCCESSFUL, trigger=Trigger.RETRY, retry_of=original)
