@@ -8,6 +8,7 @@ import importlib
 import re
 import zoneinfo
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,7 +64,44 @@ def check_registry(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     timezones = zoneinfo.available_timezones()
     for route in routes:
         messages += _check_route(route, timezones)
-    return messages + _check_unrouted_tasks(routes) + _check_task_options(routes)
+    return (messages + _check_dead_letter_topics(routes) + _check_unrouted_tasks(routes)
+            + _check_task_options(routes))
+
+
+# Pub/Sub's rule for a topic id (its "resource name" rules), and a full topic path.
+TOPIC_ID = re.compile(r"(?!goog)[A-Za-z][A-Za-z0-9._~%+-]{2,254}")
+TOPIC_PATH = re.compile(r"projects/[^/]+/topics/(?P<id>[^/]+)")
+
+
+def _check_dead_letter_topics(routes: Sequence[TaskRoute]) -> list[CheckMessage]:
+    """A dead-letter topic must be a topic name Pub/Sub takes, and none of the routes' own
+    topics: Pub/Sub would deliver a dead letter there as a new task message."""
+    messages: list[CheckMessage] = []
+    try:
+        own = {route.topic_name for route in routes}
+    except AttributeError:  # a route that is not a TaskRoute is reported elsewhere
+        return messages
+    for route in routes:
+        topic = getattr(route, "dead_letter_topic", None)
+        if not topic:
+            continue
+        path = TOPIC_PATH.fullmatch(topic) if isinstance(topic, str) else None
+        topic_id = path["id"] if path else topic
+        if not isinstance(topic_id, str) or not TOPIC_ID.fullmatch(topic_id):
+            messages.append(Error(
+                f"The route's dead_letter_topic {topic!r} is not a Pub/Sub topic id or path.",
+                hint="Give a topic id of 3-255 letters, digits and - . _ ~ % + that starts "
+                     "with a letter (not with 'goog'), e.g. 'myapp-dead-letters', or a full "
+                     "path 'projects/PROJECT/topics/ID'.",
+                obj=_label(route), id="gyrinx_tasks.E055"))
+        elif topic_id in own:
+            messages.append(Error(
+                f"The route's dead_letter_topic {topic!r} is the topic of a route in "
+                "TASKS_REGISTRY, so Pub/Sub would deliver its dead letters as new task "
+                "messages.",
+                hint="Name a topic of its own for dead letters, e.g. 'myapp-dead-letters'.",
+                obj=_label(route), id="gyrinx_tasks.E056"))
+    return messages
 
 
 @register(TAG)

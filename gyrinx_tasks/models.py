@@ -612,3 +612,14 @@ class ProvisioningStatus(TaskExecution):
         verbose_name_plural = _("provisioning status")
         default_permissions = ("view",)
         permissions = [("provision_provisioningstatus", _("Can provision GCP resources"))]
+
+
+class DeadLetter(TaskExecution):
+    """The "Dead letters" page: messages Pub/Sub gave up on (gyrinx_tasks/deadletters.py)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("dead letter")
+        verbose_name_plural = _("dead letters")
+        default_permissions = ("view",)
+        permissions = [("replay_deadletter", _("Can replay and discard dead letters"))]

@@ -87,7 +87,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(env, pubsub):
     add = get_route("add")
     assert f"create     {add.topic_name}\n" in output
     assert f"create     {add.subscription_name}\n" in output
-    assert "Pub/Sub topics:" in output and "Pub/Sub push subscriptions:" in output
+    assert "Pub/Sub topics:" in output and "Pub/Sub subscriptions:" in output
     assert f"Summary: {2 * count} to create, 0 to update, 0 to delete, 0 unchanged." in output
     assert "run `manage.py tasks_scheduler` to fire scheduled routes locally" in output
     assert "Dry run: nothing was changed." in output

@@ -103,8 +103,10 @@ class Document:
                     token["service_account_email"])
                 fields["push_config.oidc_token.audience"] = literal(token["audience"])
             fields["ack_deadline_seconds"] = str(block["ack_deadline_seconds"])
-            fields["retry_policy.minimum_backoff"] = block["retry_policy"]["minimum_backoff"]
-            fields["retry_policy.maximum_backoff"] = block["retry_policy"]["maximum_backoff"]
+            if "retry_policy" in block:  # not on the dead-letter (pull) subscriptions
+                retry = block["retry_policy"]
+                fields["retry_policy.minimum_backoff"] = retry["minimum_backoff"]
+                fields["retry_policy.maximum_backoff"] = retry["maximum_backoff"]
             if "dead_letter_policy" in block:
                 policy = block["dead_letter_policy"]
                 fields["dead_letter_policy.dead_letter_topic"] = self.topic_path(
@@ -162,6 +164,16 @@ def test_the_document_holds_exactly_the_plans_resources_field_by_field(
     kinds = {action.kind for action in actions}
     assert kinds == {Kind.TOPIC, Kind.SUBSCRIPTION, Kind.SCHEDULER_JOB}
     assert "projects/other-project/topics/dead" in {a.name for a in actions}
+    # A pull subscription of ours on each dead-letter topic, in the plan and the document.
+    pulls = {a.name: a.desired.fields["topic"] for a in actions
+             if a.kind == Kind.SUBSCRIPTION and "push_config.push_endpoint" not in
+             a.desired.fields}
+    assert pulls == {
+        f"projects/test-project/subscriptions/{env}--gyrinx.tasks--dead-letters--flaky-dead":
+            "projects/test-project/topics/flaky-dead",
+        f"projects/test-project/subscriptions/{env}--gyrinx.tasks--dead-letters--"
+        "other-project.dead": "projects/other-project/topics/dead",
+    }
 
 
 def test_subscriptions_and_jobs_point_at_their_topics_by_reference(env):

@@ -2,7 +2,15 @@
 
 from django.contrib import admin
 
-from ..models import KillSwitch, Overview, ProvisioningStatus, ScheduledJob, TaskExecution
+from ..models import (
+    DeadLetter,
+    KillSwitch,
+    Overview,
+    ProvisioningStatus,
+    ScheduledJob,
+    TaskExecution,
+)
+from .deadletters import DeadLetterAdmin
 from .executions import TaskExecutionAdmin
 from .killswitches import KillSwitchAdmin
 from .overview import OverviewAdmin
@@ -14,8 +22,10 @@ admin.site.register(KillSwitch, KillSwitchAdmin)
 admin.site.register(Overview, OverviewAdmin)
 admin.site.register(ProvisioningStatus, ProvisioningStatusAdmin)
 admin.site.register(ScheduledJob, ScheduledJobAdmin)
+admin.site.register(DeadLetter, DeadLetterAdmin)
 
 __all__ = [
+    "DeadLetterAdmin",
     "KillSwitchAdmin",
     "OverviewAdmin",
     "ProvisioningStatusAdmin",

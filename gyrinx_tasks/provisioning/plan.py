@@ -28,7 +28,7 @@ class Verb(StrEnum):
 
 KIND_TITLES = {
     Kind.TOPIC: "Pub/Sub topics",
-    Kind.SUBSCRIPTION: "Pub/Sub push subscriptions",
+    Kind.SUBSCRIPTION: "Pub/Sub subscriptions",
     Kind.SCHEDULER_JOB: "Cloud Scheduler jobs",
 }
 

@@ -1,5 +1,10 @@
-"""Pub/Sub topics and push subscriptions: desired state, actual state, and the calls."""
+"""Pub/Sub topics and subscriptions: desired state, actual state, and the calls.
 
+Each route has a push subscription on its topic; each dead-letter topic the routes name has
+one pull subscription of ours, which the admin's "Dead letters" page reads (gyrinx_tasks/
+deadletters.py)."""
+
+import hashlib
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -21,6 +26,53 @@ SUBSCRIPTION_ORPHAN_NOTE = (
 def dead_letter_topic_path(config: ProvisioningConfig, route: TaskRoute) -> str:
     topic = route.dead_letter_topic or ""
     return topic if topic.startswith("projects/") else config.topic_path(topic)
+
+
+# The dead-letter subscription's lease on the messages a replay or a discard pulls. What
+# nobody acknowledges is kept for Pub/Sub's default message retention (7 days).
+DEAD_LETTER_ACK_DEADLINE = 60
+SUBSCRIPTION_ID_LIMIT = 255  # Pub/Sub's limit on a subscription id
+
+
+def dead_letter_subscription_path(project: str, dead_letter_topic: str) -> str:
+    """Our pull subscription on ``dead_letter_topic`` (a full topic path), in ``project``.
+
+    Named with the environment's prefix, so one no route needs any more is reported as an
+    orphan like the others: ``{env}--gyrinx.tasks--dead-letters--{topic id}``, with the
+    topic's project before its id when that is another project. A route's own names never
+    hold "dead-letters--" (a dash is not part of a Python dotted path).
+    """
+    parts = dead_letter_topic.split("/")
+    if len(parts) == 4 and parts[0] == "projects" and parts[2] == "topics":
+        topic_project, topic_id = parts[1], parts[3]
+    else:  # not a topic path (check gyrinx_tasks.E055 says so): still a usable name
+        topic_project, topic_id = project, dead_letter_topic.replace("/", ".")
+    where = topic_id if topic_project == project else f"{topic_project}.{topic_id}"
+    name = f"{topic_name_for('')}dead-letters--{where}"
+    if len(name) > SUBSCRIPTION_ID_LIMIT:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = f"{name[:SUBSCRIPTION_ID_LIMIT - 13]}-{digest}"
+    return f"projects/{project}/subscriptions/{name}"
+
+
+def dead_letter_topics(config: ProvisioningConfig, routes: Iterable[TaskRoute]) -> list[str]:
+    """The full paths of the dead-letter topics the routes name, each once, in order."""
+    found = {dead_letter_topic_path(config, route): None
+             for route in routes if route.dead_letter_topic}
+    return list(found)
+
+
+def desired_dead_letter_subscription(config: ProvisioningConfig, topic: str) -> Desired:
+    """A pull subscription (no push_config, no retry policy: a message given back is at
+    once pullable again) on the dead-letter topic ``topic``."""
+    path = dead_letter_subscription_path(config.project, topic)
+    body: dict[str, Any] = {"name": path, "topic": topic,
+                            "ack_deadline_seconds": DEAD_LETTER_ACK_DEADLINE}
+    fields = {"topic": topic, "ack_deadline_seconds": str(DEAD_LETTER_ACK_DEADLINE)}
+    if not config.emulator:
+        body["expiration_policy"] = {}
+        fields["expiration_policy.ttl"] = "never"
+    return Desired(Kind.SUBSCRIPTION, path, body, fields)
 
 
 def desired_topics(config: ProvisioningConfig, routes: Iterable[TaskRoute]) -> list[Desired]:
@@ -72,7 +124,11 @@ def desired_subscription(config: ProvisioningConfig, route: TaskRoute) -> Desire
 
 def desired_subscriptions(config: ProvisioningConfig,
                           routes: Iterable[TaskRoute]) -> list[Desired]:
-    return [desired_subscription(config, route) for route in routes]
+    """Each route's push subscription, then a pull subscription per dead-letter topic."""
+    routes = list(routes)
+    return ([desired_subscription(config, route) for route in routes]
+            + [desired_dead_letter_subscription(config, topic)
+               for topic in dead_letter_topics(config, routes)])
 
 
 def subscription_fields(sub: Any, emulator: bool) -> dict[str, str]:
