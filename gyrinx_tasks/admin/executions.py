@@ -212,9 +212,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     @admin.display(description=_("status"))
     def status_badge(self, obj):
+        shown = obj.shown_status  # FAILED with a retry to come reads "Failing, will retry"
         return format_html(
             '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}',
-            obj.status.lower(), obj.get_status_display(), self.retried(obj),
+            shown.lower(), shown.label, self.retried(obj),
         )
 
     # "task", not the field's "task name": the header is wider than most names, and the list
