@@ -27,7 +27,7 @@ from import_export.fields import Field
 from import_export.resources import ModelResource
 from import_export.widgets import Widget
 
-from .models import SHOWN_STATUS, ShownStatus, TaskExecution
+from .models import SHOWN_STATUS, ShownStatus, TaskExecution, shown_status_q
 from .redaction import REDACTED, shown_task_names
 
 # Rows fetched from the database per round trip (a server-side cursor on PostgreSQL).
@@ -248,7 +248,7 @@ def filter_runs(queryset: QuerySet | None = None, *, statuses: Iterable[str] = (
         raise ExportFilterError(
             "--since must be earlier than --until; swap them or widen the range.")
     if statuses:
-        queryset = queryset.shown_status(*statuses)
+        queryset = queryset.filter(shown_status_q(*statuses))
     tasks = [task.strip() for task in tasks]
     if tasks:
         queryset = queryset.filter(task_name__in=tasks)

@@ -2,7 +2,7 @@
 
 import copy
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from django.db import models
 from django.db.models import Exists, F, OuterRef, Q
@@ -66,14 +66,17 @@ FAILED_FOR_GOOD = Q(status=State.FAILED) & (Q(gave_up=True) | Q(attempts=0)
                                             | Q(message_id__isnull=True) | Q(message_id=""))
 
 
-def shown_status_q(value: str) -> Q:
-    """The runs staff see in ``value`` (a ShownStatus); ValueError for any other value."""
-    value = ShownStatus(value)
-    if value == ShownStatus.WILL_RETRY:
-        return WILL_RETRY
-    if value == ShownStatus.FAILED:
-        return FAILED_FOR_GOOD
-    return Q(status=value)
+def shown_status_q(*values: str) -> Q:
+    """The runs staff see in any of ``values`` (ShownStatus); ValueError for another value."""
+    found = Q()
+    for value in map(ShownStatus, values):
+        if value == ShownStatus.WILL_RETRY:
+            found |= WILL_RETRY
+        elif value == ShownStatus.FAILED:
+            found |= FAILED_FOR_GOOD
+        else:
+            found |= Q(status=value)
+    return found
 
 
 # A run's ShownStatus in the database (the export's status column).
@@ -161,10 +164,7 @@ class TaskExecutionQuerySet(models.QuerySet):
 
     def shown_status(self, *values: str):
         """Runs in any of the ShownStatus ``values`` (FAILED: final; WILL_RETRY: failing)."""
-        found = Q()
-        for value in values:
-            found |= shown_status_q(value)
-        return self.filter(found)
+        return self.filter(shown_status_q(*values))
 
     # --- Enqueue and retry transitions (queryset side) ---
 
@@ -244,8 +244,8 @@ class TaskExecutionQuerySet(models.QuerySet):
 
     def _write_signal(self, result_id: str, change, tries: int = 3) -> bool:
         # Read, decide, write on the state read; a lost race reads and decides again.
-        for _ in range(tries):
-            run = self.filter(result_id=result_id).first()
+        for _attempt in range(tries):
+            run = cast("TaskExecution | None", self.filter(result_id=result_id).first())
             if run is None or not change(run.remember_progress()):
                 return False
             if self.write_transition(run):

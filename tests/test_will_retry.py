@@ -207,6 +207,19 @@ def test_the_run_list_filters_and_badges_failing_apart_from_failed(admin_client)
     assert unknown.status_code == 200 and failing_run.result_id[:8] not in unknown.text
 
 
+def test_a_retry_failing_with_a_redelivery_to_come_reads_so_under_its_original(admin_client):
+    original = given_up()
+    retry = failing(retry_of=original, trigger="retry")
+    listed = admin_client.get(reverse(RUNS)).content.decode()
+    under = re.search(r'<div class="gyrinx-retried">(.*?)</div>', listed, re.S).group(1)
+    assert retry.result_id[:8] in under
+    assert 'gyrinx-status-will_retry">Failing, will retry<' in under
+    # And on the original's page, in its retry panel.
+    page = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
+                                    args=[original.pk])).content.decode()
+    assert 'gyrinx-status-will_retry">Failing, will retry<' in page
+
+
 # --- The export ------------------------------------------------------------------------
 
 def test_the_export_writes_and_filters_the_status_staff_see(admin_client):
@@ -233,3 +246,29 @@ def test_the_export_writes_and_filters_the_status_staff_see(admin_client):
     body = b"".join(response.streaming_content).decode()
     assert [row["result_id"] for row in csv.DictReader(io.StringIO(body))] == [
         failing_run.result_id]
+
+
+# --- In a browser ----------------------------------------------------------------------
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_a_browser_the_failing_count_opens_the_failing_runs(admin_page, live_server):
+    failing_run, final = failing(), given_up()
+    make_run("explode", State.SUCCESSFUL)
+    page = admin_page
+    page.goto(f"{live_server.url}{reverse(OVERVIEW)}?window=1h")
+    cells = page.locator('tr[data-task="explode"] td')
+    assert cells.locator('xpath=self::*[@data-count="WILL_RETRY"]').inner_text() == "1"
+    assert cells.locator('xpath=self::*[@data-count="FAILED"]').inner_text() == "1"
+    assert cells.locator('xpath=self::*[@data-count="failure-rate"]').inner_text() == "50.0%"
+
+    page.locator('tr[data-task="explode"] td[data-count="WILL_RETRY"] a').click()
+    page.wait_for_url("**status=WILL_RETRY**")
+    assert page.locator("#result_list tbody th a").all_inner_texts() == [
+        failing_run.result_id[:8]]
+    assert page.locator("#result_list .gyrinx-status").first.inner_text() \
+        == "Failing, will retry"
+    # The sidebar says which status the list shows.
+    assert page.locator("#changelist-filter li.selected", has_text="Failing, will retry") \
+        .count() == 1
+    assert final.result_id[:8] not in page.locator("#result_list").inner_text()
