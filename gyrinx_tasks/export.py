@@ -27,7 +27,7 @@ from import_export.fields import Field
 from import_export.resources import ModelResource
 from import_export.widgets import Widget
 
-from .models import State, TaskExecution
+from .models import SHOWN_STATUS, ShownStatus, TaskExecution, shown_status_q
 from .redaction import REDACTED, shown_task_names
 
 # Rows fetched from the database per round trip (a server-side cursor on PostgreSQL).
@@ -86,7 +86,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("task_id", "task_id"),
     Column("message_id", "message_id"),
     Column("task_name", "task_name"),
-    Column("status", "status"),
+    # As staff see it (models.ShownStatus): WILL_RETRY for a failed attempt that Pub/Sub
+    # delivers again, FAILED only for runs that failed for good.
+    Column("status", SHOWN_STATUS),
     Column("trigger", "trigger"),
     Column("attempts", "attempts"),
     Column("created_at", "created_at", _when),
@@ -237,15 +239,16 @@ def filter_runs(queryset: QuerySet | None = None, *, statuses: Iterable[str] = (
     if queryset is None:
         queryset = TaskExecution.objects.all()
     statuses = [status.strip().upper() for status in statuses]
-    unknown = sorted(set(statuses) - set(State.values))
+    unknown = sorted(set(statuses) - set(ShownStatus.values))
     if unknown:
         raise ExportFilterError(
-            f"Unknown status {', '.join(unknown)}; use one of {', '.join(State.values)}.")
+            f"Unknown status {', '.join(unknown)}; use one of "
+            f"{', '.join(ShownStatus.values)}.")
     if since and until and since >= until:
         raise ExportFilterError(
             "--since must be earlier than --until; swap them or widen the range.")
     if statuses:
-        queryset = queryset.filter(status__in=statuses)
+        queryset = queryset.filter(shown_status_q(*statuses))
     tasks = [task.strip() for task in tasks]
     if tasks:
         queryset = queryset.filter(task_name__in=tasks)

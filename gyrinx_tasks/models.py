@@ -2,7 +2,7 @@
 
 import copy
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from django.db import models
 from django.db.models import Exists, F, OuterRef, Q
@@ -41,6 +41,50 @@ NEEDS_RECOVERY = (State.FAILED, State.REJECTED)
 
 # A redelivery of a run in one of these states does not run it (FAILED runs that gave up too).
 SETTLED = (State.SUCCESSFUL, State.SKIPPED, State.REJECTED, State.CANCELLED)
+
+# What staff see: a run's state, with FAILED told apart. A failed attempt that Pub/Sub will
+# redeliver is "failing, will retry" (WILL_RETRY); FAILED is final: it gave up, or nothing
+# redelivers it (a publish refused, a run of another backend, an original settled by a
+# retry). The dashboard's counts, the run list's status filter and badge, and the CSV export
+# all read this, through shown_status_q() and SHOWN_STATUS below (TaskExecution.will_retry
+# is the same test in Python).
+class ShownStatus(models.TextChoices):
+    READY = "READY", _("Ready")
+    RUNNING = "RUNNING", _("Running")
+    SUCCESSFUL = "SUCCESSFUL", _("Successful")
+    WILL_RETRY = "WILL_RETRY", _("Failing, will retry")
+    FAILED = "FAILED", _("Failed")
+    SKIPPED = "SKIPPED", _("Skipped")
+    REJECTED = "REJECTED", _("Rejected")
+    CANCELLED = "CANCELLED", _("Cancelled")
+
+
+# FAILED by an attempt that Pub/Sub redelivers: not given up, and delivered (it has a message
+# id and an attempt; runs of other backends, and publishes that failed, never are).
+WILL_RETRY = (Q(status=State.FAILED, gave_up=False, attempts__gt=0, message_id__isnull=False)
+              & ~Q(message_id=""))
+# FAILED for good: the rest of FAILED, written out so that no NOT over a NULL hides a row.
+FAILED_FOR_GOOD = Q(status=State.FAILED) & (Q(gave_up=True) | Q(attempts=0)
+                                            | Q(message_id__isnull=True) | Q(message_id=""))
+
+
+def shown_status_q(*values: str) -> Q:
+    """The runs staff see in any of ``values`` (ShownStatus); ValueError for another value."""
+    found = Q()
+    for value in map(ShownStatus, values):
+        if value == ShownStatus.WILL_RETRY:
+            found |= WILL_RETRY
+        elif value == ShownStatus.FAILED:
+            found |= FAILED_FOR_GOOD
+        else:
+            found |= Q(status=value)
+    return found
+
+
+# A run's ShownStatus in the database (the export's status column).
+SHOWN_STATUS = models.Case(models.When(WILL_RETRY, then=models.Value(ShownStatus.WILL_RETRY)),
+                           default=F("status"), output_field=models.CharField())
+
 
 # Our states in the terms of Django's TaskResultStatus. SKIPPED, REJECTED and CANCELLED runs
 # never started, which Django calls FAILED ("unable to start"); Django has no CANCELLED.
@@ -125,6 +169,10 @@ class TaskExecutionQuerySet(models.QuerySet):
             runs = runs.filter(~exists)
         return runs
 
+    def shown_status(self, *values: str):
+        """Runs in any of the ShownStatus ``values`` (FAILED: final; WILL_RETRY: failing)."""
+        return self.filter(shown_status_q(*values))
+
     # --- Enqueue and retry transitions (queryset side) ---
 
     def with_live_retry(self):
@@ -162,6 +210,54 @@ class TaskExecutionQuerySet(models.QuerySet):
         if changed:
             run.remember_progress()
         return bool(changed)
+
+    # --- Other backends' transitions ---
+    # Runs of other backends (Django's ImmediateBackend, say) are recorded from Django's task
+    # signals (gyrinx_tasks/signals.py). Each signal is one transition of this kind, on the
+    # attempt number it reports: a signal for an attempt already recorded, or for a run that
+    # has ended, changes nothing, so duplicate and late signals never overwrite a later state.
+
+    def record_other_started(self, result_id: str, attempt: int, worker_id: str) -> bool:
+        """READY, or FAILED at an earlier attempt → RUNNING at ``attempt``; whether it did."""
+        def change(run: "TaskExecution") -> bool:
+            if run.status not in (State.READY, State.FAILED) or run.attempts >= attempt:
+                return False
+            run.start(worker_id, delivery_attempt=attempt)
+            return True
+
+        return self._write_signal(result_id, change)
+
+    def record_other_finished(self, result_id: str, attempt: int, worker_id: str,
+                              return_value: object = None,
+                              error: tuple[str, str] | None = None) -> bool:
+        """RUNNING at ``attempt`` → SUCCESSFUL, or FAILED with ``error`` (class path,
+        traceback); from READY or an earlier attempt too, when the attempt's task_started
+        was lost or comes late (it then changes nothing). Whether it did."""
+        def change(run: "TaskExecution") -> bool:
+            if run.status == State.RUNNING and run.attempts == attempt:
+                pass
+            elif run.status in (State.READY, State.FAILED, State.RUNNING) \
+                    and run.attempts < attempt:
+                run.start(worker_id, delivery_attempt=attempt)
+            else:
+                return False
+            if error is None:
+                run.succeed(return_value)
+            else:
+                run.fail(*error)
+            return True
+
+        return self._write_signal(result_id, change)
+
+    def _write_signal(self, result_id: str, change, tries: int = 3) -> bool:
+        # Read, decide, write on the state read; a lost race reads and decides again.
+        for _attempt in range(tries):
+            run = cast("TaskExecution | None", self.filter(result_id=result_id).first())
+            if run is None or not change(run.remember_progress()):
+                return False
+            if self.write_transition(run):
+                return True
+        return False
 
     def create_run(self, run: "TaskExecution") -> "TaskExecution":
         """Insert a run a delivery made (a scheduled firing, a rejection, another producer's
@@ -319,9 +415,15 @@ class TaskExecution(models.Model):
     @property
     def will_retry(self) -> bool:
         """FAILED by an attempt that Pub/Sub redelivers: not given up, and delivered (it has
-        a message id; runs of other backends, and publishes that failed, never are)."""
+        a message id; runs of other backends, and publishes that failed, never are). The
+        same test as the WILL_RETRY expression, which the dashboard counts and filters by."""
         return (self.status == State.FAILED and not self.gave_up and bool(self.attempts)
                 and bool(self.message_id))
+
+    @property
+    def shown_status(self) -> ShownStatus:
+        """The run's state as staff see it: FAILED split into failing (will retry) and final."""
+        return ShownStatus.WILL_RETRY if self.will_retry else ShownStatus(self.status)
 
     @property
     def django_status(self) -> TaskResultStatus:

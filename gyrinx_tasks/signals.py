@@ -1,11 +1,15 @@
 """Record runs made by other backends (e.g. Django's ImmediateBackend) through task signals.
 
-PubSubBackend records its own runs as they happen, so its signals are ignored here.
+PubSubBackend records its own runs as they happen, so its signals are ignored here. Each
+signal is a transition in models.py ("Other backends' transitions"): the run is inserted once,
+and started and finished only on the attempt the signal reports, so a duplicate or late signal
+never overwrites a later state. A signal whose run is not recorded yet (its task_enqueued was
+lost, or comes later) records it first.
 """
 
 import logging
 
-from django.db import DatabaseError, router, transaction
+from django.db import DatabaseError, IntegrityError, router, transaction
 from django.dispatch import receiver
 from django.tasks import TaskResultStatus
 from django.tasks.signals import task_enqueued, task_finished, task_started
@@ -29,9 +33,10 @@ def _safely(func):
             return
         from .models import TaskExecution
 
+        using = router.db_for_write(TaskExecution)
         try:
-            with transaction.atomic(using=router.db_for_write(TaskExecution)):
-                func(sender, task_result)
+            with transaction.atomic(using=using):
+                func(sender, task_result, TaskExecution.objects.using(using))
         except DatabaseError:
             logger.exception("Could not record task run %s", task_result.id)
 
@@ -39,12 +44,13 @@ def _safely(func):
     return wrapper
 
 
-@receiver(task_enqueued, dispatch_uid="gyrinx_tasks.record_enqueued")
-@_safely
-def record_enqueued(sender, task_result):
+def _insert(sender, task_result, runs) -> None:
+    """Insert the run as enqueued, unless it is recorded already (then it stays as it is)."""
     from .backend import current_enqueue_context
     from .models import TaskExecution, Trigger
 
+    if runs.filter(result_id=task_result.id).exists():
+        return
     context = current_enqueue_context()  # set by a retry, for instance
     execution = TaskExecution(
         result_id=task_result.id, task_id=task_result.id, task_name=task_result.task.name,
@@ -57,32 +63,38 @@ def record_enqueued(sender, task_result):
     note = f"enqueued by {sender.__name__}"
     execution._log("", execution.status, f"{context.note}, {note}" if context and context.note
                    else note)
-    execution.save()
+    try:
+        with transaction.atomic(using=runs.db):
+            runs.create_run(execution)
+    except IntegrityError:
+        pass  # recorded meanwhile by another signal of the same run
+
+
+def _worker(task_result) -> str:
+    return task_result.worker_ids[-1] if task_result.worker_ids else ""
+
+
+@receiver(task_enqueued, dispatch_uid="gyrinx_tasks.record_enqueued")
+@_safely
+def record_enqueued(sender, task_result, runs):
+    _insert(sender, task_result, runs)
 
 
 @receiver(task_started, dispatch_uid="gyrinx_tasks.record_started")
 @_safely
-def record_started(sender, task_result):
-    from .models import TaskExecution
-
-    execution = TaskExecution.objects.filter(result_id=task_result.id).first()
-    if execution is None:
-        return
-    execution.start(worker_id=task_result.worker_ids[-1] if task_result.worker_ids else "")
-    execution.save()
+def record_started(sender, task_result, runs):
+    _insert(sender, task_result, runs)
+    runs.record_other_started(task_result.id, task_result.attempts, _worker(task_result))
 
 
 @receiver(task_finished, dispatch_uid="gyrinx_tasks.record_finished")
 @_safely
-def record_finished(sender, task_result):
-    from .models import TaskExecution
-
-    execution = TaskExecution.objects.filter(result_id=task_result.id).first()
-    if execution is None or execution.status != "RUNNING":
-        return
+def record_finished(sender, task_result, runs):
+    _insert(sender, task_result, runs)
     if task_result.status == TaskResultStatus.SUCCESSFUL:
-        execution.succeed(normalize_json(task_result._return_value))
+        runs.record_other_finished(task_result.id, task_result.attempts, _worker(task_result),
+                                   return_value=normalize_json(task_result._return_value))
     else:
         error = task_result.errors[-1]
-        execution.fail(error.exception_class_path, error.traceback)
-    execution.save()
+        runs.record_other_finished(task_result.id, task_result.attempts, _worker(task_result),
+                                   error=(error.exception_class_path, error.traceback))

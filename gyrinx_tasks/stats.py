@@ -2,8 +2,9 @@
 
 Every query is bounded by ``created_at >= since`` (the ``gyrinx_exec_created`` index) or by
 ``status IN (READY, RUNNING)`` (the status indexes), so the cost follows the number of runs
-in the window, not the size of the table. ``overview()`` makes at most four queries whatever
-the number of tasks.
+in the window, not the size of the table. ``overview()`` makes at most five queries whatever
+the number of tasks (the fifth, over the window's FAILED runs only, tells the failing ones that
+will retry from the final failures).
 
 Percentiles are PostgreSQL's ``percentile_cont`` (continuous, interpolated). Other databases
 get the same numbers from ``percentile_cont()`` below over the window's exact durations.
@@ -24,7 +25,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .exceptions import RegistryError
 from .expressions import last_error_class
-from .models import State, TaskExecution
+from .models import WILL_RETRY, ShownStatus, State, TaskExecution
 from .registry import get_routes
 
 # Finished runs whose duration means something: they started and ran to an outcome.
@@ -88,11 +89,12 @@ def get_window(key: str | None) -> Window:
 @dataclass
 class TaskStats:
     name: str
-    counts: dict[str, int] = field(default_factory=dict)  # status -> runs in the window
+    # ShownStatus -> runs in the window: FAILED is final, WILL_RETRY failing (will retry).
+    counts: dict[str, int] = field(default_factory=dict)
     p50: float | None = None  # seconds, first start to finish
     p95: float | None = None
     per_minute: list[float] = field(default_factory=list)  # one value per chart bar
-    failed_per_minute: list[float] = field(default_factory=list)  # the FAILED part of each
+    failed_per_minute: list[float] = field(default_factory=list)  # the final FAILED part
     ready_now: int = 0  # READY and RUNNING are counted over all time, not the window:
     running_now: int = 0  # a run stuck for a week is exactly what this page must show
     oldest_ready: datetime | None = None
@@ -107,7 +109,12 @@ class TaskStats:
 
     @property
     def failure_rate(self) -> float | None:
-        """FAILED / (SUCCESSFUL + FAILED) in the window; None before anything finished."""
+        """FAILED / (SUCCESSFUL + FAILED) in the window; None before anything finished.
+
+        FAILED is final (gave up, or not retried). A run failing with a retry to come has not
+        finished and counts in neither: if its retry succeeds it is SUCCESSFUL, so a rate
+        that counted it as failed would overstate what failed.
+        """
         finished = self.count(State.SUCCESSFUL) + self.count(State.FAILED)
         return self.count(State.FAILED) / finished if finished else None
 
@@ -240,7 +247,8 @@ def _registered_names() -> list[str]:
 
 
 def overview(window: Window | str | None = None, now: datetime | None = None) -> Overview:
-    """Everything the overview page shows, in four queries (three when nothing runs)."""
+    """Everything the overview page shows, in at most five queries (three when nothing runs
+    or failed)."""
     if not isinstance(window, Window):
         window = get_window(window)
     since, until = window.bounds(now or timezone.now())
@@ -276,6 +284,12 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
             if group["status"] == State.FAILED:
                 stats.failed_per_minute[index] += rate
 
+    # 1b. Of those FAILED, the runs failing with a retry to come (WILL_RETRY in models.py):
+    #     moved to their own count, so FAILED stays final. Only FAILED runs are read (the
+    #     status index), and only when the window holds some.
+    if any(stats.count(State.FAILED) for stats in tasks.values()):
+        _move_will_retry(in_window, since, size, window.buckets, task)
+
     # 2. Duration percentiles.
     for name, (p50, p95) in duration_percentiles(in_window).items():
         stats = task(name)
@@ -306,9 +320,28 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
                     running=running)
 
 
+def _move_will_retry(in_window: QuerySet, since: datetime, size: int, buckets: int,
+                     task: Any) -> None:
+    """Move the window's failing runs (will retry) from FAILED to WILL_RETRY, per bar too."""
+    failing = (in_window.filter(WILL_RETRY).order_by()
+               .annotate(bar=BucketIndex("created_at", int(since.timestamp()), size))
+               .values("task_name", "bar").annotate(n=Count("*")))
+    for group in failing:
+        stats = task(group["task_name"])
+        stats.counts[State.FAILED] -= group["n"]
+        stats.counts[ShownStatus.WILL_RETRY] = (stats.count(ShownStatus.WILL_RETRY)
+                                                + group["n"])
+        if 0 <= group["bar"] < buckets:
+            bar = group["bar"]
+            # Rounded: the sum of rates less a part of it can leave a speck of a float.
+            stats.failed_per_minute[bar] = max(
+                0.0, round(stats.failed_per_minute[bar] - group["n"] / (size / 60), 9))
+
+
 def recent_failures(since: datetime, until: datetime,
                     limit: int = RECENT_FAILURES_LIMIT) -> list[TaskExecution]:
-    """The newest FAILED runs created in [since, until), each with its last error's class.
+    """The newest FAILED runs created in [since, until), each with its last error's class:
+    final failures and failing runs (will retry) alike, each telling which it is.
 
     One query along the (status, created_at) index; the class is read in the database, so
     the tracebacks beside it are not loaded.
@@ -316,8 +349,8 @@ def recent_failures(since: datetime, until: datetime,
     return list(
         TaskExecution.objects.filter(status=State.FAILED, created_at__gte=since,
                                      created_at__lt=until)
-        .only("id", "result_id", "task_name", "status", "attempts", "gave_up", "created_at",
-              "finished_at")
+        .only("id", "result_id", "task_name", "status", "attempts", "gave_up", "message_id",
+              "created_at", "finished_at")
         .annotate(error_class=last_error_class())
         .order_by("-created_at", "-id")[:limit]
     )

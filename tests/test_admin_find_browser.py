@@ -25,7 +25,7 @@ MESSAGE_IDS = count(1700000000001)
 
 
 def run(task, status, minutes_ago, error_class="", trigger=Trigger.ENQUEUE, retry_of=None,
-        attempts=1, workers=("tasks-00042-abc/instance-1",)):
+        attempts=1, workers=("tasks-00042-abc/instance-1",), gave_up=False):
     created = timezone.now() - timedelta(minutes=minutes_ago)
     started = created + timedelta(seconds=2)
     timeline = [{"at": created.isoformat(), "from": "", "to": "READY", "note": "enqueued"}]
@@ -51,7 +51,8 @@ def run(task, status, minutes_ago, error_class="", trigger=Trigger.ENQUEUE, retr
         task_name=task, task_path=f"tests.tasks.{task}", status=status, trigger=trigger,
         retry_of=retry_of, created_at=created, enqueued_at=created, attempts=attempts,
         started_at=started, finished_at=at, errors=errors, timeline=timeline,
-        worker_ids=list(workers[:attempts]), message_id=str(next(MESSAGE_IDS)))
+        worker_ids=list(workers[:attempts]), message_id=str(next(MESSAGE_IDS)),
+        gave_up=gave_up)
     execution.task_id = execution.result_id
     execution.save(update_fields=["task_id"])
     return execution
@@ -59,20 +60,23 @@ def run(task, status, minutes_ago, error_class="", trigger=Trigger.ENQUEUE, retr
 
 @pytest.fixture
 def incident():
-    """An hour of runs with a few failures: some retried (one recovered), some not."""
+    """An hour of runs with a few failures: some retried (one recovered), some not. A
+    FAILED run Pub/Sub still redelivers is failing (will retry); one retried by staff, or
+    given up, has failed for good."""
     runs = {}
     for minute in range(2, 60, 3):
         run("add", State.SUCCESSFUL, minute)
     runs["timeout"] = run("flaky", State.FAILED, 12, "requests.exceptions.ReadTimeout",
                           attempts=3, workers=("tasks-00042-abc/instance-1",
                                                "tasks-00042-abc/instance-4"))
-    runs["recovered"] = run("explode", State.FAILED, 40, "builtins.RuntimeError")
+    runs["recovered"] = run("explode", State.FAILED, 40, "builtins.RuntimeError",
+                            gave_up=True)
     runs["retry"] = run("explode", State.SUCCESSFUL, 30, trigger=Trigger.RETRY,
                         retry_of=runs["recovered"])
-    runs["pending"] = run("explode", State.FAILED, 8, "builtins.RuntimeError")
+    runs["pending"] = run("explode", State.FAILED, 8, "builtins.RuntimeError", gave_up=True)
     runs["failed_retry"] = run("explode", State.FAILED, 5, "builtins.RuntimeError",
                                trigger=Trigger.RETRY, retry_of=runs["pending"])
-    run("echo", State.FAILED, 25, "myapp.payments.PaymentDeclined")
+    run("echo", State.FAILED, 25, "myapp.payments.PaymentDeclined", gave_up=True)
     return runs
 
 
@@ -118,6 +122,11 @@ def test_run_list_search_columns_recovery_filter_and_chip(admin_page, live_serve
         # Which were retried, and by what; then only what is not yet recovered.
         recovered = page.locator("#result_list tr", has_text=incident["recovered"].result_id[:8])
         assert "retried as" in recovered.locator(".field-status_badge").inner_text()
+        # A failed attempt Pub/Sub redelivers reads "Failing, will retry", apart from "Failed".
+        retrying = page.locator("#result_list tr",
+                                has_text=incident["failed_retry"].result_id[:8])
+        assert retrying.locator(".gyrinx-status").first.inner_text() == "Failing, will retry"
+        assert recovered.locator(".gyrinx-status").first.inner_text() == "Failed"
         assert "Successful" in recovered.locator(".gyrinx-retried").inner_text()
         page.locator("#changelist-filter a", has_text="Not yet recovered").click()
         page.wait_for_url("**recovery=pending**")
@@ -177,6 +186,8 @@ def test_overview_lists_recent_failures_with_links(admin_page, live_server, inci
         assert panel.is_visible()
         rows = panel.locator(".gyrinx-failure")
         assert rows.count() == 5
+        # Each says whether it gave up or will retry (the failed retry and the timeout will).
+        assert panel.locator(".gyrinx-failure .gyrinx-warn").count() == 2
         assert rows.first.locator(".gyrinx-error-class").inner_text() == "RuntimeError"
         assert fits(page, ".gyrinx-failures-wrap")
 

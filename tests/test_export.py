@@ -65,7 +65,9 @@ def export_form(resource=0, columns=None):
 def history():
     """A failed run (two attempts), its retry, a success with a payload, a fresh READY run."""
     failed = make_run(
-        "explode", State.FAILED, message_id="1001", attempts=2, created_at=at(0),
+        # gave_up: retried by staff, which settles it (a FAILED run that will still be
+        # redelivered exports as WILL_RETRY: tests/test_will_retry.py).
+        "explode", State.FAILED, message_id="1001", attempts=2, gave_up=True, created_at=at(0),
         enqueued_at=at(0), started_at=at(1), finished_at=at(1) + timedelta(seconds=2.5),
         args=["boom"], kwargs={"email": "someone@example.com"},
         errors=[{"exception_class_path": "builtins.ValueError", "traceback": "first"},

@@ -200,7 +200,8 @@ def test_query_count_does_not_grow_with_tasks_or_runs():
     for name in ("add", "echo", "flaky", "explode", "a", "b", "c", "d"):
         for status in State.values:
             run(name, status, duration=0.1, created=NOW - timedelta(hours=5))
-    assert count_queries() == small == 4
+    # One more once the window holds FAILED runs: which of them will retry.
+    assert small == 4 and count_queries() == 5
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN output is PostgreSQL's")

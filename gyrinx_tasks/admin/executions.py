@@ -33,7 +33,7 @@ from ..cancellation import count_selection as count_cancel_selection
 from ..conf import tasks_settings
 from ..dates import format_when
 from ..expressions import last_error_class
-from ..models import State, TaskExecution
+from ..models import SHOWN_STATUS, ShownStatus, State, TaskExecution
 from ..redaction import is_redacted, redaction_note
 from ..retry import (
     RETRYABLE,
@@ -97,7 +97,8 @@ def page_extras(pks: list[int]) -> dict[int, dict[str, Any]]:
             n=Count("pk")).values("n")[:1]),
         latest_retry_pk=Subquery(retries.values("pk")[:1]),
         latest_retry_result_id=Subquery(retries.values("result_id")[:1]),
-        latest_retry_status=Subquery(retries.values("status")[:1]),
+        # As staff see it: a retry failing with a redelivery to come reads so (models.py).
+        latest_retry_status=Subquery(retries.annotate(shown=SHOWN_STATUS).values("shown")[:1]),
         retry_of_result_id=F("retry_of__result_id"),
     )
     return {row["pk"]: {key: value for key, value in row.items() if key != "pk"}
@@ -220,9 +221,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     @admin.display(description=_("status"))
     def status_badge(self, obj):
+        shown = obj.shown_status  # FAILED with a retry to come reads "Failing, will retry"
         return format_html(
             '<span class="gyrinx-status gyrinx-status-{}">{}</span>{}',
-            obj.status.lower(), obj.get_status_display(), self.retried(obj),
+            shown.lower(), shown.label, self.retried(obj),
         )
 
     # "task", not the field's "task name": the header is wider than most names, and the list
@@ -254,7 +256,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
         if not pk:
             return ""
         count = getattr(obj, "retry_count", 0) or 1
-        status = State(obj.latest_retry_status)
+        status = ShownStatus(obj.latest_retry_status)
         more = ""
         if count > 1:
             more = format_html(' <a class="gyrinx-more-retries" href="{}?retry_of={}" title="{}">'
@@ -349,7 +351,8 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     def retry_context(self, request, obj, new=None, error: str = "",
                       republished: bool = False) -> dict[str, Any]:
         """What the retry panel (taskexecution/_retry.html) shows for ``obj``."""
-        retries = list(obj.retries.only("pk", "result_id", "status", "created_at")
+        retries = list(obj.retries.only("pk", "result_id", "status", "created_at", "gave_up",
+                                        "attempts", "message_id")
                        .order_by("-pk")[:RETRIES_SHOWN + 1])
         allowed = self.has_retry_permission(request)
         already = live_retry_refusal(obj) if obj.status in RETRYABLE else ""

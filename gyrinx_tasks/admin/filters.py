@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import RegistryError
-from ..models import State, Trigger
+from ..models import ShownStatus, Trigger
 from ..registry import get_routes
 
 
@@ -22,12 +22,23 @@ class _ExactValueFilter(admin.SimpleListFilter):
         return queryset.filter(**{self.field_name: value})
 
 
-class StatusFilter(_ExactValueFilter):
+class StatusFilter(admin.SimpleListFilter):
+    """The run's state as staff see it (models.ShownStatus): "Failing, will retry" for a failed
+    attempt Pub/Sub delivers again, "Failed" only for runs that failed for good."""
+
     title = _("status")
-    parameter_name = field_name = "status"
+    parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return State.choices
+        return ShownStatus.choices
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        if value not in ShownStatus.values:
+            return queryset.none()  # as an exact match on an unknown state would
+        return queryset.shown_status(value)
 
 
 class TriggerFilter(_ExactValueFilter):

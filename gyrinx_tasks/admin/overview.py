@@ -19,7 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from .. import stats
 from ..dates import format_when
 from ..exceptions import RegistryError
-from ..models import ScheduledJob, State
+from ..models import ScheduledJob, ShownStatus, State
 from ..schedule_health import Health, schedule_health
 from .backlog import backlog_view
 from .base import PageAdmin, has_model_permission, page_context, require
@@ -30,8 +30,12 @@ IDLE_POLL_SECONDS = 30  # while nothing is: one cheap query set every half minut
 STUCK_AFTER = timedelta(minutes=5)
 CHART_WIDTH, CHART_HEIGHT = 100, 28
 WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT = 1000, 90
-COUNTED_STATES = (State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED,
-                  State.RUNNING, State.READY)
+# The window's counts, one column each (ShownStatus: failing runs that will retry apart from
+# the final failures), then what is in progress now.
+COUNTED_STATES = (ShownStatus.SUCCESSFUL, ShownStatus.WILL_RETRY, ShownStatus.FAILED,
+                  ShownStatus.SKIPPED, ShownStatus.REJECTED, ShownStatus.RUNNING,
+                  ShownStatus.READY)
+WINDOW_COUNTS = 5
 
 
 class OverviewAdmin(PageAdmin):
@@ -86,9 +90,10 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
     rows = []
     for task in overview.tasks:
         counts = [
-            {"status": status, "label": State(status).label, "count": task.count(status),
+            {"status": status, "label": ShownStatus(status).label,
+             "count": task.count(status),
              "url": runs_link(task_name=task.name, status=status, **window_params)}
-            for status in COUNTED_STATES[:4]
+            for status in COUNTED_STATES[:WINDOW_COUNTS]
         ]
         rows.append({
             "task": task,
@@ -111,16 +116,19 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
     running = [{"run": run, "started": format_seconds((now - run.started_at).total_seconds())
                 if run.started_at else ""} for run in overview.running]
     totals = {status: sum(t.count(status) for t in overview.tasks) for status in COUNTED_STATES}
-    # Only asked for when the window holds failures (the counts above already say so).
+    # Only asked for when the window holds failures (the counts above already say so): final
+    # ones and failing ones (will retry) alike, each marked.
+    any_failed = totals[ShownStatus.FAILED] + totals[ShownStatus.WILL_RETRY]
     failures = [{
         "run": run,
         "error_class": getattr(run, "error_class", None) or "",
         "error_name": (getattr(run, "error_class", None) or "").rsplit(".", 1)[-1],
         "at": run.finished_at or run.created_at,
         "url": reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk]),
-        "task_url": runs_link(task_name=run.task_name, status=State.FAILED, **window_params),
+        "task_url": runs_link(task_name=run.task_name, status=run.shown_status,
+                              **window_params),
     } for run in (stats.recent_failures(overview.since, overview.until)
-                  if totals[State.FAILED] else [])]
+                  if any_failed else [])]
     poll_query = urlencode({"window": overview.window.key})
     return {
         "overview": overview,
@@ -132,7 +140,9 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
         "poll_seconds": POLL_SECONDS if overview.active else IDLE_POLL_SECONDS,
         "page_url": page_url,
         "runs_url": runs_url,
-        "all_failed_url": runs_link(status=State.FAILED, **window_params),
+        "all_failed_url": runs_link(status=ShownStatus.FAILED, **window_params),
+        "all_will_retry_url": runs_link(status=ShownStatus.WILL_RETRY, **window_params),
+        "any_failed": any_failed,
         "window_runs_url": runs_link(**window_params),
         "window_total": sum(t.total for t in overview.tasks),
         "totals": totals,

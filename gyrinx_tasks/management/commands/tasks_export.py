@@ -27,7 +27,9 @@ class Command(BaseCommand):
             help="With --include-payload: also write the payload of tasks whose route has "
                  "redact=True (personal data) instead of [redacted].")
         parser.add_argument("--status", action="append", default=[], metavar="STATUS",
-                            help="Only runs in this status (e.g. FAILED); repeat for several.")
+                            help="Only runs in this status (e.g. FAILED, which is final; "
+                                 "WILL_RETRY for failing runs Pub/Sub delivers again); "
+                                 "repeat for several.")
         parser.add_argument("--task", action="append", default=[], metavar="NAME",
                             help="Only runs of this task name; repeat for several.")
         parser.add_argument("--since", metavar="WHEN",
