@@ -272,3 +272,9 @@ def test_in_a_browser_the_failing_count_opens_the_failing_runs(admin_page, live_
     assert page.locator("#changelist-filter li.selected", has_text="Failing, will retry") \
         .count() == 1
     assert final.result_id[:8] not in page.locator("#result_list").inner_text()
+
+
+def test_every_state_has_a_shown_status_so_a_new_state_is_never_unfilterable():
+    # A state added to State (CANCELLED was) must be a choice of the status filter and the
+    # export too: ShownStatus holds every State and adds WILL_RETRY, nothing else.
+    assert set(ShownStatus.values) == set(State.values) | {ShownStatus.WILL_RETRY}
