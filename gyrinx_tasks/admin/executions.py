@@ -25,6 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from ..conf import tasks_settings
 from ..dates import format_when
 from ..expressions import last_error_class
+from ..health import StuckKind
 from ..models import State, TaskExecution
 from ..redaction import is_redacted, redaction_note
 from ..retry import (
@@ -45,7 +46,7 @@ from ..retry import (
 from ..search import search
 from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
 from .exports import ExecutionExportMixin
-from .filters import RecoveryFilter, StatusFilter, TaskNameFilter, TriggerFilter
+from .filters import RecoveryFilter, StatusFilter, StuckFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
 
 # Columns the changelist never shows and which can hold long tracebacks or payloads.
@@ -75,6 +76,15 @@ class ExecutionChangeList(ChangeList):
             row.__dict__.update(extras.get(row.pk, {}))
         self.result_list = rows
         self.range_chips = range_chips(self, request)
+        self.stuck_help = stuck_help(request.GET.get(StuckFilter.parameter_name, ""))
+
+
+def stuck_help(value: str) -> list[dict[str, str]]:
+    """What each kind of stuck run the "stuck" filter shows means, and how to recover it."""
+    kinds = list(StuckKind) if value == StuckFilter.ANY else [
+        kind for kind in StuckKind if kind.value == value]
+    return [{"kind": kind.value, "label": kind.label, "recovery": kind.recovery}
+            for kind in kinds]
 
 
 def page_extras(pks: list[int]) -> dict[int, dict[str, Any]]:
@@ -138,7 +148,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     # trigger, so the list keeps its width.
     list_display = ("short_result_id", "task", "status_badge", "error_class",
                     "trigger_cell", "attempts", "created", "duration")
-    list_filter = (StatusFilter, RecoveryFilter, TriggerFilter, TaskNameFilter)
+    list_filter = (StatusFilter, RecoveryFilter, StuckFilter, TriggerFilter, TaskNameFilter)
     # Only columns with an index behind them; sorting by others would sort the whole table.
     sortable_by = ("created",)
     search_fields = ("=result_id", "=task_id", "=message_id")  # see get_search_results
