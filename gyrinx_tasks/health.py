@@ -22,9 +22,11 @@ use it. Runs of tasks that are not in the registry are judged by the defaults.
 reason for each task whose failure rate is over its limit, each task with stuck runs (by
 kind), each scheduled job that is late, missed, failed or overdue
 (schedule_health.health_report), and the registry if it cannot be loaded. No reasons:
-healthy, which is also what a new site with no runs is. It makes three queries (two without
-scheduled jobs), each bounded by an index: the window's runs by ``created_at``, and the
-READY and RUNNING runs by ``status``.
+healthy, which is also what a new site with no runs is (a scheduled job that has never fired
+is left out). It makes two queries, each bounded by an index (the window's runs by
+``created_at``, the READY and RUNNING runs by ``status``), a third for the scheduled jobs'
+runs when there are scheduled jobs, and a fourth, one index probe per job, only when a job
+has no run in its window. health_alerts.check_health() adds one read of the last health.
 """
 
 import enum
