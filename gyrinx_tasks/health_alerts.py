@@ -47,7 +47,8 @@ def _keys(reasons: list[dict[str, Any]]) -> list[str]:
 
 def last_known_health() -> dict[str, Any] | None:
     """The row's version, health and reasons, or None before the site was ever unhealthy."""
-    return HealthState.objects.filter(pk=SITE).values("version", "healthy", "reasons").first()
+    row = HealthState.objects.filter(pk=SITE).values("version", "healthy", "reasons").first()
+    return dict(row) if row is not None else None
 
 
 _UNREAD: Any = object()
