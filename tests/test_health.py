@@ -483,3 +483,25 @@ def test_w041_mail_admins_without_admins(settings):
     assert ids() == ["gyrinx_tasks.W041"]
     settings.ADMINS = ["ops@example.com"]
     assert ids() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="EXPLAIN output is PostgreSQL's")
+def test_every_query_of_the_endpoint_can_use_an_index_on_postgresql(client):
+    """With sequential scans priced out, no query the endpoint makes reads a whole table."""
+    with time_machine.travel(noon(), tick=False):
+        for i in range(30):
+            finished("add", State.SUCCESSFUL, ago=timedelta(minutes=i * 7))
+        gave_up("flaky")
+        finished("echo", State.READY, ago=timedelta(minutes=30))
+        finished("nightly_cleanup", State.SUCCESSFUL, ago=timedelta(days=3),
+                 trigger=Trigger.SCHEDULE)
+        with CaptureQueriesContext(connection) as captured:
+            assert check(client).status_code == 503
+    queries = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(queries) == 5  # the job has no run in its window: "has it ever fired" too
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in queries:
+            cursor.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "Seq Scan" not in plan, plan
