@@ -4,6 +4,7 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.admin.models import LogEntry
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -17,7 +18,7 @@ from gyrinx_tasks.health import (
 )
 from gyrinx_tasks.models import PUBLISH_UNCONFIRMED, KillSwitch, State, SwitchMode, TaskExecution
 from gyrinx_tasks.routes import TaskRoute
-from tests.helpers import make_run
+from tests.helpers import make_run, staff_user
 from tests.infra.browser import PHONE, VIEWPORT, axe_violations, layout_problems, save_screenshot
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
@@ -184,6 +185,63 @@ def test_a_stuck_unconfirmed_run_offers_publish_again_on_its_page(admin_client):
     html = admin_client.get(reverse("admin:gyrinx_tasks_taskexecution_change",
                                     args=[stuck.pk])).content.decode()
     assert reverse("admin:gyrinx_tasks_taskexecution_republish", args=[stuck.pk]) in html
+
+
+def test_stuck_ready_runs_are_published_again_in_bulk_from_the_filtered_list(
+        admin_client, fake_publisher):
+    unconfirmed = [run("add", State.READY, timedelta(minutes=6),
+                       status_detail=PUBLISH_UNCONFIRMED) for _ in range(2)]
+    waiting = run("echo", State.READY, timedelta(minutes=11))
+    fresh = run("echo", State.READY, timedelta(minutes=1))
+    run("flaky", State.RUNNING, timedelta(hours=1), attempted_ago=timedelta(minutes=6))
+
+    # "Select all N" on the filtered list: the page's form posts the page's rows too.
+    response = admin_client.post(f"{reverse(RUNS)}?stuck=any",
+                                 {"action": "republish_selected", "select_across": "1",
+                                  "index": "0", "_selected_action": [waiting.pk]}, follow=True)
+    assert response.status_code == 200
+    texts = [str(m) for m in response.context["messages"]]
+    assert texts == ["Published 3 run(s) again: each starts when it is delivered, once."]
+    published = sorted(message["task_id"] for _topic, message, _attrs in
+                       fake_publisher.published)
+    assert published == sorted(r.result_id for r in [*unconfirmed, waiting])
+    for stuck in [*unconfirmed, waiting]:
+        stuck.refresh_from_db()
+        assert (stuck.status, stuck.status_detail) == (State.READY, "")
+        assert stuck.timeline[-1]["note"] == "published again by admin"
+    assert LogEntry.objects.filter(change_message="Published again.").count() == 3
+    # Published again, they are no longer stuck as unconfirmed (their message is confirmed).
+    assert not TaskExecution.objects.stuck(StuckKind.UNCONFIRMED).exists()
+
+    # A READY run still within its ack deadline is refused, and says why.
+    response = admin_client.post(reverse(RUNS), {"action": "republish_selected",
+                                                 "_selected_action": [fresh.pk]}, follow=True)
+    [text] = [str(m) for m in response.context["messages"]]
+    assert text.startswith("1 not published again: The run was enqueued less than its ack "
+                           "deadline")
+    assert len(fake_publisher.published) == 3
+
+
+def test_publishing_again_in_bulk_needs_the_retry_permission(client, fake_publisher):
+    stuck = run("add", State.READY, timedelta(minutes=6), status_detail=PUBLISH_UNCONFIRMED)
+    client.force_login(staff_user("viewer", "view_taskexecution"))
+    response = client.post(reverse(RUNS), {"action": "republish_selected",
+                                           "_selected_action": [stuck.pk]})
+    assert response.status_code == 403
+    assert fake_publisher.published == []
+
+
+def test_publishing_again_in_bulk_is_capped(admin_client, settings, fake_publisher):
+    settings.TASKS_ADMIN_RETRY_LIMIT = 2
+    runs = [run("add", State.READY, timedelta(minutes=6), status_detail=PUBLISH_UNCONFIRMED)
+            for _ in range(3)]
+    response = admin_client.post(f"{reverse(RUNS)}?stuck=unconfirmed",
+                                 {"action": "republish_selected", "select_across": "1",
+                                  "index": "0", "_selected_action": [runs[0].pk]},
+                                 follow=True)
+    [text] = [str(m) for m in response.context["messages"]]
+    assert text.startswith("More than 2 of the selected runs are READY")
+    assert fake_publisher.published == []
 
 
 # --- The overview's count -----------------------------------------------------------------

@@ -38,6 +38,7 @@ from ..retry import (
     count_selection,
     limit_message,
     live_retry_refusal,
+    republish_queryset,
     republish_refusal,
     republish_run,
     retry_queryset,
@@ -329,7 +330,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     # --- Retry: the button on a run's page, and the bulk action -------------------------------
 
-    actions = ["retry_selected"]
+    actions = ["retry_selected", "republish_selected"]
 
     def has_retry_permission(self, request) -> bool:
         return has_model_permission(request, self.opts, "retry_taskexecution")
@@ -486,6 +487,41 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
             return None
         for level, text in report_messages(report, limit, new_runs_link(new_ids)):
             self.message_user(request, text, level)
+        return None
+
+    @admin.action(permissions=["retry"], description=_("Publish selected READY runs again"))
+    def republish_selected(self, request, queryset):
+        """The bulk "Publish again": the recovery of stuck READY runs (the "stuck" filter)."""
+        require(self.has_retry_permission(request))
+        try:
+            report = republish_queryset(queryset, request.user)
+        except RetryLimitExceeded as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        content_type = ContentType.objects.get_for_model(TaskExecution)
+        LogEntry.objects.bulk_create([  # one per run published again, as the button writes
+            LogEntry(user_id=request.user.pk, content_type=content_type, object_id=str(pk),
+                     object_repr=label[:200], action_flag=CHANGE,
+                     change_message="Published again." if confirmed else
+                     "Published again; the publish failed, the run stays READY.")
+            for pk, label, confirmed in report.runs])
+        published = report.republished + report.publish_failed
+        if published:
+            self.message_user(request, f"Published {published:,} run(s) again: each starts "
+                                       "when it is delivered, once.", messages.SUCCESS)
+        if report.publish_failed:
+            self.message_user(request, f"Pub/Sub did not confirm {report.publish_failed:,} of "
+                                       "them; they stay READY with the error recorded.",
+                              messages.ERROR)
+        if report.changed:
+            self.message_user(request, f"{report.changed:,} run(s) changed meanwhile (a "
+                                       "delivery) and were left alone.", messages.WARNING)
+        for reason, count in report.refused.items():
+            self.message_user(request, f"{count:,} not published again: {reason}",
+                              messages.WARNING)
+        if not published and not report.refused and not report.changed:
+            self.message_user(request, "None of the selected runs is READY; only READY runs "
+                                       "can be published again.", messages.WARNING)
         return None
 
     def _log_retries(self, request, done: list[Retried]) -> None:
