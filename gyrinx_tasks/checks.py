@@ -152,21 +152,6 @@ def check_health_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
     return messages
 
 
-def health_option_problem(name: str, value: object) -> str:
-    """What is wrong with a route's or @task's health threshold ("is not ..."), or "" (None
-    is unset)."""
-    if value is None:
-        return ""
-    if name == "health_failure_rate":
-        number = _number(value)
-        if number is None or not 0 <= number <= 1:
-            return "is not a share from 0 to 1."
-        return ""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return "is not a whole number of seconds of at least 1."
-    return ""
-
-
 HEALTH_OPTION_CHECKS = {
     "health_failure_rate": (
         "gyrinx_tasks.E044",
@@ -386,9 +371,11 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
             "Set schedule_tolerance to a number of seconds such as 600, or leave it unset "
             "(None) to use TASKS_SCHEDULE_TOLERANCE.",
         )
+    from .health import option_problem  # health imports the models
+
     for name, (id_, hint) in HEALTH_OPTION_CHECKS.items():
         value = getattr(route, name)
-        problem = health_option_problem(name, value)
+        problem = option_problem(name, value)
         if problem:
             error(id_, f"{name} {value!r} {problem}", hint)
     if route.dead_letter_topic and _outside(route.max_delivery_attempts, DELIVERY_ATTEMPTS_RANGE):
@@ -461,6 +448,7 @@ def _check_unrouted_tasks(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
 
 def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
     """@task(...) options PubSubBackend does not know, or a max_attempts that is no count."""
+    from .health import option_problem  # health imports the models
     from .task_class import TASK_OPTIONS
 
     found = _project_tasks(routes)
@@ -488,7 +476,7 @@ def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
                 obj=path, id="gyrinx_tasks.E015"))
         for name, (id_, hint) in HEALTH_OPTION_CHECKS.items():
             value = getattr(task_, name, None)
-            problem = health_option_problem(name, value)
+            problem = option_problem(name, value)
             if problem:
                 messages.append(Error(f"@task({name}={value!r}) {problem}", hint=hint,
                                       obj=path, id=id_))

@@ -89,22 +89,51 @@ STUCK_RECOVERY = {
 
 # --- Thresholds ---------------------------------------------------------------------------
 
-def _option(route: TaskRoute, name: str) -> Any:
-    """The route's own value, else @task(...)'s (task_class.PubSubTask), else None."""
-    own = getattr(route, name, None)
-    return own if own is not None else getattr(route.func, name, None)
+def option_problem(name: str, value: object) -> str:
+    """What is wrong with a route's or @task's health threshold ("is not ..."), or "" (None
+    is unset). System checks E044 and E045 report it; until it is fixed the setting is used."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = None
+    else:
+        number = value
+    if name == "health_failure_rate":
+        return "" if number is not None and 0 <= number <= 1 else "is not a share from 0 to 1."
+    if not isinstance(number, int) or number < 1:
+        return "is not a whole number of seconds of at least 1."
+    return ""
+
+
+def _option(route: TaskRoute | None, name: str) -> Any:
+    """The route's own valid value, else @task(...)'s (task_class.PubSubTask), else None."""
+    if route is None:
+        return None
+    for value in (getattr(route, name, None), getattr(route.func, name, None)):
+        if value is not None and not option_problem(name, value):
+            return value
+    return None
 
 
 def failure_rate_for(route: TaskRoute | None) -> float:
     """The share of finished runs that may fail before the task is unhealthy."""
-    own = _option(route, "health_failure_rate") if route is not None else None
+    own = _option(route, "health_failure_rate")
     return float(own) if own is not None else tasks_settings.TASKS_HEALTH_FAILURE_RATE
 
 
 def max_ready_age_for(route: TaskRoute | None) -> int:
     """Seconds a run of the route may wait READY before it is stuck."""
-    own = _option(route, "health_max_ready_age") if route is not None else None
+    own = _option(route, "health_max_ready_age")
     return int(own) if own is not None else tasks_settings.TASKS_HEALTH_MAX_READY_AGE
+
+
+def ack_deadline_for(route: TaskRoute | None) -> int:
+    """The route's ack deadline in seconds (TaskRoute's default for a task not in the
+    registry, or while E006 reports a value that is no number)."""
+    value = getattr(route, "ack_deadline", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return DEFAULT_ACK_DEADLINE
+    return int(value)
 
 
 def _routes() -> tuple[TaskRoute, ...]:
@@ -154,7 +183,7 @@ def stuck_conditions(now: datetime | None = None) -> dict[StuckKind, Q]:
     """Each kind's condition on TaskExecution, with the registry's limits as of now."""
     now = now or timezone.now()
     routes = _routes()
-    ack = {route.name: route.ack_deadline for route in routes}
+    ack = {route.name: ack_deadline_for(route) for route in routes}
     ready_age = {route.name: max_ready_age_for(route) for route in routes}
     default_age = max_ready_age_for(None)
     unconfirmed = (Q(status=State.READY, status_detail=PUBLISH_UNCONFIRMED)
@@ -362,7 +391,7 @@ def health_report(now: datetime | None = None) -> HealthReport:
     for group in stuck.groups:
         route = routes.get(group.task)
         limit_seconds = (max_ready_age_for(route) if group.kind is StuckKind.WAITING
-                         else route.ack_deadline if route else DEFAULT_ACK_DEADLINE)
+                         else ack_deadline_for(route))
         reasons.append(Reason(
             REASON_FOR_STUCK[group.kind], group.task,
             f"{group.count} run{'s' if group.count != 1 else ''} {group.kind.label}; the "

@@ -335,3 +335,15 @@ def test_overview_stuck_count_leads_to_the_filtered_list_in_a_browser(admin_page
     assert page.locator("#result_list tbody tr").count() == 1
     assert page.locator(".gyrinx-stuck-help li").inner_text().startswith(
         "Running past the ack deadline")
+
+
+def test_an_invalid_route_threshold_falls_back_to_the_setting_until_fixed(settings):
+    # E045 reports it; meanwhile the overview and the health endpoint keep working.
+    registry.clear_cache()
+    settings.TASKS_REGISTRY = "tests.check_registries.bad_health_thresholds"
+    try:
+        run("echo", State.READY, timedelta(minutes=11))  # health_max_ready_age=90.5
+        run("add", State.READY, timedelta(minutes=5))  # health_max_ready_age=0
+        assert stuck_runs().by_kind()["waiting"] == 1
+    finally:
+        registry.clear_cache()
