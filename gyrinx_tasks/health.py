@@ -36,11 +36,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Case, Count, Exists, Min, OuterRef, Q, Value, When
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .conf import tasks_settings
+from .conf import DEFAULT_HEALTH_MAX_READY_AGE, tasks_settings
 from .exceptions import RegistryError
 from .models import PUBLISH_UNCONFIRMED, KillSwitch, State, SwitchMode, TaskExecution, Trigger
 from .registry import get_routes
@@ -124,7 +125,12 @@ def failure_rate_for(route: TaskRoute | None) -> float:
 def max_ready_age_for(route: TaskRoute | None) -> int:
     """Seconds a run of the route may wait READY before it is stuck."""
     own = _option(route, "health_max_ready_age")
-    return int(own) if own is not None else tasks_settings.TASKS_HEALTH_MAX_READY_AGE
+    if own is not None:
+        return int(own)
+    try:
+        return tasks_settings.TASKS_HEALTH_MAX_READY_AGE
+    except ImproperlyConfigured:  # E043 says so, and health_report() answers unhealthy
+        return DEFAULT_HEALTH_MAX_READY_AGE
 
 
 def ack_deadline_for(route: TaskRoute | None) -> int:

@@ -347,3 +347,10 @@ def test_an_invalid_route_threshold_falls_back_to_the_setting_until_fixed(settin
         assert stuck_runs().by_kind()["waiting"] == 1
     finally:
         registry.clear_cache()
+
+
+def test_an_invalid_max_ready_age_setting_leaves_the_overview_working(admin_client, settings):
+    settings.TASKS_HEALTH_MAX_READY_AGE = "soon"  # E043; the default is used meanwhile
+    run("echo", State.READY, timedelta(minutes=11))
+    response = admin_client.get(reverse(OVERVIEW))
+    assert response.status_code == 200 and 'data-stuck="1"' in response.content.decode()
