@@ -154,6 +154,72 @@ def check_backlog_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     return []
 
 
+# The health settings (gyrinx_tasks/health.py): id, setting, what it is for, the fix.
+HEALTH_SETTINGS = (
+    ("gyrinx_tasks.E040", "TASKS_HEALTH_FAILURE_RATE",
+     "a share of finished runs from 0 to 1, e.g. 0.2 (20 %), or remove it to use 0.2"),
+    ("gyrinx_tasks.E041", "TASKS_HEALTH_WINDOW",
+     "a whole number of seconds of at least 1, e.g. 3600, or remove it to use 3600"),
+    ("gyrinx_tasks.E042", "TASKS_HEALTH_MIN_RUNS",
+     "a whole number of runs of at least 1, e.g. 5, or remove it to use 5"),
+    ("gyrinx_tasks.E043", "TASKS_HEALTH_MAX_READY_AGE",
+     "a whole number of seconds of at least 1, e.g. 600, or remove it to use 600"),
+)
+HEALTH_TOKEN_MIN_LENGTH = 32
+
+
+@register(TAG)
+def check_health_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    messages: list[CheckMessage] = []
+    for id_, name, fix in HEALTH_SETTINGS:
+        try:
+            getattr(tasks_settings, name)  # reading it validates it
+        except ImproperlyConfigured as exc:
+            messages.append(Error(
+                f"{exc} Without it, GET /tasks/health/ and tasks_health answer 503 and "
+                "1 with a configuration reason.",
+                hint=f"Set {name} (setting or environment variable) to {fix}.", id=id_))
+    try:
+        token = tasks_settings.TASKS_HEALTH_TOKEN
+    except ImproperlyConfigured as exc:
+        messages.append(Error(
+            f"{exc} Machines cannot read GET /tasks/health/ with it.",
+            hint="Set TASKS_HEALTH_TOKEN to a long random string, e.g. the output of "
+            "`python -c \"import secrets; print(secrets.token_urlsafe(32))\"`, or remove it "
+            "to let only staff read the endpoint.", id="gyrinx_tasks.E046"))
+    else:
+        if token and len(token) < HEALTH_TOKEN_MIN_LENGTH:
+            messages.append(Warning(
+                f"TASKS_HEALTH_TOKEN has {len(token)} characters, so it can be guessed more "
+                "easily than a random token; it lets anyone holding it read task health.",
+                hint=f"Use a random token of at least {HEALTH_TOKEN_MIN_LENGTH} characters, "
+                "e.g. the output of `python -c \"import secrets; "
+                "print(secrets.token_urlsafe(32))\"`.", id="gyrinx_tasks.W040"))
+    if tasks_settings.TASKS_HEALTH_MAIL_ADMINS and not getattr(settings, "ADMINS", None):
+        messages.append(Warning(
+            "TASKS_HEALTH_MAIL_ADMINS is on but ADMINS is empty, so changes of task health "
+            "are mailed to nobody.",
+            hint='Add the people to mail to ADMINS (e.g. ADMINS = ["ops@example.com"]) and '
+            "configure EMAIL_BACKEND, or turn TASKS_HEALTH_MAIL_ADMINS off.",
+            id="gyrinx_tasks.W041"))
+    return messages
+
+
+HEALTH_OPTION_CHECKS = {
+    "health_failure_rate": (
+        "gyrinx_tasks.E044",
+        "Set health_failure_rate to a share of finished runs from 0 to 1, e.g. 0.5 (1 never "
+        "judges the task by its failures), or leave it unset (None) to use "
+        "TASKS_HEALTH_FAILURE_RATE."),
+    "health_max_ready_age": (
+        "gyrinx_tasks.E045",
+        "Set health_max_ready_age to a number of seconds such as 1800, or leave it unset "
+        "(None) to use TASKS_HEALTH_MAX_READY_AGE."),
+}
+
+
 @register(TAG)  # reads settings only, so not tagged "database" (which check skips)
 def check_sqlite_transactions(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _pubsub_backends():
@@ -360,6 +426,13 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
             "Set schedule_tolerance to a number of seconds such as 600, or leave it unset "
             "(None) to use TASKS_SCHEDULE_TOLERANCE.",
         )
+    from .health import option_problem  # health imports the models
+
+    for name, (id_, hint) in HEALTH_OPTION_CHECKS.items():
+        value = getattr(route, name)
+        problem = option_problem(name, value)
+        if problem:
+            error(id_, f"{name} {value!r} {problem}", hint)
     if route.dead_letter_topic and _outside(route.max_delivery_attempts, DELIVERY_ATTEMPTS_RANGE):
         error(
             "gyrinx_tasks.E013",
@@ -430,6 +503,7 @@ def _check_unrouted_tasks(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
 
 def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
     """@task(...) options PubSubBackend does not know, or a max_attempts that is no count."""
+    from .health import option_problem  # health imports the models
     from .task_class import TASK_OPTIONS
 
     found = _project_tasks(routes)
@@ -455,6 +529,12 @@ def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
                 hint="Give max_attempts as a whole number of attempts, 1 or more, or leave it "
                 "out to retry for as long as Pub/Sub keeps the message.",
                 obj=path, id="gyrinx_tasks.E015"))
+        for name, (id_, hint) in HEALTH_OPTION_CHECKS.items():
+            value = getattr(task_, name, None)
+            problem = option_problem(name, value)
+            if problem:
+                messages.append(Error(f"@task({name}={value!r}) {problem}", hint=hint,
+                                      obj=path, id=id_))
     return messages
 
 

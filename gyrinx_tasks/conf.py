@@ -17,6 +17,11 @@ PUSH_PATH = "/tasks/pubsub/"
 DEFAULT_SCHEDULE_TOLERANCE = 300
 # Pub/Sub writes its subscription metrics once a minute: reading them more often shows nothing new.
 DEFAULT_BACKLOG_CACHE_SECONDS = 60
+# Health (gyrinx_tasks/health.py; docs/configuration.md says why these values).
+DEFAULT_HEALTH_WINDOW = 3600
+DEFAULT_HEALTH_FAILURE_RATE = 0.2
+DEFAULT_HEALTH_MIN_RUNS = 5
+DEFAULT_HEALTH_MAX_READY_AGE = 600
 
 
 def _truthy(value: object) -> bool:
@@ -26,6 +31,21 @@ def _truthy(value: object) -> bool:
 
 
 _UNSET = object()
+
+
+def failure_rate(name: str, value: object) -> float:
+    """``value`` as a share from 0 to 1 (text too: environment variables are text)."""
+    number: float | None = None
+    if not isinstance(value, bool):
+        try:
+            number = float(str(value))
+        except ValueError:
+            number = None
+    if number is None or not 0.0 <= number <= 1.0:
+        raise ImproperlyConfigured(
+            f"{name} is {value!r}; set it to a share of finished runs from 0 to 1, such as "
+            "0.2 (20 %).")
+    return number
 
 
 class TasksSettings:
@@ -108,6 +128,48 @@ class TasksSettings:
         """Seconds a scheduled run may arrive after its fire time and still be on time."""
         return self._positive_int("TASKS_SCHEDULE_TOLERANCE", DEFAULT_SCHEDULE_TOLERANCE,
                                   "a positive number of seconds such as 300")
+
+    # --- Health (gyrinx_tasks/health.py) ---
+
+    @property
+    def TASKS_HEALTH_TOKEN(self) -> str:
+        """The bearer token machines send to GET /tasks/health/; "" lets only staff in."""
+        value = self._get("TASKS_HEALTH_TOKEN", "")
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise ImproperlyConfigured(
+                f"TASKS_HEALTH_TOKEN is a {type(value).__name__}; set it to a string.")
+        return value.strip()
+
+    @property
+    def TASKS_HEALTH_WINDOW(self) -> int:
+        """Seconds back from now whose runs the failure rate is worked out over."""
+        return self._positive_int("TASKS_HEALTH_WINDOW", DEFAULT_HEALTH_WINDOW,
+                                  "a positive number of seconds such as 3600")
+
+    @property
+    def TASKS_HEALTH_FAILURE_RATE(self) -> float:
+        """A task is unhealthy when more than this share of its finished runs failed."""
+        return failure_rate("TASKS_HEALTH_FAILURE_RATE",
+                            self._get("TASKS_HEALTH_FAILURE_RATE", DEFAULT_HEALTH_FAILURE_RATE))
+
+    @property
+    def TASKS_HEALTH_MIN_RUNS(self) -> int:
+        """Finished runs in the window before a task's failure rate is judged at all."""
+        return self._positive_int("TASKS_HEALTH_MIN_RUNS", DEFAULT_HEALTH_MIN_RUNS,
+                                  "a positive whole number such as 5")
+
+    @property
+    def TASKS_HEALTH_MAX_READY_AGE(self) -> int:
+        """Seconds a run may wait READY before it counts as stuck."""
+        return self._positive_int("TASKS_HEALTH_MAX_READY_AGE", DEFAULT_HEALTH_MAX_READY_AGE,
+                                  "a positive number of seconds such as 600")
+
+    @property
+    def TASKS_HEALTH_MAIL_ADMINS(self) -> bool:
+        """Whether a change of health is also mailed to ADMINS (mail_admins)."""
+        return _truthy(self._get("TASKS_HEALTH_MAIL_ADMINS", False))
 
     @property
     def TASKS_BACKLOG_CACHE_SECONDS(self) -> int:

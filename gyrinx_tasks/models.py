@@ -173,6 +173,13 @@ class TaskExecutionQuerySet(models.QuerySet):
         """Runs in any of the ShownStatus ``values`` (FAILED: final; WILL_RETRY: failing)."""
         return self.filter(shown_status_q(*values))
 
+    def stuck(self, kind: str | None = None, now: Any = None):
+        """Runs that are stuck, of one ``kind`` or of any (gyrinx_tasks/health.py says what
+        each kind is, and is the one place that does)."""
+        from .health import stuck_filter
+
+        return self.filter(stuck_filter(kind, now))
+
     # --- Enqueue and retry transitions (queryset side) ---
 
     def with_live_retry(self):
@@ -725,3 +732,27 @@ class DeadLetter(TaskExecution):
         verbose_name_plural = _("dead letters")
         default_permissions = ("view",)
         permissions = [("replay_deadletter", _("Can replay and discard dead letters"))]
+
+
+class HealthState(models.Model):
+    """The health the last check found (gyrinx_tasks/health_alerts.py): one row for the site.
+
+    In the database rather than the cache so that every process and Cloud Run instance reads
+    the same one, and a change is announced once: its writer wins a conditional update on
+    ``version``. No row until the first time the site is found unhealthy.
+    """
+
+    version = models.PositiveIntegerField(_("version"), default=0)
+    healthy = models.BooleanField(_("healthy"), default=True)
+    reasons = models.JSONField(
+        _("reasons"), default=list, blank=True,
+        help_text=_("The reasons found when health last changed (empty while healthy)."))
+    changed_at = models.DateTimeField(_("changed"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("health state")
+        verbose_name_plural = _("health state")
+        default_permissions = ()
+
+    def __str__(self) -> str:
+        return "healthy" if self.healthy else f"unhealthy ({len(self.reasons)} reasons)"

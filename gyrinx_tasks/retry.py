@@ -415,3 +415,70 @@ def republish_run(execution: TaskExecution, user: Any = None) -> bool:
         raise RetryRefused(CHANGED)
     return not backend.publish_executions([_pending(execution, route)], in_doubt=True)
 
+
+
+@dataclass
+class RepublishReport:
+    """What a bulk "Publish again" did: counts, and the runs published (at most the limit),
+    for the audit log."""
+
+    republished: int = 0  # published again, confirmed by Pub/Sub
+    publish_failed: int = 0  # published again, not confirmed (still READY, unconfirmed)
+    changed: int = 0  # changed between the selection and the publish (a delivery), skipped
+    refused: Counter = field(default_factory=Counter)  # sentence -> number of runs
+    runs: list[tuple[int, str, bool]] = field(default_factory=list)  # pk, repr, confirmed
+
+
+# What a bulk re-publish reads of each run: its refusal check and its message.
+REPUBLISH_FIELDS = ("pk", "result_id", "task_id", "task_name", "status", "attempts",
+                    "status_detail", "enqueued_at", "created_at", "backend", "args", "kwargs",
+                    "trigger", "timeline", "timeline_omitted", "errors", "errors_omitted")
+
+
+def republish_queryset(queryset: Any, user: Any = None,
+                       limit: int | None = None) -> RepublishReport:
+    """Publish again every READY run in ``queryset`` that republish_refusal() allows (what the
+    run list's stuck filter shows as "publish not confirmed" or "ready too long"), the
+    messages of each backend together. Runs in other states are left out unseen; more than
+    ``limit`` (default TASKS_ADMIN_RETRY_LIMIT) READY runs refuse the whole selection
+    (RetryLimitExceeded, nothing published)."""
+    from .conf import tasks_settings
+
+    if limit is None:
+        limit = tasks_settings.TASKS_ADMIN_RETRY_LIMIT
+    ready = queryset.filter(status=State.READY, attempts=0)
+    if ready[: limit + 1].count() > limit:
+        raise RetryLimitExceeded(
+            f"More than {limit:,} of the selected runs are READY, and one click may publish "
+            f"at most {limit:,} again (the TASKS_ADMIN_RETRY_LIMIT setting). Narrow the "
+            "filter, for example by task, or raise the setting.")
+    report = RepublishReport()
+    using = router.db_for_write(TaskExecution)
+    who = getattr(user, "get_username", lambda: "")() if user is not None else ""
+    note = "published again" + (f" by {who}" if who else "")
+    by_backend: dict[str, tuple[PubSubBackend, list[Pending]]] = {}
+    for run in ready.order_by("pk").only(*REPUBLISH_FIELDS)[:limit]:
+        reason = republish_refusal(run)
+        try:
+            backend = task_backends[run.backend]
+        except InvalidTaskBackend:
+            backend = None
+        if not reason and not isinstance(backend, PubSubBackend):
+            reason = (f"The run's backend {run.backend!r} is not a PubSubBackend, so it has "
+                      "no message to publish again.")
+        if reason:
+            report.refused[reason] += 1
+            continue
+        assert isinstance(backend, PubSubBackend)
+        if not run.record_republished(using, note):
+            report.changed += 1
+            continue
+        pending = _pending(run, get_route(run.task_name))
+        by_backend.setdefault(backend.alias, (backend, []))[1].append(pending)
+    for backend, pendings in by_backend.values():
+        failed = {p.execution.pk for p in backend.publish_executions(pendings, in_doubt=True)}
+        report.publish_failed += len(failed)
+        report.republished += len(pendings) - len(failed)
+        report.runs += [(p.execution.pk, str(p.execution), p.execution.pk not in failed)
+                        for p in pendings]
+    return report

@@ -42,6 +42,10 @@ class TaskRoute:
     # Seconds a scheduled run may arrive after its fire time and still count as on time in
     # schedule health; None uses the TASKS_SCHEDULE_TOLERANCE setting.
     schedule_tolerance: int | None = None
+    # Health thresholds (gyrinx_tasks/health.py); None uses @task(...)'s option of the same
+    # name, else the TASKS_HEALTH_FAILURE_RATE / TASKS_HEALTH_MAX_READY_AGE setting.
+    health_failure_rate: float | None = None  # a share from 0 to 1
+    health_max_ready_age: int | None = None  # seconds
 
     @property
     def task(self) -> Any:

@@ -33,6 +33,7 @@ from ..cancellation import count_selection as count_cancel_selection
 from ..conf import tasks_settings
 from ..dates import format_when
 from ..expressions import last_error_class
+from ..health import StuckKind
 from ..models import SHOWN_STATUS, ShownStatus, State, TaskExecution
 from ..redaction import is_redacted, redaction_note
 from ..retry import (
@@ -45,6 +46,7 @@ from ..retry import (
     count_selection,
     limit_message,
     live_retry_refusal,
+    republish_queryset,
     republish_refusal,
     republish_run,
     retry_queryset,
@@ -53,7 +55,7 @@ from ..retry import (
 from ..search import search
 from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
 from .exports import ExecutionExportMixin
-from .filters import RecoveryFilter, StatusFilter, TaskNameFilter, TriggerFilter
+from .filters import RecoveryFilter, StatusFilter, StuckFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
 
 # Columns the changelist never shows and which can hold long tracebacks or payloads.
@@ -83,6 +85,15 @@ class ExecutionChangeList(ChangeList):
             row.__dict__.update(extras.get(row.pk, {}))
         self.result_list = rows
         self.range_chips = range_chips(self, request)
+        self.stuck_help = stuck_help(request.GET.get(StuckFilter.parameter_name, ""))
+
+
+def stuck_help(value: str) -> list[dict[str, str]]:
+    """What each kind of stuck run the "stuck" filter shows means, and how to recover it."""
+    kinds = list(StuckKind) if value == StuckFilter.ANY else [
+        kind for kind in StuckKind if kind.value == value]
+    return [{"kind": kind.value, "label": kind.label, "recovery": kind.recovery}
+            for kind in kinds]
 
 
 def page_extras(pks: list[int]) -> dict[int, dict[str, Any]]:
@@ -147,7 +158,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
     # trigger, so the list keeps its width.
     list_display = ("short_result_id", "task", "status_badge", "error_class",
                     "trigger_cell", "attempts", "created", "duration")
-    list_filter = (StatusFilter, RecoveryFilter, TriggerFilter, TaskNameFilter)
+    list_filter = (StatusFilter, RecoveryFilter, StuckFilter, TriggerFilter, TaskNameFilter)
     # Only columns with an index behind them; sorting by others would sort the whole table.
     sortable_by = ("created",)
     search_fields = ("=result_id", "=task_id", "=message_id")  # see get_search_results
@@ -330,7 +341,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     # --- Retry: the button on a run's page, and the bulk action -------------------------------
 
-    actions = ["retry_selected", "cancel_selected"]
+    actions = ["retry_selected", "cancel_selected", "republish_selected"]
 
     def has_retry_permission(self, request) -> bool:
         return has_model_permission(request, self.opts, "retry_taskexecution")
@@ -484,6 +495,38 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
             return None
         for level, text in report_messages(report, limit, new_runs_link(new_ids)):
             self.message_user(request, text, level)
+        return None
+
+    @admin.action(permissions=["retry"], description=_("Publish selected READY runs again"))
+    def republish_selected(self, request, queryset):
+        """The bulk "Publish again": the recovery of stuck READY runs (the "stuck" filter)."""
+        require(self.has_retry_permission(request))
+        try:
+            report = republish_queryset(queryset, request.user)
+        except RetryLimitExceeded as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        self._log_changes(request, [  # one per run published again, as the button writes
+            (pk, label, "Published again." if confirmed else
+             "Published again; the publish failed, the run stays READY.")
+            for pk, label, confirmed in report.runs])
+        published = report.republished + report.publish_failed
+        if published:
+            self.message_user(request, f"Published {published:,} run(s) again: each starts "
+                                       "when it is delivered, once.", messages.SUCCESS)
+        if report.publish_failed:
+            self.message_user(request, f"Pub/Sub did not confirm {report.publish_failed:,} of "
+                                       "them; they stay READY with the error recorded.",
+                              messages.ERROR)
+        if report.changed:
+            self.message_user(request, f"{report.changed:,} run(s) changed meanwhile (a "
+                                       "delivery) and were left alone.", messages.WARNING)
+        for reason, count in report.refused.items():
+            self.message_user(request, f"{count:,} not published again: {reason}",
+                              messages.WARNING)
+        if not published and not report.refused and not report.changed:
+            self.message_user(request, "None of the selected runs is READY; only READY runs "
+                                       "can be published again.", messages.WARNING)
         return None
 
     def across_confirmation(self, request, template: str, title: str, action: str,

@@ -5,9 +5,12 @@ scan of the whole table at millions of runs; these filters know their choices up
 """
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import RegistryError
+from ..health import StuckKind
 from ..models import ShownStatus, Trigger
 from ..registry import get_routes
 
@@ -77,3 +80,25 @@ class RecoveryFilter(admin.SimpleListFilter):
         if self.value() == "recovered":
             return queryset.recovered()
         return queryset
+
+
+class StuckFilter(admin.SimpleListFilter):
+    """Stuck runs, of one kind or any (gyrinx_tasks/health.py defines them); the overview's
+    stuck count links here."""
+
+    title = _("stuck runs")
+    parameter_name = "stuck"
+    ANY = "any"
+
+    def lookups(self, request, model_admin):
+        return [(self.ANY, _("Any kind")),
+                *((kind.value, capfirst(kind.label)) for kind in StuckKind)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            return queryset.stuck(None if value == self.ANY else value)
+        except ValueError as exc:  # not a kind: Django shows the list unfiltered, with ?e=1
+            raise IncorrectLookupParameters(exc) from exc

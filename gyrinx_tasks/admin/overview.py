@@ -6,7 +6,6 @@ work.
 """
 
 from collections import Counter
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -19,15 +18,15 @@ from django.utils.translation import gettext_lazy as _
 from .. import stats
 from ..dates import format_when
 from ..exceptions import RegistryError
+from ..health import ready_too_long
 from ..models import ScheduledJob, ShownStatus, State
 from ..schedule_health import Health, schedule_health
 from .backlog import backlog_view
 from .base import PageAdmin, has_model_permission, page_context, require
+from .stuck import stuck_summary
 
 POLL_SECONDS = 5  # while runs are queued or running
 IDLE_POLL_SECONDS = 30  # while nothing is: one cheap query set every half minute
-# A run READY for longer than this has probably not been delivered: worth a look.
-STUCK_AFTER = timedelta(minutes=5)
 CHART_WIDTH, CHART_HEIGHT = 100, 28
 WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT = 1000, 90
 # The window's counts, one column each (ShownStatus: failing runs that will retry apart from
@@ -106,7 +105,7 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
             "p95": format_seconds(task.p95),
             "ready_url": runs_link(task_name=task.name, status=State.READY),
             "running_url": runs_link(task_name=task.name, status=State.RUNNING),
-            "stuck": bool(task.oldest_ready and now - task.oldest_ready > STUCK_AFTER),
+            "stuck": ready_too_long(task.name, task.oldest_ready, now),
             "chart": chart(task.per_minute, task.failed_per_minute, overview,
                            CHART_WIDTH, CHART_HEIGHT),
         })
@@ -152,6 +151,7 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
         "wide_chart": chart(total, failed, overview, WIDE_CHART_WIDTH, WIDE_CHART_HEIGHT),
         "embedded": request.GET.get("embed") == "1",
         "schedule_health": schedule_health_summary(request),
+        "stuck": stuck_summary(),
     }
 
 
