@@ -20,7 +20,7 @@ from .. import stats
 from ..dates import format_when
 from ..exceptions import RegistryError
 from ..models import ScheduledJob, State
-from ..schedule_health import Health, schedule_health
+from ..scheduling.health import Health, schedule_health
 from .backlog import backlog_view
 from .base import PageAdmin, has_model_permission, page_context, require
 

@@ -30,20 +30,13 @@ from ..conf import tasks_settings
 from ..dates import TIME, format_when, zones_agree
 from ..exceptions import RegistryError, UnknownTask
 from ..models import KillSwitch, ScheduledJob, State, SwitchMode, TaskExecution
-from ..provisioning import (
-    ProvisioningConfig,
-    ProvisioningError,
-    get_job,
-    pause_job,
-    resume_job,
-    run_now,
-    uses_cloud_scheduler,
-)
+from ..provisioning import ProvisioningConfig, ProvisioningError
 from ..provisioning.config import default_project
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
-from ..schedule_health import schedule_health
-from ..scheduling import describe_schedule, next_fire_time, schedule_zone
+from ..scheduling.cron import describe_schedule, next_fire_time, schedule_zone
+from ..scheduling.health import schedule_health
+from ..scheduling.jobs import get_job, pause_job, resume_job, run_now, uses_cloud_scheduler
 from .base import PageAdmin, audit, has_model_permission, page_context, require
 
 TEMPLATES = "admin/gyrinx_tasks/scheduledjob"
