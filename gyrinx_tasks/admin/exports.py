@@ -27,7 +27,7 @@ from import_export.forms import SelectableFieldsExportForm
 from ..export import TaskExecutionPayloadResource, TaskExecutionResource, stream_csv
 from ..models import TaskExecution
 from ..redaction import can_view_payload
-from .base import audit, has_model_permission, require
+from .base import audit, has_model_permission, require, reword_audit
 
 # Query parameters of the changelist that are not filters.
 NOT_FILTERS = {"p", "o", "e", "_changelist_filters"}
@@ -193,9 +193,8 @@ def _audited(stream: Generator[str, None, int], entry: LogEntry) -> Iterator[str
     """Pass the stream through; once complete, add the row count to its LogEntry."""
     count = yield from stream
     # Written only when the last row has gone out: an interrupted download keeps "Started".
-    LogEntry.objects.filter(pk=entry.pk).update(
-        change_message=entry.change_message.replace("Started a", "Completed a", 1)
-        .rstrip(".") + f"; {count} row{'' if count == 1 else 's'}.")
+    reword_audit(entry, entry.change_message.replace("Started a", "Completed a", 1).rstrip(".")
+                 + f"; {count} row{'' if count == 1 else 's'}.")
 
 
 def _query_string(request: HttpRequest) -> str:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
@@ -27,7 +27,7 @@ from ..killswitch import turn_off, turn_on
 from ..models import KillSwitch, SwitchMode
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
-from .base import page_context, require
+from .base import AuditedAdmin, audit, page_context, require
 
 # Pub/Sub keeps an unacknowledged message this long after it was published. Provisioning
 # does not set message_retention_duration on the subscriptions, so this is Pub/Sub's default.
@@ -215,7 +215,7 @@ class KillSwitchForm(forms.ModelForm):
         return cleaned
 
 
-class KillSwitchAdmin(admin.ModelAdmin):
+class KillSwitchAdmin(AuditedAdmin):
     form = KillSwitchForm
     readonly_fields = ("updated_by", "updated_at", "off_since")
     actions = None  # the page below replaces the changelist and its actions
@@ -329,7 +329,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         """Audit a change, then answer the row (HTMX) or go back to the page with a message."""
         if change:
             assert switch is not None
-            self.log_change(request, switch, change)
+            audit(request, switch, change)
         if getattr(request, "htmx", False):
             response = self.render_row(request, SwitchRow(route.name, route, switch))
             if change:
