@@ -9,6 +9,17 @@ from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django_htmx.middleware import HtmxDetails
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request that went through django-htmx's middleware, as its docs type it.
+
+    Check ``gyrinx_tasks.E016`` makes sure the middleware is installed, so every admin view
+    can read ``request.htmx`` (true for a request htmx made).
+    """
+
+    htmx: HtmxDetails
 
 
 class ActionPermissionMixin(admin.ModelAdmin):
