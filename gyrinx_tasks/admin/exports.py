@@ -107,8 +107,9 @@ class ExecutionExportMixin(ExportMixin):
         return list(TaskExecution.objects.filter(pk__in=items).values_list("pk", flat=True))
 
     def get_data_for_export(self, request: HttpRequest, queryset: Any, **kwargs: Any) -> Any:
-        # import-export builds the whole file in memory (1M runs: minutes and over a GB, see
-        # docs/performance.md), so one click may not ask for more than this; the stream may.
+        # import-export builds the whole file in memory, so its time and memory grow with the
+        # rows (docs/performance.md has the figures); one click may not ask for more than this; the
+        # stream, which holds one batch of rows at a time, may.
         # Counting stops one row past the limit, so the check stays cheap at any size.
         if queryset.order_by()[: self.export_max_rows + 1].count() > self.export_max_rows:
             # export_action shows a ValueError as an error message above the form.
