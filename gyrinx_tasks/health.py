@@ -54,7 +54,7 @@ from .models import (
 )
 from .registry import get_routes
 from .routes import TaskRoute
-from .schedule_health import JobHealth, schedule_health
+from .scheduling.health import JobHealth, schedule_health
 
 # What an unregistered task's runs are judged by (TaskRoute's own default).
 DEFAULT_ACK_DEADLINE = 300  # TaskRoute's default ack_deadline (tests/test_stuck_runs.py)

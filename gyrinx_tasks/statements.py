@@ -2,8 +2,8 @@
 
 Each push delivery and each single ``enqueue()`` makes the same few statements with new
 values. Building them through the ORM every time (a queryset, its filters, the compiler, the
-model instance) cost several times the statements themselves: profiled, 0.9 ms of CPU for
-the claim's SELECT against 0.2 ms for the same SQL on a cursor (docs/performance.md). So the
+model instance) is Python work repeated for every delivery, and a profile showed it costing
+more than running the statements themselves (docs/performance.md has the figures). So the
 SQL is still written by the ORM, once, for the connection's own database, and then run
 directly with new parameters; values go through each field's own preparation and
 conversion, as the ORM would do.

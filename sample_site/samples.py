@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.registry import get_route, get_routes
-from gyrinx_tasks.scheduling import next_fire_time
+from gyrinx_tasks.scheduling.cron import next_fire_time
 
 
 def sample_kwargs(name: str, user: Any = None) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from gyrinx_tasks.models import State, TaskExecution, Trigger
 from gyrinx_tasks.registry import get_route
-from gyrinx_tasks.schedule_health import Health, schedule_health
-from gyrinx_tasks.scheduling import recent_fire_times
+from gyrinx_tasks.scheduling.cron import recent_fire_times
+from gyrinx_tasks.scheduling.health import Health, schedule_health
 from tests.infra.browser import save_screenshot
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]

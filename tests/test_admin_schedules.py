@@ -21,7 +21,7 @@ from gyrinx_tasks.admin import schedules
 from gyrinx_tasks.models import KillSwitch, ScheduledJob, State, SwitchMode, TaskExecution, Trigger
 from gyrinx_tasks.provisioning import ProvisioningConfig, apply_plan, build_plan
 from gyrinx_tasks.registry import get_route, get_routes
-from gyrinx_tasks.scheduling import next_fire_time
+from gyrinx_tasks.scheduling.cron import next_fire_time
 from tests.helpers import envelope, make_run, staff_user
 from tests.infra.browser import save_screenshot
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from gyrinx_tasks.dates import format_when, zones_agree
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.registry import get_route
-from gyrinx_tasks.scheduling import next_fire_time
+from gyrinx_tasks.scheduling.cron import next_fire_time
 from tests.helpers import make_run
 
 LONDON = ZoneInfo("Europe/London")

@@ -21,7 +21,7 @@ from django.utils import timezone
 from gyrinx_tasks import TaskRoute, registry
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 from gyrinx_tasks.registry import get_route
-from gyrinx_tasks.scheduling import scheduled_message
+from gyrinx_tasks.scheduling.firing import scheduled_message
 from tests import tasks as jobs
 from tests.helpers import FakePublisher, envelope, push, use_publisher
 from tests.registry import tasks as GOOD_ROUTES

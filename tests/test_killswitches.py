@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from gyrinx_tasks.models import KillSwitch, State, SwitchMode, TaskExecution, Trigger
 from gyrinx_tasks.registry import get_routes
-from gyrinx_tasks.scheduling import fire_scheduled
+from gyrinx_tasks.scheduling.firing import fire_scheduled
 from tests import scheduling_tasks, tasks
 from tests.helpers import envelope, make_run, staff_user
 

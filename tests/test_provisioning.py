@@ -23,10 +23,10 @@ from gyrinx_tasks.provisioning import (
     Verb,
     apply_plan,
     build_plan,
-    run_now,
 )
 from gyrinx_tasks.registry import get_route, get_routes
-from gyrinx_tasks.scheduling import scheduled_message
+from gyrinx_tasks.scheduling.firing import scheduled_message
+from gyrinx_tasks.scheduling.jobs import run_now
 
 pytestmark = pytest.mark.emulator
 

@@ -17,12 +17,10 @@ from gyrinx_tasks.provisioning import (
     Verb,
     apply_plan,
     build_plan,
-    pause_job,
-    resume_job,
-    run_now,
 )
 from gyrinx_tasks.registry import get_route, get_routes
-from gyrinx_tasks.scheduling import scheduled_message
+from gyrinx_tasks.scheduling.firing import scheduled_message
+from gyrinx_tasks.scheduling.jobs import pause_job, resume_job, run_now
 
 pytest_plugins = ["tests.fakes.scheduler"]  # the scheduler_fake fixture
 

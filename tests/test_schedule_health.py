@@ -1,4 +1,4 @@
-"""Schedule health (gyrinx_tasks/schedule_health.py): expected fire times against scheduled runs.
+"""Schedule health (gyrinx_tasks/scheduling/health.py): expected fire times against scheduled runs.
 
 Every test freezes the clock (time-machine) at the moment it judges; the dates inside a
 frozen clock are chosen for their daylight-saving changes, not compared against today.
@@ -11,7 +11,7 @@ from django.test import override_settings
 
 from gyrinx_tasks import TaskRoute
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from gyrinx_tasks.schedule_health import (
+from gyrinx_tasks.scheduling.health import (
     EARLY,
     HEALTH_WINDOW,
     Health,
@@ -294,7 +294,7 @@ def test_health_report_is_what_a_health_endpoint_answers(time_machine):
 
 
 def test_a_flood_of_runs_is_cut_to_the_newest(time_machine, monkeypatch):
-    from gyrinx_tasks import schedule_health as module
+    from gyrinx_tasks.scheduling import health as module
 
     monkeypatch.setattr(module, "MAX_RUNS_PER_JOB", 3)
     job = route("0 * * * *", zone="UTC")

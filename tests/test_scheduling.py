@@ -18,13 +18,11 @@ from gyrinx_tasks import TaskRoute, clients
 from gyrinx_tasks.management.commands.tasks_scheduler import Command
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
 from gyrinx_tasks.registry import get_route
-from gyrinx_tasks.scheduling import (
+from gyrinx_tasks.scheduling.cron import describe_schedule, next_fire_time, recent_fire_times
+from gyrinx_tasks.scheduling.firing import (
     LocalScheduler,
-    describe_schedule,
     due_routes,
     fire_scheduled,
-    next_fire_time,
-    recent_fire_times,
     scheduled_message,
 )
 from tests import scheduling_tasks

@@ -370,7 +370,7 @@ def test_the_attribute_round_trips_through_the_emulator(
 @pytest.mark.django_db
 def test_run_now_carries_the_trace_too(publisher):
     from gyrinx_tasks.registry import get_route
-    from gyrinx_tasks.scheduling import fire_scheduled
+    from gyrinx_tasks.scheduling.firing import fire_scheduled
 
     with trace_context(TRACEPARENT):
         fire_scheduled(get_route("nightly_cleanup"), requested_by="admin")

@@ -8,14 +8,14 @@ through HTMX, so Cloud Monitoring never slows them down; each page's admin serve
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
+from django.http import HttpResponse, HttpResponseNotAllowed
 from django.template.response import TemplateResponse
 
 from .. import backlog as backlogs
 from ..conf import tasks_settings
 from ..exceptions import RegistryError
 from ..registry import get_routes
-from .base import page_context, require
+from .base import HtmxHttpRequest, page_context, require
 
 TEMPLATE = "admin/gyrinx_tasks/backlog/_backlog.html"
 PAGE_TEMPLATE = "admin/gyrinx_tasks/backlog/page.html"
@@ -54,14 +54,14 @@ def backlog_context(backlog: backlogs.Backlog) -> dict[str, Any]:
 
 
 def backlog_view(
-    model_admin: admin.ModelAdmin, request: HttpRequest, allowed: bool, backlog_url: str
+    model_admin: admin.ModelAdmin, request: HtmxHttpRequest, allowed: bool, backlog_url: str
 ) -> HttpResponse:
     """The block for HTMX, or a page around it (the link shown without JavaScript)."""
     require(allowed)
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
     context = {"backlog_url": backlog_url, **backlog_context(backlogs.read_backlog())}
-    if getattr(request, "htmx", False):
+    if request.htmx:
         return TemplateResponse(request, TEMPLATE, context)
     return TemplateResponse(
         request, PAGE_TEMPLATE, page_context(model_admin, request, "Backlog", **context)

@@ -1,12 +1,25 @@
 """Shared admin behaviour: permission-checked actions, custom pages, and the audit log."""
 
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.admin.models import ADDITION, CHANGE, DELETION, LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
+from django_htmx.middleware import HtmxDetails
+
+
+class HtmxHttpRequest(HttpRequest):
+    """A request that went through django-htmx's middleware, as its docs type it.
+
+    Check ``gyrinx_tasks.E016`` makes sure the middleware is installed, so every admin view
+    can read ``request.htmx`` (true for a request htmx made).
+    """
+
+    htmx: HtmxDetails
 
 
 class ActionPermissionMixin(admin.ModelAdmin):
@@ -79,25 +92,79 @@ def page_context(model_admin: admin.ModelAdmin, request: HttpRequest, title: str
     }
 
 
-def audit(request: HttpRequest, obj: Any, message: str, action_flag: int = CHANGE,
+# --- The audit log ------------------------------------------------------------------------
+# Every admin LogEntry of this package is written here: audit() for one action, audit_many()
+# for a bulk action, reword_audit() to finish an entry written before the work was done, and
+# AuditedAdmin for Django's own add, change and delete views. They share _entry(), so who,
+# which content type, which object and its name are recorded the same way whoever writes.
+
+
+def _entry(request: HttpRequest, model: Any, object_id: Any, object_repr: str, message: Any,
+           action_flag: int) -> LogEntry:
+    """An unsaved LogEntry: ``request.user`` did ``action_flag`` to one object of ``model``."""
+    # Admin views only run for logged-in staff (admin_site.admin_view); anonymous is a bug.
+    if not request.user.is_authenticated:
+        raise PermissionDenied
+    if isinstance(message, list):  # Django's structured change messages, stored as JSON
+        message = json.dumps(message)
+    # The proxy model's own content type, so an action on a page (e.g. a scheduled job) is
+    # listed under that page rather than under the model it stands on.
+    content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
+    object_id = str(object_id if object_id is not None else "")
+    return LogEntry(
+        user_id=request.user.pk,
+        content_type=content_type,
+        object_id=object_id or None,
+        object_repr=str(object_repr)[:200],
+        action_flag=action_flag,
+        change_message=message,
+    )
+
+
+def audit(request: HttpRequest, obj: Any, message: Any, action_flag: int = CHANGE,
           model: Any = None) -> LogEntry:
     """Write one admin LogEntry for an action on ``obj`` (who, what, on which object).
 
     ``model`` names the content type when ``obj`` is not a model instance (e.g. an action
     on a registry route, logged against the page's proxy model with the route's name).
     """
-    if model is None:
-        model = type(obj)
-    # Admin views only run for logged-in staff (admin_site.admin_view); anonymous is a bug.
-    if not request.user.is_authenticated:
-        raise PermissionDenied
-    content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
-    object_id = str(getattr(obj, "pk", "") or "")
-    return LogEntry.objects.create(
-        user=request.user,
-        content_type=content_type,
-        object_id=object_id or None,
-        object_repr=str(obj)[:200],
-        action_flag=action_flag,
-        change_message=message,
-    )
+    entry = _entry(request, type(obj) if model is None else model, getattr(obj, "pk", None),
+                   str(obj), message, action_flag)
+    entry.save()
+    return entry
+
+
+def audit_many(request: HttpRequest, model: Any,
+               items: Iterable[tuple[Any, str, Any]], action_flag: int = CHANGE) -> list[LogEntry]:
+    """Write one LogEntry per ``(object id, object name, message)`` in one INSERT.
+
+    For bulk actions, whose objects may be known by id and name only (the runs a bulk retry
+    retried are not loaded again to be logged).
+    """
+    entries = [_entry(request, model, object_id, object_repr, message, action_flag)
+               for object_id, object_repr, message in items]
+    return LogEntry.objects.bulk_create(entries)
+
+
+def reword_audit(entry: LogEntry, message: str) -> None:
+    """Replace the message of an entry written earlier (e.g. once a streamed export ends)."""
+    entry.change_message = message
+    LogEntry.objects.filter(pk=entry.pk).update(change_message=message)
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Django's own add, change and delete views log through the builder above too."""
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> LogEntry:
+        return audit(request, obj, message, ADDITION)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> LogEntry:
+        return audit(request, obj, message, CHANGE)
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> list[LogEntry]:
+        # Called before the rows go, as Django's own is; the entries keep their names.
+        objects = list(queryset)
+        if not objects:
+            return []
+        return audit_many(request, type(objects[0]),
+                          [(obj.pk, str(obj), "") for obj in objects], DELETION)

@@ -23,7 +23,7 @@ from .. import deadletters
 from ..exceptions import RegistryError
 from ..models import DeadLetter, TaskExecution
 from ..redaction import REDACTED, can_view_payload, is_redacted
-from .base import PageAdmin, audit, has_model_permission, page_context, require
+from .base import HtmxHttpRequest, PageAdmin, audit, has_model_permission, page_context, require
 from .provisioning import failure_sentence
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -132,7 +132,8 @@ class DeadLetterAdmin(PageAdmin):
         return sections, ""
 
     def _render(
-        self, request: HttpRequest, outcomes: list[dict[str, Any]] | None = None, status: int = 200
+        self, request: HtmxHttpRequest, outcomes: list[dict[str, Any]] | None = None,
+        status: int = 200,
     ) -> HttpResponse:
         sections, error = self._sections(request)
         context = {
@@ -144,7 +145,7 @@ class DeadLetterAdmin(PageAdmin):
             "can_replay": self.has_replay_permission(request),
             "peek_note": deadletters.PEEK_NOTE,
         }
-        if getattr(request, "htmx", False):
+        if request.htmx:
             return TemplateResponse(request, f"{TEMPLATES}/_list.html", context, status=status)
         context = page_context(
             self, request, "Dead letters", fragment=f"{TEMPLATES}/_list.html", **context
@@ -162,11 +163,11 @@ class DeadLetterAdmin(PageAdmin):
         )
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context)
 
-    def list_view(self, request: HttpRequest) -> HttpResponse:
+    def list_view(self, request: HtmxHttpRequest) -> HttpResponse:
         require(self.has_view_permission(request))
         return self._render(request)
 
-    def act_view(self, request: HttpRequest) -> HttpResponse:
+    def act_view(self, request: HtmxHttpRequest) -> HttpResponse:
         require(self.has_replay_permission(request))
         action = request.POST.get("action", "")
         wanted = [value[:100] for value in request.POST.getlist("message") if value][:200]
@@ -205,7 +206,7 @@ class DeadLetterAdmin(PageAdmin):
                 page_url=self._url("changelist"),
                 list_url=self._url("list"),
             )
-            template = "_confirm.html" if getattr(request, "htmx", False) else "confirm.html"
+            template = "_confirm.html" if request.htmx else "confirm.html"
             return TemplateResponse(request, f"{TEMPLATES}/{template}", context)
         if not problem:
             assert source is not None
@@ -223,7 +224,7 @@ class DeadLetterAdmin(PageAdmin):
         said = [self._sentence(outcome) for outcome in outcomes]
         if problem:
             said.append({"text": problem, "ok": False})
-        if not getattr(request, "htmx", False):
+        if not request.htmx:
             for line in said:
                 messages.add_message(
                     request, messages.SUCCESS if line["ok"] else messages.WARNING, line["text"]

@@ -8,10 +8,8 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.options import ShowFacets
 from django.contrib.admin.views.main import ChangeList
-from django.contrib.contenttypes.models import ContentType
 from django.db.models import Count, DateTimeField, F, OuterRef, Subquery
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -53,7 +51,15 @@ from ..retry import (
     retry_run,
 )
 from ..search import search
-from .base import ActionPermissionMixin, audit, has_model_permission, page_context, require
+from .base import (
+    ActionPermissionMixin,
+    AuditedAdmin,
+    audit,
+    audit_many,
+    has_model_permission,
+    page_context,
+    require,
+)
 from .exports import ExecutionExportMixin
 from .filters import RecoveryFilter, StatusFilter, StuckFilter, TaskNameFilter, TriggerFilter
 from .pagination import EstimatedCountPaginator
@@ -149,7 +155,7 @@ def _chip_time(value: str) -> str:
     return format_when(parsed, seconds=True)
 
 
-class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.ModelAdmin):
+class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdmin):
     change_form_template = "admin/gyrinx_tasks/taskexecution/change_form.html"
 
     # Compact, unwrapped times and a duration instead of three long dates, so the list fits
@@ -548,13 +554,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, admin.Mode
 
     def _log_changes(self, request, entries: list[tuple[int, str, str]]) -> None:
         """One LogEntry per (run pk, run repr, message): at most the cap per click."""
-        content_type = ContentType.objects.get_for_model(TaskExecution)
-        LogEntry.objects.bulk_create([
-            LogEntry(user_id=request.user.pk, content_type=content_type,
-                     object_id=str(pk), object_repr=label[:200], action_flag=CHANGE,
-                     change_message=message)
-            for pk, label, message in entries
-        ])
+        audit_many(request, TaskExecution, entries)
 
     def _log_retries(self, request, done: list[Retried]) -> None:
         self._log_changes(request, [

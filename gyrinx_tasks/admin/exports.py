@@ -27,7 +27,7 @@ from import_export.forms import SelectableFieldsExportForm
 from ..export import TaskExecutionPayloadResource, TaskExecutionResource, stream_csv
 from ..models import TaskExecution
 from ..redaction import can_view_payload
-from .base import audit, has_model_permission, require
+from .base import audit, has_model_permission, require, reword_audit
 
 # Query parameters of the changelist that are not filters.
 NOT_FILTERS = {"p", "o", "e", "_changelist_filters"}
@@ -107,8 +107,9 @@ class ExecutionExportMixin(ExportMixin):
         return list(TaskExecution.objects.filter(pk__in=items).values_list("pk", flat=True))
 
     def get_data_for_export(self, request: HttpRequest, queryset: Any, **kwargs: Any) -> Any:
-        # import-export builds the whole file in memory (1M runs: minutes and over a GB, see
-        # docs/performance.md), so one click may not ask for more than this; the stream may.
+        # import-export builds the whole file in memory, so its time and memory grow with the
+        # rows (docs/performance.md has the figures); one click may not ask for more than this; the
+        # stream, which holds one batch of rows at a time, may.
         # Counting stops one row past the limit, so the check stays cheap at any size.
         if queryset.order_by()[: self.export_max_rows + 1].count() > self.export_max_rows:
             # export_action shows a ValueError as an error message above the form.
@@ -193,9 +194,8 @@ def _audited(stream: Generator[str, None, int], entry: LogEntry) -> Iterator[str
     """Pass the stream through; once complete, add the row count to its LogEntry."""
     count = yield from stream
     # Written only when the last row has gone out: an interrupted download keeps "Started".
-    LogEntry.objects.filter(pk=entry.pk).update(
-        change_message=entry.change_message.replace("Started a", "Completed a", 1)
-        .rstrip(".") + f"; {count} row{'' if count == 1 else 's'}.")
+    reword_audit(entry, entry.change_message.replace("Started a", "Completed a", 1).rstrip(".")
+                 + f"; {count} row{'' if count == 1 else 's'}.")
 
 
 def _query_string(request: HttpRequest) -> str:

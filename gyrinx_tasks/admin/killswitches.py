@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
-from django.contrib import admin, messages
+from django.contrib import messages
 from django.db import router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect
@@ -27,7 +27,7 @@ from ..killswitch import turn_off, turn_on
 from ..models import KillSwitch, SwitchMode
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
-from .base import page_context, require
+from .base import AuditedAdmin, HtmxHttpRequest, audit, page_context, require
 
 # Pub/Sub keeps an unacknowledged message this long after it was published. Provisioning
 # does not set message_retention_duration on the subscriptions, so this is Pub/Sub's default.
@@ -215,7 +215,7 @@ class KillSwitchForm(forms.ModelForm):
         return cleaned
 
 
-class KillSwitchAdmin(admin.ModelAdmin):
+class KillSwitchAdmin(AuditedAdmin):
     form = KillSwitchForm
     readonly_fields = ("updated_by", "updated_at", "off_since")
     actions = None  # the page below replaces the changelist and its actions
@@ -273,7 +273,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         require(self.has_view_permission(request))
-        if getattr(request, "htmx", False) and request.GET.get("fragment") == "summary":
+        if request.htmx and request.GET.get("fragment") == "summary":
             return self.render_page(request, template=SUMMARY_TEMPLATE)
         return self.render_page(request)
 
@@ -310,13 +310,13 @@ class KillSwitchAdmin(admin.ModelAdmin):
         return TemplateResponse(request, ROW_TEMPLATE,
                                 {"row": row, "opts": self.opts, **self.permissions(request)})
 
-    def _route(self, request: HttpRequest, task_name: str) -> TaskRoute | HttpResponse:
+    def _route(self, request: HtmxHttpRequest, task_name: str) -> TaskRoute | HttpResponse:
         """The registry's route for ``task_name``, or a response that says why there is none."""
         try:
             return get_route(task_name)
         except (UnknownTask, RegistryError) as exc:
             self.message_user(request, f"{exc} Nothing was changed.", messages.ERROR)
-        if getattr(request, "htmx", False):
+        if request.htmx:
             return HttpResponseClientRefresh()  # the row is stale: show the page anew
         return redirect(self._page_url())
 
@@ -324,13 +324,13 @@ class KillSwitchAdmin(admin.ModelAdmin):
         return reverse(f"{self.admin_site.name}:{self.opts.app_label}_"
                        f"{self.opts.model_name}_changelist")
 
-    def _done(self, request: HttpRequest, route: TaskRoute, switch: KillSwitch | None,
+    def _done(self, request: HtmxHttpRequest, route: TaskRoute, switch: KillSwitch | None,
               change: str, said: str) -> HttpResponse:
         """Audit a change, then answer the row (HTMX) or go back to the page with a message."""
         if change:
             assert switch is not None
-            self.log_change(request, switch, change)
-        if getattr(request, "htmx", False):
+            audit(request, switch, change)
+        if request.htmx:
             response = self.render_row(request, SwitchRow(route.name, route, switch))
             if change:
                 response["HX-Trigger"] = "killswitch-changed"  # the counts reload themselves
@@ -350,7 +350,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
             return redirect(self._page_url())
         return response
 
-    def turn_off_view(self, request: HttpRequest, task_name: str) -> HttpResponse:
+    def turn_off_view(self, request: HtmxHttpRequest, task_name: str) -> HttpResponse:
         require(self.has_change_permission(request))
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
@@ -361,7 +361,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         if not form.is_valid():
             switch = KillSwitch.objects.filter(task_name=route.name).first()
             row = SwitchRow(route.name, route, switch, form=form)
-            if getattr(request, "htmx", False):
+            if request.htmx:
                 return self.render_row(request, row)  # 200, so htmx swaps the errors in
             return self.render_page(request, failed=row, status=400)
         reason, mode = form.cleaned_data["reason"], form.cleaned_data["mode"]
@@ -369,7 +369,7 @@ class KillSwitchAdmin(admin.ModelAdmin):
         said = f"Turned off {route.name} ({SwitchMode(mode).name.lower()}): {reason}"
         return self._done(request, route, switch, change, said)
 
-    def turn_on_view(self, request: HttpRequest, task_name: str) -> HttpResponse:
+    def turn_on_view(self, request: HtmxHttpRequest, task_name: str) -> HttpResponse:
         require(self.has_change_permission(request))
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])

@@ -20,9 +20,9 @@ from ..dates import format_when
 from ..exceptions import RegistryError
 from ..health import ready_too_long
 from ..models import ScheduledJob, ShownStatus, State
-from ..schedule_health import Health, schedule_health
+from ..scheduling.health import Health, schedule_health
 from .backlog import backlog_view
-from .base import PageAdmin, has_model_permission, page_context, require
+from .base import HtmxHttpRequest, PageAdmin, has_model_permission, page_context, require
 from .stuck import stuck_summary
 
 POLL_SECONDS = 5  # while runs are queued or running
@@ -53,12 +53,12 @@ class OverviewAdmin(PageAdmin):
                 path("backlog/", self.admin_site.admin_view(self.backlog_view),
                      name=f"{info[0]}_{info[1]}_backlog")]
 
-    def backlog_view(self, request: HttpRequest) -> HttpResponse:
+    def backlog_view(self, request: HtmxHttpRequest) -> HttpResponse:
         """The backlog block (admin/backlog.py), loaded by the page through HTMX."""
         return backlog_view(self, request, self.has_view_permission(request),
                             reverse("admin:gyrinx_tasks_overview_backlog"))
 
-    def changelist_view(self, request: HttpRequest,  # type: ignore[override]
+    def changelist_view(self, request: HtmxHttpRequest,  # type: ignore[override]
                         extra_context: dict[str, Any] | None = None) -> HttpResponse:
         require(self.has_view_permission(request))
         if request.method not in ("GET", "HEAD"):
@@ -70,7 +70,7 @@ class OverviewAdmin(PageAdmin):
             error, window = str(exc), stats.get_window(None)
         context = page_context(self, request, str(_("Overview")), error=error,
                                **overview_context(stats.overview(window), request))
-        if getattr(request, "htmx", False):
+        if request.htmx:
             return TemplateResponse(request, self.fragment_template, context)
         return TemplateResponse(request, self.page_template, context,
                                 status=400 if error else 200)

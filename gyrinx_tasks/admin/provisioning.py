@@ -33,7 +33,7 @@ from ..provisioning import (
 )
 from ..registry import get_routes
 from .backlog import backlog_view
-from .base import PageAdmin, audit, has_model_permission, page_context, require
+from .base import HtmxHttpRequest, PageAdmin, audit, has_model_permission, page_context, require
 
 logger = logging.getLogger("gyrinx_tasks")
 
@@ -189,7 +189,7 @@ class ProvisioningStatusAdmin(PageAdmin):
             path("backlog/", view(self.backlog_view), name=f"{name}_backlog"),
         ]
 
-    def backlog_view(self, request: HttpRequest) -> HttpResponse:
+    def backlog_view(self, request: HtmxHttpRequest) -> HttpResponse:
         """The backlog block (admin/backlog.py), loaded by the page through HTMX."""
         return backlog_view(self, request, self.has_view_permission(request),
                             self._url("backlog"))
@@ -198,13 +198,13 @@ class ProvisioningStatusAdmin(PageAdmin):
         return reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_{view}",
                        current_app=self.admin_site.name)
 
-    def _render(self, request: HttpRequest, fragment: str, context: dict[str, Any],
+    def _render(self, request: HtmxHttpRequest, fragment: str, context: dict[str, Any],
                 status: int = 200) -> HttpResponse:
         """The fragment alone for HTMX, or the whole page around it (no JavaScript)."""
         context = {"plan_url": self._url("plan"), "confirm_url": self._url("confirm"),
                    "apply_url": self._url("apply"), "page_url": self._url("changelist"),
                    "can_provision": self.has_provision_permission(request), **context}
-        if getattr(request, "htmx", False):
+        if request.htmx:
             return TemplateResponse(request, f"{TEMPLATES}/{fragment}", context, status=status)
         context = page_context(self, request, "Provisioning status",
                                fragment=f"{TEMPLATES}/{fragment}", **context)
@@ -232,7 +232,7 @@ class ProvisioningStatusAdmin(PageAdmin):
         context = page_context(self, request, "Provisioning status", plan_url=self._url("plan"))
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context)
 
-    def plan_view(self, request: HttpRequest) -> HttpResponse:
+    def plan_view(self, request: HtmxHttpRequest) -> HttpResponse:
         require(self.has_view_permission(request))
         plan, failure = self._plan_or_failure(request)
         if plan is None:
@@ -241,7 +241,7 @@ class ProvisioningStatusAdmin(PageAdmin):
             context = {"plan": plan, **plan_rows(plan)}
             return self._render(request, "_plan.html", context)
 
-    def confirm_view(self, request: HttpRequest) -> HttpResponse:
+    def confirm_view(self, request: HtmxHttpRequest) -> HttpResponse:
         require(self.has_provision_permission(request))
         plan, failure = self._plan_or_failure(request)
         if plan is None:
@@ -254,7 +254,7 @@ class ProvisioningStatusAdmin(PageAdmin):
         return {"plan": plan, "todo": todo, "fingerprint": fingerprint(plan),
                 "changed": changed}
 
-    def apply_view(self, request: HttpRequest) -> HttpResponse:
+    def apply_view(self, request: HtmxHttpRequest) -> HttpResponse:
         require(self.has_provision_permission(request))
         plan, failure = self._plan_or_failure(request)
         if plan is None:
@@ -274,7 +274,7 @@ class ProvisioningStatusAdmin(PageAdmin):
             audit(request, f"GCP project {plan.config.project}",
                   "Provision now: " + ("; ".join(lines) or "nothing to change") + ".",
                   model=ProvisioningStatus)
-        if not getattr(request, "htmx", False):
+        if not request.htmx:
             level = messages.ERROR if error else messages.SUCCESS
             messages.add_message(request, level, error or (
                 "Provisioned: " + ("; ".join(lines) or "nothing to change") + "."))

@@ -30,21 +30,14 @@ from ..conf import tasks_settings
 from ..dates import TIME, format_when, zones_agree
 from ..exceptions import RegistryError, UnknownTask
 from ..models import KillSwitch, ScheduledJob, State, SwitchMode, TaskExecution
-from ..provisioning import (
-    ProvisioningConfig,
-    ProvisioningError,
-    get_job,
-    pause_job,
-    resume_job,
-    run_now,
-    uses_cloud_scheduler,
-)
+from ..provisioning import ProvisioningConfig, ProvisioningError
 from ..provisioning.config import default_project
 from ..registry import get_route, get_routes
 from ..routes import TaskRoute
-from ..schedule_health import schedule_health
-from ..scheduling import describe_schedule, next_fire_time, schedule_zone
-from .base import PageAdmin, audit, has_model_permission, page_context, require
+from ..scheduling.cron import describe_schedule, next_fire_time, schedule_zone
+from ..scheduling.health import schedule_health
+from ..scheduling.jobs import get_job, pause_job, resume_job, run_now, uses_cloud_scheduler
+from .base import HtmxHttpRequest, PageAdmin, audit, has_model_permission, page_context, require
 
 TEMPLATES = "admin/gyrinx_tasks/scheduledjob"
 CALL_TIMEOUT = 3.0  # seconds for one Cloud Scheduler call, retries included
@@ -258,7 +251,7 @@ class ScheduledJobAdmin(PageAdmin):
             **self._base(request))
         return TemplateResponse(request, f"{TEMPLATES}/page.html", context)
 
-    def last_run_view(self, request: HttpRequest, task: str) -> HttpResponse:
+    def last_run_view(self, request: HtmxHttpRequest, task: str) -> HttpResponse:
         require(self.has_view_permission(request))
         route = self._route(task)
         since = parse_since(request.GET.get("since", "0"))
@@ -268,7 +261,7 @@ class ScheduledJobAdmin(PageAdmin):
                 "page writes it; reload the scheduled jobs page.",
                 content_type="text/plain; charset=utf-8")
         context = self._last_run_context(route, request.GET.get("watch", "")[:100], since)
-        if not getattr(request, "htmx", False):
+        if not request.htmx:
             return HttpResponseRedirect(self._url("changelist"))
         response = TemplateResponse(request, f"{TEMPLATES}/_last_run.html", context)
         if context["watch"] and not context["polling"]:
@@ -277,15 +270,15 @@ class ScheduledJobAdmin(PageAdmin):
             return stop
         return response
 
-    def job_view(self, request: HttpRequest, task: str) -> HttpResponse:
+    def job_view(self, request: HtmxHttpRequest, task: str) -> HttpResponse:
         require(self.has_view_permission(request))
         route = self._route(task)
-        if not getattr(request, "htmx", False):
+        if not request.htmx:
             return HttpResponseRedirect(self._url("changelist"))
         return TemplateResponse(request, f"{TEMPLATES}/_job.html",
                                 self._job_context(request, route))
 
-    def run_view(self, request: HttpRequest, task: str) -> HttpResponse:
+    def run_view(self, request: HtmxHttpRequest, task: str) -> HttpResponse:
         require(self.has_run_permission(request))
         route = self._route(task)
         user = request.user.get_username()
@@ -294,7 +287,7 @@ class ScheduledJobAdmin(PageAdmin):
         except Exception as exc:  # publishing failed: say so in place, never a 500
             message = f"Run now failed: {exc}"
             audit(request, route.name, message, model=ScheduledJob)
-            if not getattr(request, "htmx", False):
+            if not request.htmx:
                 messages.error(request, message)
                 return HttpResponseRedirect(self._url("changelist"))
             context = self._last_run_context(route)
@@ -302,20 +295,20 @@ class ScheduledJobAdmin(PageAdmin):
             return TemplateResponse(request, f"{TEMPLATES}/_last_run.html", context)
         audit(request, route.name, f"Run now by {user}: {result.message}", model=ScheduledJob)
         said = run_now_message(result.message, result.ident)
-        if not getattr(request, "htmx", False):
+        if not request.htmx:
             messages.success(request, said)
             return HttpResponseRedirect(self._url("changelist"))
         context = self._last_run_context(route, result.ident, time.time())
         context["run_message"] = said
         return TemplateResponse(request, f"{TEMPLATES}/_last_run.html", context)
 
-    def pause_view(self, request: HttpRequest, task: str) -> HttpResponse:
+    def pause_view(self, request: HtmxHttpRequest, task: str) -> HttpResponse:
         return self._set_state(request, task, pause_job, "Paused")
 
-    def resume_view(self, request: HttpRequest, task: str) -> HttpResponse:
+    def resume_view(self, request: HtmxHttpRequest, task: str) -> HttpResponse:
         return self._set_state(request, task, resume_job, "Resumed")
 
-    def _set_state(self, request: HttpRequest, task: str, call: Any,
+    def _set_state(self, request: HtmxHttpRequest, task: str, call: Any,
                    verb: str) -> HttpResponse:
         require(self.has_pause_permission(request))
         route = self._route(task)
@@ -326,7 +319,7 @@ class ScheduledJobAdmin(PageAdmin):
         except ProvisioningError as exc:
             failed = f"{verb[:-1]} failed: {exc}"
         audit(request, route.name, done or failed, model=ScheduledJob)
-        if not getattr(request, "htmx", False):
+        if not request.htmx:
             messages.add_message(request, messages.ERROR if failed else messages.SUCCESS,
                                  failed or done)
             return HttpResponseRedirect(self._url("changelist"))

@@ -8,11 +8,11 @@ The public API, used by ``manage.py tasks_provision``, the on-startup mode and t
     apply_plan(plan, progress=print)
     desired_state(config)          # what the plan compares against, from settings alone
     terraform_config()             # the same, as Terraform JSON (.tf.json)
-    run_now(route); pause_job(route); resume_job(route)
 
 Google clients may be passed in (``build_plan(publisher=..., subscriber=..., scheduler=...)``);
 missing ones are built by ``gyrinx_tasks.clients``. What is created, changed and deleted, and
-the IAM roles needed, are documented in docs/provisioning.md.
+the IAM roles needed, are documented in docs/provisioning.md. Running, pausing and resuming
+a job that exists are not provisioning: they live in ``gyrinx_tasks.scheduling.jobs``.
 """
 
 from .config import (
@@ -22,15 +22,6 @@ from .config import (
     ProvisioningError,
 )
 from .core import Clients, apply_plan, build_plan, desired_state, provision
-from .jobs import (
-    RunNowResult,
-    get_job,
-    job_name,
-    pause_job,
-    resume_job,
-    run_now,
-    uses_cloud_scheduler,
-)
 from .plan import Action, FieldChange, Kind, Plan, Verb
 from .terraform import terraform_config
 
@@ -44,17 +35,10 @@ __all__ = [
     "ProvisioningConfig",
     "ProvisioningConfigError",
     "ProvisioningError",
-    "RunNowResult",
     "Verb",
     "apply_plan",
     "build_plan",
     "desired_state",
-    "get_job",
-    "job_name",
-    "pause_job",
     "provision",
-    "resume_job",
-    "run_now",
     "terraform_config",
-    "uses_cloud_scheduler",
 ]

@@ -24,7 +24,7 @@ def _canonical_json(data: bytes) -> str:
 
 def desired_job(config: ProvisioningConfig, route: TaskRoute) -> Desired:
     from ..models import Trigger
-    from ..scheduling import scheduled_message
+    from ..scheduling.firing import scheduled_message
 
     path = config.job_path(route.scheduler_job_name or "")
     topic = config.topic_path(route.topic_name)

@@ -9,14 +9,8 @@ from django.utils import timezone
 from gyrinx_tasks.exceptions import UnknownTask
 from gyrinx_tasks.models import Trigger
 from gyrinx_tasks.registry import get_route, get_routes
-from gyrinx_tasks.scheduling import (
-    Fired,
-    LocalScheduler,
-    describe_schedule,
-    fire_scheduled,
-    next_fire_time,
-    schedule_zone,
-)
+from gyrinx_tasks.scheduling.cron import describe_schedule, next_fire_time, schedule_zone
+from gyrinx_tasks.scheduling.firing import Fired, LocalScheduler, fire_scheduled
 
 
 class Command(BaseCommand):

@@ -11,7 +11,7 @@ from django.tasks.exceptions import TaskException
 
 from gyrinx_tasks.models import TaskExecution
 from gyrinx_tasks.registry import get_routes
-from gyrinx_tasks.scheduling import fire_scheduled
+from gyrinx_tasks.scheduling.firing import fire_scheduled
 from sample_site.samples import enqueue_sample, record_history
 
 USERNAME = PASSWORD = "admin"

@@ -36,11 +36,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
 from django.utils import timezone
 
-from .conf import tasks_settings
-from .models import State, TaskExecution, Trigger
-from .registry import get_routes
-from .routes import TaskRoute
-from .scheduling import recent_fire_times, schedule_zone
+from ..conf import tasks_settings
+from ..models import State, TaskExecution, Trigger
+from ..registry import get_routes
+from ..routes import TaskRoute
+from .cron import recent_fire_times, schedule_zone
 
 HEALTH_WINDOW = timedelta(hours=24)
 MAX_FIRINGS = 60  # per job: an every-minute job is judged on its last hour

@@ -1,15 +1,22 @@
-"""Run, pause and resume a scheduled route's Cloud Scheduler job (or run it locally)."""
+"""Run, pause, resume and read a scheduled route's Cloud Scheduler job (or run it locally).
+
+These are the calls staff make on a job that exists; creating, changing and deleting jobs to
+match the registry is provisioning's (``gyrinx_tasks.provisioning``).
+"""
 
 from dataclasses import dataclass
 from typing import Any
 
 from google.api_core import exceptions as api_exceptions
 
+from ..backend import PubSubBackend
 from ..conf import tasks_settings
+from ..models import Trigger
+from ..provisioning.config import DOCS, ProvisioningConfig, ProvisioningError, default_project
+from ..provisioning.core import Clients
+from ..provisioning.scheduler import job_state
 from ..routes import TaskRoute
-from .config import DOCS, ProvisioningConfig, ProvisioningError, default_project
-from .core import Clients
-from .scheduler import job_state
+from .firing import fire_scheduled
 
 
 @dataclass(frozen=True)
@@ -24,8 +31,6 @@ class RunNowResult:
 
 def uses_cloud_scheduler(route: TaskRoute) -> bool:
     """False against the emulator or when the route's backend is not Pub/Sub (local mode)."""
-    from ..backend import PubSubBackend
-
     if tasks_settings.emulator_host:
         return False
     backend = route.task.get_backend()
@@ -59,10 +64,6 @@ def run_now(route: TaskRoute, *, scheduler: Any = None,
             f"Cloud Scheduler is running job {name.rsplit('/', 1)[-1]} now; the run is "
             "recorded when Pub/Sub delivers it.",
         )
-    from ..backend import PubSubBackend
-    from ..models import Trigger
-    from ..scheduling import fire_scheduled
-
     ident = fire_scheduled(route, Trigger.RUN_NOW, requested_by=requested_by)
     if not uses_cloud_scheduler(route):
         backend = route.task.get_backend()
