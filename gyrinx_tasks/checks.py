@@ -8,6 +8,7 @@ import importlib
 import re
 import zoneinfo
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,6 +98,29 @@ def check_schedule_tolerance(app_configs: Any = None, **kwargs: Any) -> list[Che
             id="gyrinx_tasks.E020",
         )]
     return []
+
+
+@register(TAG)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        _ = tasks_settings.TASKS_RETENTION  # reading it validates it
+    except ImproperlyConfigured as exc:
+        return [Error(
+            f"{exc} Without it, tasks_prune cannot tell which runs to delete.",
+            hint="Set TASKS_RETENTION to a timedelta of at least one hour, e.g. "
+            "timedelta(days=30) (or the environment variable to a number of days), or remove "
+            "it to keep runs for 30 days.",
+            id="gyrinx_tasks.E030",
+        )]
+    return []
+
+
+def _bad_retention(value: object) -> bool:
+    from .conf import MIN_RETENTION
+
+    return value is not None and (not isinstance(value, timedelta) or value < MIN_RETENTION)
 
 
 @register(TAG)  # reads settings only, so not tagged "database" (which check skips)
@@ -305,6 +329,13 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
             "Set schedule_tolerance to a number of seconds such as 600, or leave it unset "
             "(None) to use TASKS_SCHEDULE_TOLERANCE.",
         )
+    if _bad_retention(route.retention):
+        error(
+            "gyrinx_tasks.E031",
+            f"retention {route.retention!r} is not a timedelta of at least one hour.",
+            "Set retention to a timedelta such as timedelta(days=90), or leave it unset (None) "
+            "to use the task's @task(retention=...) or TASKS_RETENTION.",
+        )
     if route.dead_letter_topic and _outside(route.max_delivery_attempts, DELIVERY_ATTEMPTS_RANGE):
         error(
             "gyrinx_tasks.E013",
@@ -400,6 +431,13 @@ def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
                 hint="Give max_attempts as a whole number of attempts, 1 or more, or leave it "
                 "out to retry for as long as Pub/Sub keeps the message.",
                 obj=path, id="gyrinx_tasks.E015"))
+        retention = getattr(task_, "retention", None)
+        if _bad_retention(retention):
+            messages.append(Error(
+                f"@task(retention={retention!r}) is not a timedelta of at least one hour.",
+                hint="Give retention as a timedelta such as timedelta(days=90), or leave it out "
+                "to keep the task's runs for TASKS_RETENTION.",
+                obj=path, id="gyrinx_tasks.E032"))
     return messages
 
 

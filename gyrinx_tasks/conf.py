@@ -5,6 +5,7 @@ can be configured without touching settings.py, and ``override_settings`` works 
 """
 
 import os
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -15,6 +16,10 @@ PUSH_PATH = "/tasks/pubsub/"
 # Cloud Scheduler fires within a minute or so and Pub/Sub pushes within seconds; five minutes
 # leaves room for a cold start and a retried publish without hiding a job that did not fire.
 DEFAULT_SCHEDULE_TOLERANCE = 300
+# How long finished runs are kept before tasks_prune deletes them (their hourly rollups stay).
+DEFAULT_RETENTION = timedelta(days=30)
+# Rollups are hourly and runs are pruned by whole hours.
+MIN_RETENTION = timedelta(hours=1)
 
 
 def _truthy(value: object) -> bool:
@@ -106,6 +111,21 @@ class TasksSettings:
         """Seconds a scheduled run may arrive after its fire time and still be on time."""
         return self._positive_int("TASKS_SCHEDULE_TOLERANCE", DEFAULT_SCHEDULE_TOLERANCE,
                                   "a positive number of seconds such as 300")
+
+    @property
+    def TASKS_RETENTION(self) -> timedelta:
+        """How long finished runs are kept; a route's or task's retention wins over it.
+
+        A timedelta, or (from the environment variable) a whole number of days.
+        """
+        value = self._get("TASKS_RETENTION", DEFAULT_RETENTION)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = timedelta(days=int(value))
+        if not isinstance(value, timedelta) or value < MIN_RETENTION:
+            raise ImproperlyConfigured(
+                f"TASKS_RETENTION is {value!r}; set it to a timedelta of at least an hour such "
+                "as timedelta(days=30), or its environment variable to a number of days.")
+        return value
 
     @property
     def push_endpoint(self) -> str:

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from .conf import tasks_settings
@@ -42,6 +43,9 @@ class TaskRoute:
     # Seconds a scheduled run may arrive after its fire time and still count as on time in
     # schedule health; None uses the TASKS_SCHEDULE_TOLERANCE setting.
     schedule_tolerance: int | None = None
+    # How long the task's finished runs are kept before tasks_prune deletes them; None uses
+    # the task's @task(retention=...), else the TASKS_RETENTION setting (gyrinx_tasks/prune.py).
+    retention: timedelta | None = None
 
     @property
     def task(self) -> Any:
