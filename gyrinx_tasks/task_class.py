@@ -2,8 +2,9 @@
 
 Django 6.1 hands every keyword ``@task`` does not know itself to the backend's
 ``task_class``. The options that belong to a task rather than its route are
-``max_attempts`` and ``retention``; anything else is kept and refused by system check gyrinx_tasks.E017 with a
-hint, so a typo is reported by ``manage.py check`` rather than as a TypeError at import.
+``max_attempts`` and ``retention``; anything else is kept and refused by system check
+gyrinx_tasks.E017 with a hint, so a typo is reported by ``manage.py check`` rather than as a
+TypeError at import.
 """
 
 from dataclasses import dataclass, fields

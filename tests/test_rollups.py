@@ -209,3 +209,23 @@ def test_long_windows_read_rollups_not_runs(django_assert_max_num_queries):
     assert len(runs_read) == 2
     mark = "2026-11-23 12:00:00"
     assert all(mark in sql for sql in runs_read), runs_read
+
+
+def test_the_overview_page_offers_the_long_windows_with_time_in_queue(client, admin_user):
+    run("add", State.SUCCESSFUL, NOW - timedelta(days=50), ran=0.3, waited=4)
+    run("add", State.SUCCESSFUL, NOW - timedelta(hours=20), ran=0.3, waited=4)
+    retention.prune()
+    client.force_login(admin_user)
+    html = client.get("/admin/gyrinx_tasks/overview/?window=90d").content.decode()
+    for label in ("Last hour", "Last 24 hours", "Last 7 days", "30 days", "90 days"):
+        assert f">{label}</a>" in html
+    assert 'aria-current="true">90 days</a>' in html
+    assert "From hourly rollups, kept after runs are pruned" in html
+    row = html.split('data-task="add"')[1].split("</tr>")[0]
+    assert 'data-count="total">2<' in row
+    # 4 s in queue lies in the [2 s, 5 s) bucket; both runs there, so p50 is inside it.
+    queue = row.split('data-count="queue-p50">')[1].split("<")[0]
+    assert queue.endswith(" s") and 2 <= float(queue.split()[0]) < 5
+    day = client.get("/admin/gyrinx_tasks/overview/?window=24h").content.decode()
+    assert "From hourly rollups" not in day
+    assert 'data-count="queue-p50">4.0 s<' in day  # exact in the short windows
