@@ -108,11 +108,16 @@ def prune(now: datetime | None = None, dry_run: bool = False, chunk: int = DEFAU
         if dry_run or not group.found:
             continue
         recounted: set[rollups.Key] = set()
+        after: tuple[datetime, int] | None = None
         while True:
             if max_seconds is not None and time.monotonic() - started > max_seconds:
                 report.finished = False
                 return report
-            deleted = _delete_chunk(candidates, chunk, recounted, using)
+            # Keyset pagination: each chunk starts after the last one, so the runs kept
+            # (READY, RUNNING, redeliverable) are read once, not once per chunk.
+            page = candidates if after is None else candidates.filter(
+                Q(created_at__gt=after[0]) | Q(created_at=after[0], pk__gt=after[1]))
+            deleted, after = _delete_chunk(page, chunk, recounted, using)
             if not deleted:
                 break
             group.deleted += deleted
@@ -121,21 +126,23 @@ def prune(now: datetime | None = None, dry_run: bool = False, chunk: int = DEFAU
     return report
 
 
-def _delete_chunk(candidates: Any, chunk: int, recounted: set[rollups.Key], using: str) -> int:
+def _delete_chunk(candidates: Any, chunk: int, recounted: set[rollups.Key],
+                  using: str) -> tuple[int, tuple[datetime, int] | None]:
     with transaction.atomic(using=using):
         rollups.lock_mark(using)
-        ids = list(candidates.order_by("created_at", "id").values_list("pk", flat=True)[:chunk])
-        if not ids:
-            return 0
+        picked = list(candidates.order_by("created_at", "pk")
+                      .values_list("created_at", "pk")[:chunk])
+        if not picked:
+            return 0, None
+        ids = [pk for _created, pk in picked]
         runs = TaskExecution.objects.using(using).filter(pk__in=ids)
         counted = rollups.tally(runs)
         # The stored-runs rows of these hours were counted when the runs were recent; count
         # them again now, once per prune, before taking these runs out of them.
-        rollups.recount([key for key in counted if key not in recounted], using)
-        recounted.update(counted)
+        recounted |= rollups.recount([key for key in counted if key not in recounted], using)
         rollups.add_to(counted, pruned=False, using=using, sign=-1)
         rollups.add_to(counted, pruned=True, using=using)
         # Retries of these runs lose their link (retry_of is SET_NULL); only() keeps Django's
         # delete from loading the runs' arguments and results to do it.
         runs.only("pk").delete()
-        return len(ids)
+        return len(ids), picked[-1]

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.db import models, router, transaction
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Q, Value, When
+from django.utils import timezone
 
 from .models import RollupMark, State, TaskExecution, TaskRollup
 
@@ -195,44 +196,60 @@ def replace_stored(start: datetime, end: datetime, counted: dict[Key, Tally],
     return len(rows)
 
 
-def recount(keys: Iterable[Key], using: str) -> None:
-    """Count the stored runs of these tasks and hours again, in place of their rows."""
-    by_hour: dict[datetime, set[str]] = {}
-    for name, hour in keys:
-        by_hour.setdefault(hour, set()).add(name)
-    for hour, names in by_hour.items():
-        counted = tally(in_hours(hour, hour + HOUR, using).filter(task_name__in=names))
-        TaskRollup.objects.using(using).filter(pruned=False, hour=hour,
-                                               task_name__in=names).delete()
-        TaskRollup.objects.using(using).bulk_create(
-            [tally_.write(TaskRollup(task_name=name, hour=hour, pruned=False))
-             for (name, _hour), tally_ in counted.items() if not tally_.empty])
+def recount(keys: Iterable[Key], using: str) -> set[Key]:
+    """Count the stored runs of these tasks again, over the hours from the first key's to
+    the last one's, in place of their rows (one rectangle: two grouped queries, one delete,
+    one insert). The keys recounted, which include ``keys``."""
+    keys = set(keys)
+    if not keys:
+        return set()
+    names = {name for name, _hour in keys}
+    first = min(hour for _name, hour in keys)
+    last = max(hour for _name, hour in keys)
+    counted = tally(in_hours(first, last + HOUR, using).filter(task_name__in=names))
+    TaskRollup.objects.using(using).filter(pruned=False, task_name__in=names, hour__gte=first,
+                                           hour__lte=last).delete()
+    TaskRollup.objects.using(using).bulk_create(
+        [tally_.write(TaskRollup(task_name=name, hour=hour, pruned=False))
+         for (name, hour), tally_ in counted.items() if not tally_.empty])
+    return keys | set(counted)
 
 
 def add_to(rows: dict[Key, Tally], pruned: bool, using: str, sign: int = 1) -> None:
-    """Add (or with ``sign`` −1 take away) tallies to the rows of their task and hour."""
+    """Add (or with ``sign`` −1 take away) tallies to the rows of their task and hour, in a
+    few statements whatever the number of rows."""
     if not rows:
         return
     names = {name for name, _hour in rows}
     hours = {hour for _name, hour in rows}
     existing = {(row.task_name, row.hour): row for row in TaskRollup.objects.using(using)
                 .filter(pruned=pruned, task_name__in=names, hour__in=hours)}
+    changed, created, emptied = [], [], []
     for key, change in rows.items():
         row = existing.get(key)
-        if row is None:
-            if sign < 0:
-                continue  # nothing counted there to take away
-            row = TaskRollup(task_name=key[0], hour=key[1], pruned=pruned)
-        new = (Tally.of(row) if row.pk else Tally()).add(change, sign)
-        if any(n < 0 for n in [*new.counts.values(), *new.durations, *new.queued]):
-            # The row was counted before some of these runs existed or changed: recount.
+        new = (Tally.of(row) if row is not None else Tally()).add(change, sign)
+        if sign < 0 and (row is None or any(
+                n < 0 for n in [*new.counts.values(), *new.durations, *new.queued])):
+            # Counted before some of these runs existed or changed (the caller recounts
+            # first, so only by a writer outside the mark's lock): count the hour's stored
+            # runs, which still include these, and take these away.
             new = tally(in_hours(key[1], key[1] + HOUR, using).filter(
-                task_name=key[0])).get(key, Tally())
+                task_name=key[0])).get(key, Tally()).add(change, -1)
         if new.empty:
-            if row.pk:
-                row.delete(using=using)
-            continue
-        new.write(row).save(using=using)
+            if row is not None:
+                emptied.append(row.pk)
+        elif row is None:
+            created.append(new.write(TaskRollup(task_name=key[0], hour=key[1], pruned=pruned)))
+        else:
+            row.updated_at = timezone.now()  # bulk_update() leaves auto_now alone
+            changed.append(new.write(row))
+    manager = TaskRollup.objects.using(using)
+    if emptied:
+        manager.filter(pk__in=emptied).delete()
+    if changed:
+        manager.bulk_update(changed, ["counts", "durations", "queued", "updated_at"])
+    if created:
+        manager.bulk_create(created)
 
 
 @dataclass
@@ -252,8 +269,6 @@ def refresh(now: datetime | None = None, hours: int = DEFAULT_REFRESH_HOURS,
     A few hours per transaction, each holding the mark's lock: two refreshes, or a refresh
     and a prune, never interleave their writes.
     """
-    from django.utils import timezone
-
     using = using or router.db_for_write(TaskRollup)
     end = floor_hour(now or timezone.now())
     start = end - HOUR * hours
