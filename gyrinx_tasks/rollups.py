@@ -301,21 +301,46 @@ def refresh(now: datetime | None = None, hours: int = DEFAULT_REFRESH_HOURS,
 
 # --- Reading them -------------------------------------------------------------------------
 
-def window(since: datetime, until: datetime, using: str | None = None) -> dict[Key, Tally]:
-    """Per task and hour in [since, until) (whole hours): the rows of the pruned runs, the
-    rows of the stored runs up to the mark, and the stored runs after the mark counted live
-    (normally the current hour and the one before)."""
+@dataclass
+class Summed:
+    """A window's rollups added up: runs by status per task and chart bar, and each task's
+    two histograms over the whole window."""
+
+    counts: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
+    durations: dict[str, list[int]] = field(default_factory=dict)
+    queued: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, name: str, bar: int, counts: dict[str, int], durations: Iterable[int],
+            queued: Iterable[int]) -> None:
+        slot = self.counts.setdefault((name, bar), {})
+        for status, n in counts.items():
+            slot[status] = slot.get(status, 0) + n
+        for histogram, values in ((self.durations, durations), (self.queued, queued)):
+            summed = histogram.get(name)
+            if summed is None:
+                summed = histogram[name] = [0] * BUCKETS
+            for index, n in enumerate(values):
+                if n and index < BUCKETS:
+                    summed[index] += n
+
+
+def window(since: datetime, until: datetime, bar: timedelta,
+           using: str | None = None) -> Summed:
+    """The hours in [since, until) added up per task and bar of ``bar`` length: the rows of
+    the pruned runs, the rows of the stored runs up to the mark, and the stored runs after
+    the mark counted from the runs (normally the current hour and the one before). One pass
+    over the rows, whose number follows tasks and hours, never runs."""
     using = using or router.db_for_read(TaskRollup)
     covered = mark_until(using)
     live_from = max(since, min(covered, until)) if covered else since
-    found: dict[Key, Tally] = {}
+    found = Summed()
     rows = (TaskRollup.objects.using(using).filter(hour__gte=since, hour__lt=until)
             .filter(Q(pruned=True) | Q(hour__lt=live_from)).order_by()
             .values_list("task_name", "hour", "counts", "durations", "queued"))
     for name, hour, counts, durations, queued in rows.iterator(chunk_size=5000):
-        found.setdefault((name, hour), Tally()).add(
-            Tally(dict(counts), _sized(durations), _sized(queued)))
+        found.add(name, (hour - since) // bar, counts, durations, queued)
     if live_from < until:
-        for key, counted in tally(in_hours(live_from, until, using)).items():
-            found.setdefault(key, Tally()).add(counted)
+        for (name, hour), counted in tally(in_hours(live_from, until, using)).items():
+            found.add(name, (hour - since) // bar, counted.counts, counted.durations,
+                      counted.queued)
     return found

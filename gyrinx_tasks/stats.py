@@ -374,17 +374,16 @@ def _from_rollups(window: Window, since: datetime, until: datetime,
                   count: Callable[[str, str, int, int], None]) -> None:
     from . import rollups
 
-    durations: dict[str, rollups.Tally] = {}
-    for (name, hour), counted in rollups.window(since, until).items():
-        bar = int((hour - since) / window.bucket)
-        for status, n in counted.counts.items():
+    summed = rollups.window(since, until, window.bucket)
+    for (name, bar), counts in summed.counts.items():
+        for status, n in counts.items():
             count(name, status, bar, n)
-        durations.setdefault(name, rollups.Tally()).add(counted)
-    for name, counted in durations.items():
+    for name, durations in summed.durations.items():
         stats = task(name)
-        stats.p50, stats.p95 = (_rounded(rollups.percentile(counted.durations, f))
+        stats.p50, stats.p95 = (_rounded(rollups.percentile(durations, f))
                                 for f in (0.5, 0.95))
-        stats.queue_p50, stats.queue_p95 = (_rounded(rollups.percentile(counted.queued, f))
+        queued = summed.queued[name]
+        stats.queue_p50, stats.queue_p95 = (_rounded(rollups.percentile(queued, f))
                                             for f in (0.5, 0.95))
 
 
