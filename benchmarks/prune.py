@@ -316,7 +316,7 @@ def run(args: argparse.Namespace, pg_port: int) -> None:
         "The pusher sends one push at a time at the rate asked for; when pushes take longer "
         "than the interval it sends the next at once, so fewer pushes in a phase mean slower "
         "answers. The machine is shared: compare the three phases, which other load hits "
-        "alike only if it is steady."]
+        "alike only if it is steady.", ""]
     same = all(before[w] == after[w] for w in WINDOWS)
     lines += ["## Overview page (test client, superuser)", "", table(
         ["window", "before the prune: median", "p90", "after: median", "p90"],
