@@ -229,3 +229,18 @@ def test_the_overview_page_offers_the_long_windows_with_time_in_queue(client, ad
     day = client.get("/admin/gyrinx_tasks/overview/?window=24h").content.decode()
     assert "From hourly rollups" not in day
     assert 'data-count="queue-p50">4.0 s<' in day  # exact in the short windows
+
+
+def test_the_rollup_command_counts_and_refuses_negative_hours():
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    run("add", State.SUCCESSFUL, NOW - timedelta(hours=5), ran=1, waited=1)
+    out = StringIO()
+    call_command("tasks_rollup", "--hours", "12", stdout=out)
+    assert "Counted 12 hours (1 rollup rows), up to 2026-11-23 12:00 UTC." in out.getvalue()
+    assert TaskRollup.objects.get().counts == {State.SUCCESSFUL: 1}
+    with pytest.raises(CommandError, match="--hours must be 0 or more"):
+        call_command("tasks_rollup", "--hours", "-1", stdout=StringIO())
