@@ -9,6 +9,7 @@ import re
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -154,6 +155,23 @@ def check_backlog_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     return []
 
 
+@register(TAG)
+def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        _ = tasks_settings.TASKS_RETENTION  # reading it validates it
+    except ImproperlyConfigured as exc:
+        return [Error(
+            f"{exc} Without it, tasks_prune cannot tell which runs to delete.",
+            hint="Set TASKS_RETENTION to a timedelta of at least one hour, e.g. "
+            "timedelta(days=30) (or the environment variable to a number of days), or remove "
+            "it to keep runs for 30 days.",
+            id="gyrinx_tasks.E030",
+        )]
+    return []
+
+
 # The health settings (gyrinx_tasks/health.py): id, setting, what it is for, the fix.
 HEALTH_SETTINGS = (
     ("gyrinx_tasks.E040", "TASKS_HEALTH_FAILURE_RATE",
@@ -218,6 +236,12 @@ HEALTH_OPTION_CHECKS = {
         "Set health_max_ready_age to a number of seconds such as 1800, or leave it unset "
         "(None) to use TASKS_HEALTH_MAX_READY_AGE."),
 }
+
+
+def _bad_retention(value: object) -> bool:
+    from .conf import MIN_RETENTION
+
+    return value is not None and (not isinstance(value, timedelta) or value < MIN_RETENTION)
 
 
 @register(TAG)  # reads settings only, so not tagged "database" (which check skips)
@@ -433,6 +457,13 @@ def _check_route(route: TaskRoute, timezones: set[str]) -> list[CheckMessage]:
         problem = option_problem(name, value)
         if problem:
             error(id_, f"{name} {value!r} {problem}", hint)
+    if _bad_retention(route.retention):
+        error(
+            "gyrinx_tasks.E031",
+            f"retention {route.retention!r} is not a timedelta of at least one hour.",
+            "Set retention to a timedelta such as timedelta(days=90), or leave it unset (None) "
+            "to use the task's @task(retention=...) or TASKS_RETENTION.",
+        )
     if route.dead_letter_topic and _outside(route.max_delivery_attempts, DELIVERY_ATTEMPTS_RANGE):
         error(
             "gyrinx_tasks.E013",
@@ -535,6 +566,13 @@ def _check_task_options(routes: tuple[TaskRoute, ...]) -> list[CheckMessage]:
             if problem:
                 messages.append(Error(f"@task({name}={value!r}) {problem}", hint=hint,
                                       obj=path, id=id_))
+        retention = getattr(task_, "retention", None)
+        if _bad_retention(retention):
+            messages.append(Error(
+                f"@task(retention={retention!r}) is not a timedelta of at least one hour.",
+                hint="Give retention as a timedelta such as timedelta(days=90), or leave it out "
+                "to keep the task's runs for TASKS_RETENTION.",
+                obj=path, id="gyrinx_tasks.E032"))
     return messages
 
 

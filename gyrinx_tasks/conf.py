@@ -5,6 +5,7 @@ can be configured without touching settings.py, and ``override_settings`` works 
 """
 
 import os
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +23,10 @@ DEFAULT_HEALTH_WINDOW = 3600
 DEFAULT_HEALTH_FAILURE_RATE = 0.2
 DEFAULT_HEALTH_MIN_RUNS = 5
 DEFAULT_HEALTH_MAX_READY_AGE = 600
+# How long finished runs are kept before tasks_prune deletes them (their hourly rollups stay).
+DEFAULT_RETENTION = timedelta(days=30)
+# Rollups are hourly and runs are pruned by whole hours.
+MIN_RETENTION = timedelta(hours=1)
 
 
 def _truthy(value: object) -> bool:
@@ -176,6 +181,21 @@ class TasksSettings:
         """Seconds the admin keeps a backlog read from Cloud Monitoring (Django's cache)."""
         return self._positive_int("TASKS_BACKLOG_CACHE_SECONDS", DEFAULT_BACKLOG_CACHE_SECONDS,
                                   "a positive number of seconds such as 60")
+
+    @property
+    def TASKS_RETENTION(self) -> timedelta:
+        """How long finished runs are kept; a route's or task's retention wins over it.
+
+        A timedelta, or (from the environment variable) a whole number of days.
+        """
+        value = self._get("TASKS_RETENTION", DEFAULT_RETENTION)
+        if isinstance(value, str) and value.strip().isdigit():
+            value = timedelta(days=int(value))
+        if not isinstance(value, timedelta) or value < MIN_RETENTION:
+            raise ImproperlyConfigured(
+                f"TASKS_RETENTION is {value!r}; set it to a timedelta of at least an hour such "
+                "as timedelta(days=30), or its environment variable to a number of days.")
+        return value
 
     @property
     def push_endpoint(self) -> str:

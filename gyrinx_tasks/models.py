@@ -756,3 +756,48 @@ class HealthState(models.Model):
 
     def __str__(self) -> str:
         return "healthy" if self.healthy else f"unhealthy ({len(self.reasons)} reasons)"
+
+
+# --- Hourly rollups (gyrinx_tasks/rollups.py) ---
+
+
+class TaskRollup(models.Model):
+    """Per task and hour (of the runs' created_at): runs by status and histograms of run
+    duration and of time in queue, in the fixed buckets of gyrinx_tasks.rollups.EDGES.
+
+    Two rows at most per task and hour. ``pruned=False``: the runs still stored, recounted by
+    each refresh. ``pruned=True``: the runs tasks_prune deleted, only ever added to. Together
+    they are the hour's runs, so the overview's long windows survive pruning.
+    """
+
+    task_name = models.CharField(_("task name"), max_length=255)
+    hour = models.DateTimeField(_("hour"))
+    pruned = models.BooleanField(_("of pruned runs"), default=False)
+    counts = models.JSONField(_("runs by status"), default=dict)
+    durations = models.JSONField(_("run duration histogram"), default=list)
+    queued = models.JSONField(_("time in queue histogram"), default=list)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("task rollup")
+        verbose_name_plural = _("task rollups")
+        constraints = [
+            models.UniqueConstraint(fields=["task_name", "hour", "pruned"],
+                                    name="gyrinx_rollup_task_hour"),
+        ]
+        indexes = [models.Index(fields=["hour"], name="gyrinx_rollup_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.task_name} {self.hour:%Y-%m-%d %H:00}{' (pruned)' if self.pruned else ''}"
+
+
+class RollupMark(models.Model):
+    """How far the rollups of stored runs are current: hours before ``until`` were counted
+    by a refresh; the overview counts later hours from the runs themselves. One row, also
+    locked by each rollup and prune transaction so that two never interleave."""
+
+    name = models.CharField(max_length=32, unique=True)
+    until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.until}"

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from .conf import tasks_settings
@@ -46,6 +47,9 @@ class TaskRoute:
     # name, else the TASKS_HEALTH_FAILURE_RATE / TASKS_HEALTH_MAX_READY_AGE setting.
     health_failure_rate: float | None = None  # a share from 0 to 1
     health_max_ready_age: int | None = None  # seconds
+    # How long the task's finished runs are kept before tasks_prune deletes them; None uses
+    # the task's @task(retention=...), else the TASKS_RETENTION setting (gyrinx_tasks/prune.py).
+    retention: timedelta | None = None
 
     @property
     def task(self) -> Any:

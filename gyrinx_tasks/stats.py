@@ -6,19 +6,23 @@ in the window, not the size of the table. ``overview()`` makes at most five quer
 the number of tasks (the fifth, over the window's FAILED runs only, tells the failing ones that
 will retry from the final failures).
 
+The 30- and 90-day windows read the hourly rollups instead (gyrinx_tasks/rollups.py), which
+survive pruning: their cost follows the number of tasks and hours, and their percentiles
+come from fixed-bucket histograms (within one bucket of the exact ones).
+
 Percentiles are PostgreSQL's ``percentile_cont`` (continuous, interpolated). Other databases
 get the same numbers from ``percentile_cont()`` below over the window's exact durations.
 """
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connections
-from django.db.models import Count, F, FloatField, Func, IntegerField, Min, QuerySet
+from django.db.models import Count, F, FloatField, Func, IntegerField, Min, Q, QuerySet
 from django.db.models.aggregates import Aggregate
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -42,6 +46,7 @@ class Window:
     label: Any
     length: timedelta
     bucket: timedelta  # one bar of the runs-per-minute chart
+    from_rollups: bool = False  # read from the hourly rollups, not the runs
 
     @property
     def buckets(self) -> int:
@@ -65,6 +70,8 @@ WINDOWS = {
         Window("1h", _("Last hour"), timedelta(hours=1), timedelta(minutes=1)),
         Window("24h", _("Last 24 hours"), timedelta(hours=24), timedelta(minutes=15)),
         Window("7d", _("Last 7 days"), timedelta(days=7), timedelta(hours=2)),
+        Window("30d", _("30 days"), timedelta(days=30), timedelta(hours=6), from_rollups=True),
+        Window("90d", _("90 days"), timedelta(days=90), timedelta(days=1), from_rollups=True),
     )
 }
 DEFAULT_WINDOW = "24h"
@@ -93,6 +100,8 @@ class TaskStats:
     counts: dict[str, int] = field(default_factory=dict)
     p50: float | None = None  # seconds, first start to finish
     p95: float | None = None
+    queue_p50: float | None = None  # seconds in queue: created to first start
+    queue_p95: float | None = None
     per_minute: list[float] = field(default_factory=list)  # one value per chart bar
     failed_per_minute: list[float] = field(default_factory=list)  # the final FAILED part
     ready_now: int = 0  # READY and RUNNING are counted over all time, not the window:
@@ -151,7 +160,7 @@ class PercentileCont(Aggregate):
     """PostgreSQL's continuous percentile: ``percentile_cont(f) WITHIN GROUP (ORDER BY x)``."""
 
     function = "percentile_cont"
-    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)%(filter)s"
     output_field = FloatField()
 
     def __init__(self, expression: Any, fraction: float, **extra: Any) -> None:
@@ -238,6 +247,50 @@ def duration_percentiles(runs: QuerySet, fractions: Iterable[float] = (0.5, 0.95
     return result
 
 
+def timing_percentiles(runs: QuerySet, fractions: Iterable[float] = (0.5, 0.95)
+                       ) -> dict[str, dict[str, list[float | None]]]:
+    """Per task name, in one query: ``"run"``, the duration percentiles of the timed runs
+    (as duration_percentiles), and ``"queue"``, those of the time in queue (created to first
+    start) of every run that started.
+
+    Time in queue starts at created_at, which is the enqueue for runs enqueued here (and the
+    first delivery for scheduled firings and other producers' messages), so the query reads
+    only the overview's index.
+    """
+    fractions = tuple(fractions)
+    started = runs.filter(started_at__isnull=False)
+    timed = Q(status__in=TIMED_STATES, finished_at__isnull=False)
+    if connections[runs.db].vendor == "postgresql":
+        ran = Seconds(F("finished_at"), F("started_at"))
+        waited = Seconds(F("started_at"), F("created_at"))
+        aggregates = {}
+        for i, fraction in enumerate(fractions):
+            aggregates[f"r{i}"] = PercentileCont(ran, fraction, filter=timed)
+            aggregates[f"q{i}"] = PercentileCont(waited, fraction)
+        rows = started.order_by().values("task_name").annotate(**aggregates)
+        return {row["task_name"]: {
+            "run": [_rounded(row[f"r{i}"]) for i in range(len(fractions))],
+            "queue": [_rounded(row[f"q{i}"]) for i in range(len(fractions))],
+        } for row in rows}
+    durations: dict[str, list[float]] = defaultdict(list)
+    waits: dict[str, list[float]] = defaultdict(list)
+    rows = started.order_by().values_list("task_name", "status", "created_at", "started_at",
+                                          "finished_at")
+    for name, status, created, began, finished in rows.iterator(chunk_size=5000):
+        waits[name].append((began - created).total_seconds())
+        if status in TIMED_STATES and finished is not None:
+            durations[name].append((finished - began).total_seconds())
+    result: dict[str, dict[str, list[float | None]]] = {}
+    for name, values in waits.items():
+        values.sort()
+        ran_values = sorted(durations.get(name, ()))
+        result[name] = {
+            "run": [_rounded(percentile_cont(ran_values, f)) for f in fractions],
+            "queue": [_rounded(percentile_cont(values, f)) for f in fractions],
+        }
+    return result
+
+
 # --- The overview -------------------------------------------------------------------------
 
 def _registered_names() -> list[str]:
@@ -268,33 +321,44 @@ def overview(window: Window | str | None = None, now: datetime | None = None) ->
     for stats in tasks.values():
         stats.per_minute, stats.failed_per_minute = empty_bars(), empty_bars()
 
-    # 1. Runs by task, status and chart bar: the counts by status are the sums of its bars,
-    #    so one pass over the window gives both.
     size = int(window.bucket.total_seconds())
-    per_bar = (in_window.order_by()
-               .annotate(bar=BucketIndex("created_at", int(since.timestamp()), size))
-               .values("task_name", "status", "bar").annotate(n=Count("*")))
-    for group in per_bar:
-        stats = task(group["task_name"])
+
+    def count(name: str, status: str, bar: int, n: int) -> None:
+        stats = task(name)
         if not stats.per_minute:
             stats.per_minute, stats.failed_per_minute = empty_bars(), empty_bars()
-        stats.counts[group["status"]] = stats.counts.get(group["status"], 0) + group["n"]
-        index, rate = group["bar"], group["n"] / (size / 60)
-        if 0 <= index < window.buckets:
-            stats.per_minute[index] += rate
-            if group["status"] == State.FAILED:
-                stats.failed_per_minute[index] += rate
+        stats.counts[status] = stats.counts.get(status, 0) + n
+        rate = n / (size / 60)
+        if 0 <= bar < window.buckets:
+            stats.per_minute[bar] += rate
+            if status == State.FAILED:
+                stats.failed_per_minute[bar] += rate
 
-    # 1b. Of those FAILED, the runs failing with a retry to come (WILL_RETRY in models.py):
-    #     moved to their own count, so FAILED stays final. Only FAILED runs are read (the
-    #     status index), and only when the window holds some.
-    if any(stats.count(State.FAILED) for stats in tasks.values()):
-        _move_will_retry(in_window, since, size, window.buckets, task)
+    if window.from_rollups:
+        # 1-2. Counts, bars and percentiles from the hourly rollups (and the runs of the
+        #      hours not rolled up yet).
+        _from_rollups(window, since, until, task, count)
+    else:
+        # 1. Runs by task, status and chart bar: the counts by status are the sums of its
+        #    bars, so one pass over the window gives both.
+        per_bar = (in_window.order_by()
+                   .annotate(bar=BucketIndex("created_at", int(since.timestamp()), size))
+                   .values("task_name", "status", "bar").annotate(n=Count("*")))
+        for group in per_bar:
+            count(group["task_name"], group["status"], group["bar"], group["n"])
 
-    # 2. Duration percentiles.
-    for name, (p50, p95) in duration_percentiles(in_window).items():
-        stats = task(name)
-        stats.p50, stats.p95 = p50, p95
+        # 1b. Of those FAILED, the runs failing with a retry to come (WILL_RETRY in
+        #     models.py): moved to their own count, so FAILED stays final. Only FAILED runs
+        #     are read (the status index), and only when the window holds some. (Rollups
+        #     count by the shown status already.)
+        if any(stats.count(State.FAILED) for stats in tasks.values()):
+            _move_will_retry(in_window, since, size, window.buckets, task)
+
+        # 2. Run duration and time in queue percentiles.
+        for name, found in timing_percentiles(in_window).items():
+            stats = task(name)
+            stats.p50, stats.p95 = found["run"]
+            stats.queue_p50, stats.queue_p95 = found["queue"]
 
     # 3. What is queued or running now, whenever it was created.
     active = (TaskExecution.objects.filter(status__in=ACTIVE_STATES).order_by()
@@ -337,6 +401,24 @@ def _move_will_retry(in_window: QuerySet, since: datetime, size: int, buckets: i
             # Rounded: the sum of rates less a part of it can leave a speck of a float.
             stats.failed_per_minute[bar] = max(
                 0.0, round(stats.failed_per_minute[bar] - group["n"] / (size / 60), 9))
+
+
+def _from_rollups(window: Window, since: datetime, until: datetime,
+                  task: Callable[[str], TaskStats],
+                  count: Callable[[str, str, int, int], None]) -> None:
+    from . import rollups
+
+    summed = rollups.window(since, until, window.bucket)
+    for (name, bar), counts in summed.counts.items():
+        for status, n in counts.items():
+            count(name, status, bar, n)
+    for name, durations in summed.durations.items():
+        stats = task(name)
+        stats.p50, stats.p95 = (_rounded(rollups.percentile(durations, f))
+                                for f in (0.5, 0.95))
+        queued = summed.queued[name]
+        stats.queue_p50, stats.queue_p95 = (_rounded(rollups.percentile(queued, f))
+                                            for f in (0.5, 0.95))
 
 
 def recent_failures(since: datetime, until: datetime,

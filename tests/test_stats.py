@@ -53,7 +53,8 @@ def test_window_bounds_align_to_whole_bars():
 def test_unknown_window_names_the_choices():
     with pytest.raises(stats.UnknownWindow) as caught:
         stats.get_window("2w")
-    assert str(caught.value) == "There is no time window called '2w'; choose one of 1h, 24h, 7d."
+    assert str(caught.value) == ("There is no time window called '2w'; choose one of 1h, 24h, "
+                                 "7d, 30d, 90d.")
     assert stats.get_window(None).key == stats.DEFAULT_WINDOW == "24h"
 
 

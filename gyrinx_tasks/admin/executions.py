@@ -2,7 +2,7 @@
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
+from .. import spans
 from ..cancellation import (
     Cancelled,
     CancelReport,
@@ -764,6 +765,7 @@ def execution_context(obj: Any, redact: bool = False) -> dict[str, Any]:
         "execution_payload": payload,
         "execution_errors": errors,
         "execution_attempts": attempt_rows(obj),
+        "execution_spans": span_bar(obj),
         "execution_timeline": timeline,
         "execution_raw_message": (note if redact and obj.raw_message
                                   else _pretty_text(obj.raw_message)),
@@ -806,6 +808,27 @@ def attempt_rows(obj: Any) -> list[dict[str, Any]]:
             current["outcome"] = State(entry["to"]).label if entry.get("to") in State.values \
                 else entry.get("to", "")
     return rows
+
+
+def span_bar(obj: Any) -> dict[str, Any] | None:
+    """The run's waiting, running and backoff spans (gyrinx_tasks/spans.py) as a bar whose
+    parts are as wide as they were long, and the total of each kind."""
+    found = spans.run_spans(obj)
+    if not found:
+        return None
+    whole = sum((span.length for span in found), timedelta(0)).total_seconds()
+
+    def width(span: spans.Span) -> str:
+        share = span.length.total_seconds() / whole if whole else 1 / len(found)
+        return f"{share * 100:.3f}"
+
+    parts = [{"span": span, "kind": span.kind, "label": span.label,
+              "length": _seconds(span.length), "width": width(span)} for span in found]
+    summed = spans.totals(found)
+    return {"parts": parts,
+            "totals": [{"kind": kind, "label": spans.LABELS[kind], "length": _seconds(length),
+                        "count": sum(1 for span in found if span.kind == kind)}
+                       for kind, length in summed.items()]}
 
 
 def _seconds(delta: Any) -> str:

@@ -103,6 +103,8 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
             "failing": bool(task.failure_rate),
             "p50": format_seconds(task.p50),
             "p95": format_seconds(task.p95),
+            "queue_p50": format_seconds(task.queue_p50),
+            "queue_p95": format_seconds(task.queue_p95),
             "ready_url": runs_link(task_name=task.name, status=State.READY),
             "running_url": runs_link(task_name=task.name, status=State.RUNNING),
             "stuck": ready_too_long(task.name, task.oldest_ready, now),
@@ -134,7 +136,8 @@ def overview_context(overview: stats.Overview, request: HttpRequest) -> dict[str
         "rows": rows,
         "running": running,
         "windows": [{"key": w.key, "label": w.label, "url": f"{page_url}?window={w.key}",
-                     "current": w.key == overview.window.key} for w in stats.WINDOWS.values()],
+                     "current": w.key == overview.window.key, "from_rollups": w.from_rollups}
+                    for w in stats.WINDOWS.values()],
         "poll_url": f"{page_url}?{poll_query}",
         "poll_seconds": POLL_SECONDS if overview.active else IDLE_POLL_SECONDS,
         "page_url": page_url,
