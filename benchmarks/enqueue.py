@@ -244,6 +244,9 @@ class Bench:
         return {"django-tasks-pubsub 0.5.0": (figures["count"], figures["returned"])}
 
 
+# The cases' short names (--cases), in the order each round runs them.
+CASES = ["raw", "raw-wait", "raw-request", "peer", "single", "threads", "many", "commit",
+         "floor"]
 ORDER = [
     "raw fire-and-forget", "raw, all confirmed", "raw, wait each", "raw, one request each",
     "django-tasks-pubsub 0.5.0", "ours, enqueue()", "ours, enqueue(), 8 threads",
@@ -267,7 +270,7 @@ NOTES = {
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.infra.pubsub import PubSubEmulator
 
-    python, peer_problem = peer_python()
+    python, peer_problem = peer_python() if "peer" in args.cases else (None, "")
     server = start_postgres()
     emulator = PubSubEmulator.start(project="bench-project")
     os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
@@ -284,9 +287,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         call_command("migrate", verbosity=0)
         bench = Bench(emulator.host, "bench-project", args.bulk, args.single)
         samples: dict[str, list[tuple[int, float]]] = {}
-        cases = [bench.raw_fire_and_forget, bench.raw_wait_each, bench.raw_request_each,
-                 lambda: bench.peer(python), bench.ours_single, bench.ours_threads,
-                 bench.ours_many, bench.ours_commit, bench.floor_commit]
+        every = {"raw": bench.raw_fire_and_forget, "raw-wait": bench.raw_wait_each,
+                 "raw-request": bench.raw_request_each, "peer": lambda: bench.peer(python),
+                 "single": bench.ours_single, "threads": bench.ours_threads,
+                 "many": bench.ours_many, "commit": bench.ours_commit,
+                 "floor": bench.floor_commit}
+        cases = [every[name] for name in CASES if name in args.cases]
         for round_ in range(args.rounds):
             for case in cases:
                 bench.truncate()
@@ -300,8 +306,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rates = {name: median([count / seconds for count, seconds in values])
              for name, values in samples.items()}
     counts = {name: values[0][0] for name, values in samples.items()}
-    return {"rates": rates, "counts": counts, "rounds": args.rounds,
+    each_round = [{name: values[n][0] / values[n][1] for name, values in samples.items()}
+                  for n in range(args.rounds)]
+    return {"rates": rates, "counts": counts, "rounds": args.rounds, "each_round": each_round,
             "peer_problem": peer_problem}
+
+
+RATIOS = {  # name: (case, its reference), both measured in each round
+    "publish_on_commit / floor": ("ours, publish_on_commit",
+                                  "floor, INSERTs + one batched publish"),
+    "enqueue() / one request": ("ours, enqueue()", "raw, one request each"),
+}
+
+
+def ratios(each_round: list[dict[str, float]]) -> dict[str, float]:
+    """The median over rounds of each ratio in RATIOS, each from figures of the same round."""
+    found = {}
+    for name, (case, reference) in RATIOS.items():
+        values = [rates[case] / rates[reference] for rates in each_round
+                  if rates.get(case) and rates.get(reference)]
+        if values:
+            found[name] = median(values)
+    return found
+
+
+def ratio_lines(result: dict[str, Any]) -> list[str]:
+    found = result["ratios"]
+    lines = []
+    if "publish_on_commit / floor" in found:
+        lines.append(f"publish_on_commit runs at {found['publish_on_commit / floor']:.2f} of "
+                     "the floor (hand-written INSERTs in one transaction, then one batched "
+                     "publish), the median of each round's ratio.")
+    if "enqueue() / one request" in found:
+        lines.append(f"A single enqueue() runs at {found['enqueue() / one request']:.2f} of "
+                     "one confirmed Publish request alone (its row and its publish overlap).")
+    return lines
 
 
 def report(result: dict[str, Any]) -> str:
@@ -317,11 +356,8 @@ def report(result: dict[str, Any]) -> str:
                      f"{rates[name] / peer:.2f}" if peer else "-", NOTES[name]])
     text = table(["case", "messages", "rate (median)", "x raw fire-and-forget", "x peer",
                   "what is timed"], rows)
-    floor = rates.get("floor, INSERTs + one batched publish")
-    if floor and "ours, publish_on_commit" in rates:
-        text += (f"\n\npublish_on_commit runs at {rates['ours, publish_on_commit'] / floor:.2f} of "
-                 "the floor (hand-written INSERTs in one transaction, then one batched "
-                 "publish).")
+    for line in ratio_lines(result):
+        text += f"\n\n{line}"
     if result["peer_problem"]:
         text += f"\n\ndjango-tasks-pubsub was not measured: {result['peer_problem']}."
     return text
@@ -333,14 +369,19 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, help="messages in the bulk cases (10,000)")
     parser.add_argument("--single", type=int, help="calls in the one-at-a-time cases (2,000)")
     parser.add_argument("--rounds", type=int, help="rounds of every case (3)")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"the cases to run, comma-separated (all: {','.join(CASES)})")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    args.cases = set(args.cases.split(","))
+    if args.cases - set(CASES):
+        parser.error(f"unknown --cases {', '.join(sorted(args.cases - set(CASES)))}")
     args.bulk = args.bulk or (2000 if args.quick else 10_000)
     args.single = args.single or (500 if args.quick else 2000)
     args.rounds = args.rounds or (2 if args.quick else 3)
     result = run(args)
-    machine = machine_lines({"database": "PostgreSQL (throwaway cluster)",
-                             "pubsub": "official emulator (gcloud beta emulators)"})
+    result["ratios"] = ratios(result["each_round"])
+    machine = machine_lines({"pubsub": "official emulator (gcloud beta emulators)"})
     print("\n".join(f"- {line}" for line in machine))
     print()
     print(report(result))
