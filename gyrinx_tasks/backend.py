@@ -304,7 +304,7 @@ class PubSubBackend(BaseTaskBackend):
 
         Every run of one task enqueued the same way holds the same values in all columns but
         RUN_VARYING, so the model is built once per such way (RunTemplate) and each run
-        from its values: Model.__init__ with keywords costs several times Model.from_db.
+        from its values: Model.__init__ with keywords costs far more than Model.from_db.
         """
         from .models import TaskExecution, Trigger
 
@@ -517,7 +517,7 @@ class PubSubBackend(BaseTaskBackend):
         for start in range(0, len(queue), CHUNK_SIZE):
             ids = [p.execution.result_id for p in queue[start:start + CHUNK_SIZE]]
             committed.update(TaskExecution.objects.using(using).filter(
-                result_id__in=ids).values_list("result_id", flat=True))
+                result_id__in=ids).order_by().values_list("result_id", flat=True))
         # Runs of other PubSubBackend aliases publish through their own backend.
         by_backend: dict[str, list[Pending]] = {}
         for pending in queue:
