@@ -37,9 +37,9 @@ def _sender(task: Any) -> type:
     return type(backend) if isinstance(backend, PubSubBackend) else PubSubBackend
 
 
-def _announce_end(outcome: Outcome, task: Any) -> None:
+def _announce_end(outcome: Outcome, task: Any, sender: type | None = None) -> None:
     if outcome.kind.ends_the_run and outcome.execution is not None:
-        task_finished.send(_sender(task), task_result=result_from_execution(
+        task_finished.send(sender or _sender(task), task_result=result_from_execution(
             outcome.execution, task))
 
 
@@ -58,7 +58,8 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
         _announce_end(claimed, task)
         return claimed
     execution = claimed
-    task_started.send(_sender(task), task_result=result_from_execution(execution, task))
+    sender = _sender(task)  # once a delivery: it looks the backend up
+    task_started.send(sender, task_result=result_from_execution(execution, task))
     attempt = run_attempt(execution, delivery, task, limit,
                           lambda attempts: claims.give_up_reason(attempts, limit))
     outcome = record_outcome(execution, route, attempt.kind, attempt.apply, attempt.what,
@@ -68,7 +69,7 @@ def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
             "Task id=%s path=%s attempt %s failed (%s)", execution.result_id, task.module_path,
             execution.attempts, "gave up" if attempt.kind == OutcomeKind.GAVE_UP
             else "Pub/Sub retries it", exc_info=attempt.error)
-    _announce_end(outcome, task)
+    _announce_end(outcome, task, sender)
     if attempt.interrupt and attempt.error is not None:
         raise attempt.error  # recorded; let whoever stops the process stop it
     return outcome
