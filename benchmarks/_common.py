@@ -1,5 +1,6 @@
-"""What every benchmark shares: Django settings, a throwaway PostgreSQL, gunicorn, timing and
-statistics, the machine's description, tables.
+"""What every benchmark shares: Django settings, a throwaway PostgreSQL, gunicorn, the
+statistics of timings (median, percentile), the machine's description with its load
+average, tables.
 
 Not a benchmark itself. The PostgreSQL server is the test suite's throwaway cluster
 (tests/infra/postgres.py: a temporary directory, a free 127.0.0.1 port, run as the
@@ -13,7 +14,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from tests.infra.postgres import PostgresServer, PostgresStartError  # noqa: E40
 
 __all__ = ["DURABLE", "Gunicorn", "PostgresServer", "PostgresStartError", "REPO_ROOT",
            "configure_django", "load_average", "machine_lines", "median", "percentile",
-           "postgres_database", "sqlite_database", "start_postgres", "table", "timed"]
+           "postgres_database", "sqlite_database", "start_postgres", "table"]
 
 # A runaway query (a plan gone wrong at millions of rows) ends the benchmark with an error
 # instead of running for an hour.
@@ -132,13 +132,6 @@ class Gunicorn:
 
     def stop(self) -> None:
         self.server.stop()
-
-
-def timed(call: Any) -> float:
-    """Seconds of wall time ``call()`` took."""
-    began = time.perf_counter()
-    call()
-    return time.perf_counter() - began
 
 
 def load_average() -> float:
