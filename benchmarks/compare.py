@@ -161,6 +161,12 @@ def report(results: dict[str, Any], args: argparse.Namespace, seconds: float) ->
             figures["ratios"][ratio] if ratio else figures[key]
             for figures in results[name][kind])
 
+    def cpu(name: str, ratio: str) -> str:
+        values = [figures.get("cpu_ratios", {}).get(ratio)
+                  for figures in results[name]["enqueue"]]
+        found = [value for value in values if value is not None]
+        return f"{statistics.median(found):.2f}" if found else "-"
+
     single = [new["rates"]["ours, enqueue()"] / old["rates"]["ours, enqueue()"]
               for new, old in zip(results["new"]["enqueue"], results["old"]["enqueue"],
                                   strict=True)]
@@ -180,6 +186,11 @@ def report(results: dict[str, Any], args: argparse.Namespace, seconds: float) ->
         f"(pairs: {', '.join(f'{value:.2f}' for value in single)}); each divided by one "
         f"confirmed Publish request in its own run: {statistics.median(normalised):.2f} "
         f"(pairs: {', '.join(f'{value:.2f}' for value in normalised)})",
+        "- by CPU per call (the caller's thread and its PostgreSQL backend; waiting for a "
+        "core is not counted, so steadier under load): publish_on_commit / floor new "
+        f"{cpu('new', 'publish_on_commit / floor')}, old "
+        f"{cpu('old', 'publish_on_commit / floor')}; enqueue() / one request new "
+        f"{cpu('new', 'enqueue() / one request')}, old {cpu('old', 'enqueue() / one request')}",
     ]
     return "\n".join(text)
 
