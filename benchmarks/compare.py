@@ -19,7 +19,9 @@ each run's ratios, with the 1-minute load average before it, then the medians:
 - push path / bare view (target at least 0.7), for each side;
 - single enqueue(), new / old: the two rates, and the same for each rate divided by one
   confirmed Publish request measured in its own run (less sensitive to the load of the
-  moment; target: not below 1).
+  moment; target: not below 1);
+- the enqueue ratios by CPU per call (the caller's thread and its PostgreSQL backend), which
+  waiting for a core on a loaded machine does not inflate.
 
 Only 127.0.0.1 is contacted (and the package index of scripts/bootstrap.sh, once).
 """
