@@ -1,8 +1,12 @@
-"""What both benchmarks share: Django settings, a throwaway PostgreSQL, statistics, tables.
+"""What every benchmark shares: Django settings, a throwaway PostgreSQL, gunicorn, the
+statistics of timings (median, percentile), the machine's description with its load
+average, tables.
 
-Not a benchmark itself. The PostgreSQL server is the test suite's own (tests/infra/postgres.py):
-a cluster in a temporary directory on a free 127.0.0.1 port, run as the ``postgres`` user
-when we are root, removed when stopped.
+Not a benchmark itself. The PostgreSQL server is the test suite's throwaway cluster
+(tests/infra/postgres.py: a temporary directory, a free 127.0.0.1 port, run as the
+``postgres`` user when we are root, removed when stopped), but with PostgreSQL's default
+durability (``DURABLE``): every commit is flushed to disk, as on our users' servers. The
+test suite switches that off to save time; figures measured that way flatter every write.
 """
 
 import math
@@ -20,20 +24,48 @@ if str(REPO_ROOT) not in sys.path:  # so `python benchmarks/x.py` finds gyrinx_t
 
 from tests.infra.postgres import PostgresServer, PostgresStartError  # noqa: E402
 
-__all__ = ["PostgresServer", "PostgresStartError", "REPO_ROOT", "configure_django",
-           "machine_lines", "median", "percentile", "postgres_database", "sqlite_database",
-           "start_postgres", "table"]
+__all__ = ["DURABLE", "Gunicorn", "PostgresServer", "PostgresStartError", "REPO_ROOT",
+           "configure_django", "load_average", "machine_lines", "median", "percentile",
+           "postgres_database", "sqlite_database", "start_postgres", "table"]
 
 # A runaway query (a plan gone wrong at millions of rows) ends the benchmark with an error
 # instead of running for an hour.
 STATEMENT_TIMEOUT_MS = 120_000
 
 
+# PostgreSQL's own defaults, which the test cluster turns off (its -F, synchronous_commit=off
+# and full_page_writes=off): given last on the server's command line, they win.
+DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+# What machine_lines() says about the database, once a benchmark has started it.
+_described: dict[str, str] = {}
+
+
 def start_postgres() -> PostgresServer:
+    """The throwaway cluster, durable (DURABLE), checked with SHOW: a benchmark does not run
+    on a server that would not keep its commits."""
     try:
-        return PostgresServer.start()
+        server = PostgresServer.start(DURABLE)
     except (PostgresStartError, OSError, subprocess.SubprocessError) as exc:
         sys.exit(f"The benchmark's PostgreSQL server did not start: {exc}")
+    try:
+        import psycopg
+
+        with psycopg.connect(host=server.host, port=server.port, user="postgres",
+                             dbname="postgres", connect_timeout=30) as connection:
+            found = {name: connection.execute(f"SHOW {name}").fetchone()[0]
+                     for name in ["server_version", *DURABLE]}
+    except Exception as exc:  # noqa: BLE001 - any failure ends the benchmark with its reason
+        server.stop()
+        sys.exit(f"Could not read the benchmark's PostgreSQL settings: {exc}")
+    wrong = {name: found[name] for name, value in DURABLE.items() if found[name] != value}
+    if wrong:
+        server.stop()
+        sys.exit(f"The benchmark's PostgreSQL is not durable: {wrong} (wanted {DURABLE}).")
+    _described["postgresql"] = (
+        f"{found['server_version'].split()[0]}, durable as PostgreSQL's defaults: "
+        + ", ".join(f"{name}={found[name]}" for name in DURABLE)
+        + " (throwaway cluster, tests/infra/postgres.py)")
+    return server
 
 
 def postgres_database(port: int | str, name: str = "postgres") -> dict[str, Any]:
@@ -84,6 +116,32 @@ def configure_django(database: dict[str, Any], root_urlconf: str, **overrides: A
     django.setup()
 
 
+class Gunicorn:
+    """gunicorn serving ``app`` (tests/infra/gunicorn.py); one that does not start ends the
+    benchmark with its log."""
+
+    def __init__(self, app: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        from tests.infra.gunicorn import Gunicorn as Server
+        from tests.infra.gunicorn import GunicornError
+
+        try:
+            self.server = Server(app, env, log, args)
+        except GunicornError as exc:
+            sys.exit(str(exc))
+        self.port, self.process = self.server.port, self.server.process
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def load_average() -> float:
+    """The machine's 1-minute load average (0 where /proc is missing)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def median(values: list[float]) -> float:
     return percentile(values, 50)
 
@@ -108,9 +166,18 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def code_version() -> str:
-    """The commit measured, and whether gyrinx_tasks had uncommitted changes."""
+    """The commit measured (of the tree gyrinx_tasks is imported from, which
+    benchmarks/compare.py points at an older checkout), and whether gyrinx_tasks had
+    uncommitted changes."""
+    try:
+        import gyrinx_tasks
+
+        root = Path(gyrinx_tasks.__file__).resolve().parent.parent
+    except ImportError:
+        root = REPO_ROOT
+
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True,
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
                               text=True, timeout=30)
 
     try:
@@ -152,6 +219,10 @@ def machine_lines(extra: dict[str, str] | None = None) -> list[str]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "django": django.get_version(),
+        "load average (1 min)": f"{load_average():.2f} when this was printed (other work "
+                                "on the machine slows every figure; compare the ratios, "
+                                "measured side by side in one run)",
         **(extra or {}),
+        **_described,  # the database as started and checked, over a caller's version line
     }
     return [f"{name}: {value}" for name, value in info.items()]

@@ -112,6 +112,13 @@ class Bench:
             cursor.execute(f"CREATE TABLE IF NOT EXISTS {FLOOR_TABLE} "
                            "(LIKE gyrinx_tasks_taskexecution INCLUDING ALL)")
 
+    def backend_pid(self) -> int:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            return int(cursor.fetchone()[0])
+
     def data(self, n: int) -> bytes:
         return json.dumps({"task_id": f"raw-{n}", "task_name": "add", "args": [n, 1],
                            "kwargs": {}, "enqueued_at": "2026-11-23T16:00:00+00:00"},
@@ -244,6 +251,22 @@ class Bench:
         return {"django-tasks-pubsub 0.5.0": (figures["count"], figures["returned"])}
 
 
+def cpu_seconds(backend_pid: int) -> tuple[float, float]:
+    """CPU seconds so far of this thread and of its PostgreSQL backend (0 if unreadable).
+
+    Steadier than wall time on a loaded machine: waiting for a core is not counted. The
+    backend's figure is in clock ticks (/proc), fine for cases of thousands of calls."""
+    try:
+        fields = Path(f"/proc/{backend_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        server = 0.0
+    return time.thread_time(), server
+
+
+# The cases' short names (--cases), in the order each round runs them.
+CASES = ["raw", "raw-wait", "raw-request", "peer", "single", "threads", "many", "commit",
+         "floor"]
 ORDER = [
     "raw fire-and-forget", "raw, all confirmed", "raw, wait each", "raw, one request each",
     "django-tasks-pubsub 0.5.0", "ours, enqueue()", "ours, enqueue(), 8 threads",
@@ -267,7 +290,7 @@ NOTES = {
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.infra.pubsub import PubSubEmulator
 
-    python, peer_problem = peer_python()
+    python, peer_problem = peer_python() if "peer" in args.cases else (None, "")
     server = start_postgres()
     emulator = PubSubEmulator.start(project="bench-project")
     os.environ["PUBSUB_EMULATOR_HOST"] = emulator.host
@@ -284,14 +307,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         call_command("migrate", verbosity=0)
         bench = Bench(emulator.host, "bench-project", args.bulk, args.single)
         samples: dict[str, list[tuple[int, float]]] = {}
-        cases = [bench.raw_fire_and_forget, bench.raw_wait_each, bench.raw_request_each,
-                 lambda: bench.peer(python), bench.ours_single, bench.ours_threads,
-                 bench.ours_many, bench.ours_commit, bench.floor_commit]
+        cpu: dict[str, list[list[float]]] = {}  # per call: [this thread, its PostgreSQL]
+        every = {"raw": bench.raw_fire_and_forget, "raw-wait": bench.raw_wait_each,
+                 "raw-request": bench.raw_request_each, "peer": lambda: bench.peer(python),
+                 "single": bench.ours_single, "threads": bench.ours_threads,
+                 "many": bench.ours_many, "commit": bench.ours_commit,
+                 "floor": bench.floor_commit}
+        cases = [every[name] for name in CASES if name in args.cases]
+        backend_pid = bench.backend_pid()
         for round_ in range(args.rounds):
             for case in cases:
                 bench.truncate()
-                for name, figure in case().items():
+                began = cpu_seconds(backend_pid)
+                figures = case()
+                spent = [b - a for a, b in zip(began, cpu_seconds(backend_pid), strict=True)]
+                for name, figure in figures.items():
                     samples.setdefault(name, []).append(figure)
+                    if len(figures) == 1 and name in MEASURED:  # one timed thing, one thread
+                        cpu.setdefault(name, []).append([s / figure[0] for s in spent])
             print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr)
         bench.raw.stop()
     finally:
@@ -300,8 +333,67 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rates = {name: median([count / seconds for count, seconds in values])
              for name, values in samples.items()}
     counts = {name: values[0][0] for name, values in samples.items()}
-    return {"rates": rates, "counts": counts, "rounds": args.rounds,
-            "peer_problem": peer_problem}
+    each_round = [{name: values[n][0] / values[n][1] for name, values in samples.items()}
+                  for n in range(args.rounds)]
+    cpu_per_call = {name: [median([v[i] for v in values]) for i in range(2)]
+                    for name, values in cpu.items()}
+    return {"rates": rates, "counts": counts, "rounds": args.rounds, "each_round": each_round,
+            "cpu": cpu_per_call, "peer_problem": peer_problem}
+
+
+RATIOS = {  # name: (case, its reference), both measured in each round
+    "publish_on_commit / floor": ("ours, publish_on_commit",
+                                  "floor, INSERTs + one batched publish"),
+    "enqueue() / one request": ("ours, enqueue()", "raw, one request each"),
+}
+
+
+MEASURED = {name for pair in RATIOS.values() for name in pair}
+
+
+def ratios(each_round: list[dict[str, float]]) -> dict[str, float]:
+    """The median over rounds of each ratio in RATIOS, each from figures of the same round."""
+    found = {}
+    for name, (case, reference) in RATIOS.items():
+        values = [rates[case] / rates[reference] for rates in each_round
+                  if rates.get(case) and rates.get(reference)]
+        if values:
+            found[name] = median(values)
+    return found
+
+
+def cpu_ratios(cpu: dict[str, list[float]]) -> dict[str, float]:
+    """RATIOS by CPU per call (this thread and its PostgreSQL backend together): the
+    reference's CPU over the case's, so that higher is better as for rates."""
+    found = {}
+    for name, (case, reference) in RATIOS.items():
+        if case in cpu and reference in cpu and sum(cpu[case]):
+            found[name] = sum(cpu[reference]) / sum(cpu[case])
+    return found
+
+
+def ratio_lines(result: dict[str, Any]) -> list[str]:
+    found = result["ratios"]
+    lines = []
+    cpu = result.get("cpu", {})
+    commit, floor = (cpu.get("ours, publish_on_commit"),
+                     cpu.get("floor, INSERTs + one batched publish"))
+    if commit and floor:
+        lines.append(
+            f"CPU per call (this process's thread + its PostgreSQL backend, median): "
+            f"publish_on_commit {commit[0] * 1e6:,.0f} + {commit[1] * 1e6:,.0f} us, floor "
+            f"{floor[0] * 1e6:,.0f} + {floor[1] * 1e6:,.0f} us; the floor's CPU is "
+            f"{result['cpu_ratios']['publish_on_commit / floor']:.2f} of publish_on_commit's "
+            "(what the ratio of rates would be on an idle machine if CPU were all that "
+            "counted).")
+    if "publish_on_commit / floor" in found:
+        lines.append(f"publish_on_commit runs at {found['publish_on_commit / floor']:.2f} of "
+                     "the floor (hand-written INSERTs in one transaction, then one batched "
+                     "publish), the median of each round's ratio.")
+    if "enqueue() / one request" in found:
+        lines.append(f"A single enqueue() runs at {found['enqueue() / one request']:.2f} of "
+                     "one confirmed Publish request alone (its row and its publish overlap).")
+    return lines
 
 
 def report(result: dict[str, Any]) -> str:
@@ -317,11 +409,8 @@ def report(result: dict[str, Any]) -> str:
                      f"{rates[name] / peer:.2f}" if peer else "-", NOTES[name]])
     text = table(["case", "messages", "rate (median)", "x raw fire-and-forget", "x peer",
                   "what is timed"], rows)
-    floor = rates.get("floor, INSERTs + one batched publish")
-    if floor and "ours, publish_on_commit" in rates:
-        text += (f"\n\npublish_on_commit runs at {rates['ours, publish_on_commit'] / floor:.2f} of "
-                 "the floor (hand-written INSERTs in one transaction, then one batched "
-                 "publish).")
+    for line in ratio_lines(result):
+        text += f"\n\n{line}"
     if result["peer_problem"]:
         text += f"\n\ndjango-tasks-pubsub was not measured: {result['peer_problem']}."
     return text
@@ -333,14 +422,20 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, help="messages in the bulk cases (10,000)")
     parser.add_argument("--single", type=int, help="calls in the one-at-a-time cases (2,000)")
     parser.add_argument("--rounds", type=int, help="rounds of every case (3)")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"the cases to run, comma-separated (all: {','.join(CASES)})")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    args.cases = set(args.cases.split(","))
+    if args.cases - set(CASES):
+        parser.error(f"unknown --cases {', '.join(sorted(args.cases - set(CASES)))}")
     args.bulk = args.bulk or (2000 if args.quick else 10_000)
     args.single = args.single or (500 if args.quick else 2000)
     args.rounds = args.rounds or (2 if args.quick else 3)
     result = run(args)
-    machine = machine_lines({"database": "PostgreSQL (throwaway cluster)",
-                             "pubsub": "official emulator (gcloud beta emulators)"})
+    result["ratios"] = ratios(result["each_round"])
+    result["cpu_ratios"] = cpu_ratios(result["cpu"])
+    machine = machine_lines({"pubsub": "official emulator (gcloud beta emulators)"})
     print("\n".join(f"- {line}" for line in machine))
     print()
     print(report(result))

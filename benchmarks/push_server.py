@@ -40,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
+    Gunicorn,
     configure_django,
     machine_lines,
     median,
@@ -48,8 +49,6 @@ from benchmarks._common import (  # noqa: E402
     start_postgres,
     table,
 )
-from tests.infra.gunicorn import Gunicorn as _Gunicorn  # noqa: E402
-from tests.infra.gunicorn import GunicornError  # noqa: E402
 
 # (label, gunicorn arguments). The recommended one is last and used for part 2.
 CONFIGS = [
@@ -64,14 +63,7 @@ RECOMMENDED = CONFIGS[-1]
 SPACING = 0.05
 
 
-class Gunicorn(_Gunicorn):
-    """benchmarks.push_wsgi under gunicorn; a server that does not start ends the benchmark."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        try:
-            super().__init__("benchmarks.push_wsgi:application", env, log, args)
-        except GunicornError as exc:
-            sys.exit(str(exc))
+APP = "benchmarks.push_wsgi:application"
 
 
 def envelope(result_id: str, n: int) -> bytes:
@@ -119,7 +111,7 @@ def emulator_pushes(label: str, args: list[str], env: dict[str, str], count: int
     from tests import tasks
 
     truncate()
-    server = Gunicorn(args, env, workdir / f"gunicorn-{len(label)}.log")
+    server = Gunicorn(APP, args, env, workdir / f"gunicorn-{len(label)}.log")
     topic = task_backends["default"].topic_path(get_route("add").topic_name)
     subscription = f"projects/bench-project/subscriptions/bench-push-{server.port}"
     subscriber = clients.subscriber_client()
@@ -238,6 +230,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of each endpoint (3)")
     parser.add_argument("--concurrency", type=int, default=8, help="client threads (8)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--rate-only", action="store_true",
+                        help="only part 2, pushes per second against the bare view")
     parser.add_argument("--threads", type=int,
                         help="gthread threads per worker for the pushes-per-second part "
                              "(default: the recommended configuration's 4)")
@@ -277,20 +271,24 @@ def main() -> None:
         publisher.create_topic(name=task_backends["default"].topic_path(
             get_route("add").topic_name))
         publisher.stop()
-        result["emulator"] = [emulator_pushes(label, gargs, env, args.pushes, workdir)
-                              for label, gargs in CONFIGS]
-        # The recommended server again, each run enqueued on its own: latency without a queue.
-        result["emulator"].append(emulator_pushes(
-            f"{RECOMMENDED[0]}, spaced: enqueue() every {SPACING * 1000:.0f} ms",
-            RECOMMENDED[1], env, args.pushes // 2, workdir, spacing=SPACING))
+        result["emulator"] = [] if args.rate_only else [
+            emulator_pushes(label, gargs, env, args.pushes, workdir) for label, gargs in CONFIGS]
+        if not args.rate_only:
+            # The recommended server again, each run enqueued on its own: latency without a
+            # queue.
+            result["emulator"].append(emulator_pushes(
+                f"{RECOMMENDED[0]}, spaced: enqueue() every {SPACING * 1000:.0f} ms",
+                RECOMMENDED[1], env, args.pushes // 2, workdir, spacing=SPACING))
         header = OIDC(certs).header()  # one token throughout, as Pub/Sub reuses its token
         part2 = RECOMMENDED
         if args.threads:
             part2 = (f"gthread, 2 workers x {args.threads} threads",
                      ["-w", "2", "-k", "gthread", "--threads", str(args.threads)])
-        gunicorn = Gunicorn(part2[1], {**env, "BENCH_OIDC_CERTS_URL":
-                                             certs.url(CERTS_PATH)}, workdir / "part2.log")
+        gunicorn = Gunicorn(APP, part2[1], {**env, "BENCH_OIDC_CERTS_URL":
+                                                  certs.url(CERTS_PATH)}, workdir / "part2.log")
         samples: dict[str, list[dict[str, Any]]] = {"/tasks/pubsub/": [], "/bare/": []}
+        # Each round's /tasks/pubsub/ against the /bare/ round right after it.
+        each_round: list[float] = []
         try:
             for _ in range(args.rounds):
                 for path in samples:
@@ -302,6 +300,8 @@ def main() -> None:
                     samples[path].append({"rate": len(bodies) / wall, "answers": answers,
                                           "p50": percentile(latencies, 50),
                                           "p95": percentile(latencies, 95)})
+                each_round.append(samples["/tasks/pubsub/"][-1]["rate"]
+                                  / samples["/bare/"][-1]["rate"])
         finally:
             gunicorn.stop()
         result["push"] = {path: {"rate": median([s["rate"] for s in runs]),
@@ -309,6 +309,7 @@ def main() -> None:
                                  "p95": median([s["p95"] for s in runs]),
                                  "answers": runs[-1]["answers"]}
                           for path, runs in samples.items()}
+        result["push / bare"] = median(each_round)
         result["config"] = part2[0]
         result["requests"], result["rounds"] = args.requests, args.rounds
         result["concurrency"] = args.concurrency
@@ -316,7 +317,9 @@ def main() -> None:
         certs.stop()
         emulator.stop()
         server.stop()
-    machine = machine_lines({"server": "gunicorn 23.0.0", "database": "PostgreSQL"})
+    import gunicorn
+
+    machine = machine_lines({"server": f"gunicorn {gunicorn.__version__}"})
     print("\n".join(f"- {line}" for line in machine))
     print()
     print(report(result))
@@ -325,6 +328,11 @@ def main() -> None:
 
 
 def report(result: dict[str, Any]) -> str:
+    return "\n\n".join([*([emulator_report(result)] if result["emulator"] else []),
+                        rate_report(result)])
+
+
+def emulator_report(result: dict[str, Any]) -> str:
     rows = [[r["label"], f"{r['done']}/{r['count']}", f"{r['rate']:.1f}/s",
              f"{r['p50'] * 1000:,.0f} ms", f"{r['p95'] * 1000:,.0f} ms",
              f"{r['gap_median'] * 1000:,.0f} ms", f"{r['gap_max'] * 1000:,.0f} ms"]
@@ -334,18 +342,23 @@ def report(result: dict[str, Any]) -> str:
             "spacing):\n\n"
             + table(["gunicorn", "succeeded", "pushes/s", "p50", "p95",
                      "gap per worker, median", "gap max"], rows))
+    return text
+
+
+def rate_report(result: dict[str, Any]) -> str:
     push, statements = result["push"], result["statements"]
     ours, bare = push["/tasks/pubsub/"], push["/bare/"]
     rows = [[path, f"{figures['rate']:,.0f}/s", f"{figures['rate'] / bare['rate']:.2f}",
              f"{figures['p50'] * 1000:.1f} ms", f"{figures['p95'] * 1000:.1f} ms",
              str(statements[path]), ", ".join(f"{k}: {v}" for k, v in figures["answers"].items())]
             for path, figures in (("/tasks/pubsub/", ours), ("/bare/", bare))]
-    text += (f"\n\nPushes per second under {result['config']}, OIDC on for /tasks/pubsub/, "
+    text = (f"Pushes per second under {result['config']}, OIDC on for /tasks/pubsub/, "
              f"{result['concurrency']} clients, {result['requests']:,} posts x "
              f"{result['rounds']} rounds (median):\n\n"
              + table(["endpoint", "pushes/s", "x bare", "p50", "p95", "statements",
                       "answers (last round)"], rows))
-    return text
+    return text + (f"\n\nThe push path runs at {result['push / bare']:.2f} of the bare view "
+                   "(the median of each round's ratio; \"x bare\" above divides the medians).")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import REPO_ROOT, code_version  # noqa: E402
+from benchmarks._common import REPO_ROOT, code_version, machine_lines  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -84,34 +84,15 @@ def versions() -> list[str]:
         f"google-cloud-pubsub {version('google-cloud-pubsub')}, psycopg {version('psycopg')}, "
         f"gunicorn {version('gunicorn')}",
         f"- PostgreSQL: {command('bash', '-c', 'ls -d /usr/lib/postgresql/*/bin | head -1')}"
-        " (the test suite's throwaway cluster, tests/infra/postgres.py)",
+        " (a throwaway cluster, tests/infra/postgres.py, with PostgreSQL's default durability:"
+        " fsync, synchronous_commit and full_page_writes on; see benchmarks/_common.py)",
         f"- Pub/Sub emulator: {command('gcloud', 'version')} "
         "(`gcloud beta emulators pubsub start`)",
     ]
 
 
 def machine() -> list[str]:
-    cpu, memory = platform.processor() or "?", "?"
-    try:
-        for row in Path("/proc/cpuinfo").read_text().splitlines():
-            if row.startswith("model name"):
-                cpu = row.split(":", 1)[1].strip()
-                break
-        for row in Path("/proc/meminfo").read_text().splitlines():
-            if row.startswith("MemTotal:"):
-                memory = f"{int(row.split()[1]) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    try:
-        load = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        load = ["?"]
-    import os
-
-    return [f"- {os.cpu_count()} CPUs ({cpu}), {memory} memory, "
-            f"{platform.system()} {platform.release()}",
-            f"- load average when the run started: {' '.join(load)} (other work on the "
-            "machine slows every figure; the ratios compare figures from the same run)"]
+    return [f"- {line}" for line in machine_lines()]
 
 
 def run_one(name: str, args: list[str], limit: int) -> tuple[str, float, str]:

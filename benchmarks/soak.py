@@ -34,19 +34,15 @@ import argparse
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import REPO_ROOT, machine_lines, start_postgres, table  # noqa: E402
-from tests.infra import free_port  # noqa: E402
+from benchmarks._common import Gunicorn, machine_lines, start_postgres, table  # noqa: E402
 from tests.infra.pubsub import EmulatorStartError, PubSubEmulator  # noqa: E402
 
 SETTINGS = "benchmarks.soak_site.settings"
@@ -82,48 +78,26 @@ def _has_setting(name: str) -> bool:
     return any(setting.name == name for setting in KNOWN_SETTINGS)
 
 
-class Gunicorn:
-    """gunicorn serving the soak site; its arbiter restarts a killed worker."""
+class SoakServer(Gunicorn):
+    """gunicorn serving the soak site (benchmarks/_common.py's Gunicorn); its arbiter
+    restarts a killed worker. Its access log gives the answers to Pub/Sub's pushes."""
 
-    def __init__(self, port: int, workers: int, threads: int, logdir: Path) -> None:
-        self.port, self.logdir = port, logdir
+    def __init__(self, workers: int, threads: int, logdir: Path) -> None:
+        self.logdir = logdir
         self.access_log = logdir / "access.log"
-        self.error_log = logdir / "error.log"
-        command = [
-            sys.executable, "-m", "gunicorn", "benchmarks.soak_site.wsgi:application",
-            "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-            "--worker-class", "gthread", "--threads", str(threads),
-            "--keep-alive", "5", "--timeout", "60", "--graceful-timeout", "5",
+        args = [
+            "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+            "--keep-alive", "5", "--graceful-timeout", "5",
             "--access-logfile", str(self.access_log),
             # status, method and path: the delivery count is read from here
             "--access-logformat", "%(s)s %(m)s %(U)s",
-            "--error-logfile", str(self.error_log),
         ]
         if _has_setting("control_socket_disable"):
             # gunicorn 25+: its default control socket is one path for every gunicorn here.
-            command.append("--no-control-socket")
-        self.app_log = logdir / "app.log"  # the site's own logging (warnings and errors)
-        with open(self.app_log, "wb") as out:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-                                            stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_until_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"gunicorn exited with {self.process.returncode}:\n"
-                         f"{self.error_log.read_text()[-3000:]}")
-            try:
-                # A GET answers 405 (JSON): the app is loaded and answering.
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/tasks/pubsub/", timeout=2)
-            except urllib.error.HTTPError as exc:
-                if exc.code == 405 and len(self.worker_pids()) > 0:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        sys.exit(f"gunicorn did not answer within {timeout:.0f} s:\n"
-                 f"{self.error_log.read_text()[-3000:]}")
+            args.append("--no-control-socket")
+        # gunicorn's own log and the site's (warnings and errors) in one file.
+        super().__init__("benchmarks.soak_site.wsgi:application", args, dict(os.environ),
+                         logdir / "app.log")
 
     def worker_pids(self) -> list[int]:
         """The arbiter's live children, read from /proc."""
@@ -150,15 +124,6 @@ class Gunicorn:
                 counts[int(parts[0])] += 1
         return counts
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -169,12 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         sys.exit("gunicorn is not installed: run `.cache/tools/bin/uv sync` (dev group).")
 
-    machine = machine_lines({"postgresql": "throwaway cluster (tests/infra/postgres.py)",
-                             "pubsub": "official emulator (gcloud beta emulators)",
+    postgres = start_postgres()
+    machine = machine_lines({"pubsub": "official emulator (gcloud beta emulators)",
                              "gunicorn": gunicorn.__version__,
                              "command": "python -m benchmarks.soak " + " ".join(
                                  sys.argv[1:] if argv is None else argv)})
-    postgres = start_postgres()
     emulator = None
     server = None
     logdir = Path(postgres.root).parent / f"gyrinx-soak-{os.getpid()}"
@@ -198,10 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             cursor.execute("CREATE TABLE soak_effect (id bigserial PRIMARY KEY, n integer, "
                            "attempt integer, kind text, pid integer, "
                            "at timestamptz DEFAULT clock_timestamp())")
-        port = free_port()
-        server = Gunicorn(port, args.workers, args.threads, logdir)
-        server.wait_until_ready()
-        subscription = subscribe(emulator, f"http://127.0.0.1:{port}/tasks/pubsub/")
+        server = SoakServer(args.workers, args.threads, logdir)
+        subscription = subscribe(emulator, f"http://127.0.0.1:{server.port}/tasks/pubsub/")
         report = soak(args, server, subscription, machine)
     finally:
         if server is not None:
@@ -250,7 +212,7 @@ def effect_counts() -> dict[str, int]:
         return dict(cursor.fetchall())
 
 
-def kill_a_busy_worker(server: Gunicorn, deadline: float,
+def kill_a_busy_worker(server: SoakServer, deadline: float,
                        after_effect: bool = False) -> tuple[int, int]:
     """SIGKILL a worker while it is inside a long task; (pid, tasks it had in hand).
 
@@ -284,7 +246,7 @@ def kill_a_busy_worker(server: Gunicorn, deadline: float,
     return 0, 0
 
 
-def soak(args: argparse.Namespace, server: Gunicorn, topic: str, machine: list[str]) -> str:
+def soak(args: argparse.Namespace, server: SoakServer, topic: str, machine: list[str]) -> str:
     from django.db import connection
 
     from benchmarks.soak_site.tasks import soak_step

@@ -109,6 +109,52 @@ class Pending:
     data: bytes
     attributes: dict[str, str]
     result: TaskResult | None = None
+    # Its columns but RUN_VARYING are those of every run with this key (statements.insert_run)
+    shared: tuple | None = None
+
+
+# The columns that differ between runs enqueued the same way (same task, backend, queue and
+# trigger): set for each run; every other column is copied from the first run's.
+RUN_VARYING = ("result_id", "task_id", "args", "kwargs", "created_at", "enqueued_at",
+               "timeline")
+
+
+@dataclass(frozen=True)
+class RunTemplate:
+    """The column values of a new run, to build the next runs enqueued the same way from."""
+
+    names: list[str]
+    values: list[Any]
+    varying: dict[str, int]  # RUN_VARYING's positions in ``values``
+    mutable: list[int]  # lists and dicts: each run gets its own copy
+
+    @classmethod
+    def of(cls, execution: Any) -> "RunTemplate":
+        names = [field.attname for field in type(execution)._meta.concrete_fields]
+        values = [getattr(execution, name) for name in names]
+        return cls(names, values, {name: names.index(name) for name in RUN_VARYING},
+                   [i for i, value in enumerate(values) if isinstance(value, (list, dict))])
+
+    def run(self, now: Any, args: Any, kwargs: Any) -> Any:
+        from .models import TaskExecution, new_result_id
+
+        values = list(self.values)
+        for index in self.mutable:
+            values[index] = type(values[index])(values[index])
+        result_id = new_result_id()
+        varying = self.varying
+        values[varying["result_id"]] = values[varying["task_id"]] = result_id
+        values[varying["args"]], values[varying["kwargs"]] = args, kwargs
+        values[varying["created_at"]] = values[varying["enqueued_at"]] = now
+        values[varying["timeline"]] = []
+        execution = TaskExecution.from_db(None, self.names, values)
+        execution._state.adding = True  # not saved yet
+        return execution
+
+
+# By (task name, path, backend alias, queue name, trigger, retry_of_id): at most one per
+# routed task, backend, queue and trigger (retries, each with its own key, are not kept).
+_templates: dict[tuple, RunTemplate] = {}
 
 
 def _backend(alias: str) -> "PubSubBackend":
@@ -223,16 +269,8 @@ class PubSubBackend(BaseTaskBackend):
     def _prepare(self, task: Any, route: Any, args: Any, kwargs: Any, now: Any,
                  context: EnqueueContext | None) -> "Pending":
         """An unsaved run and its message, size-checked (nothing is recorded if too large)."""
-        from .models import TaskExecution, Trigger
-
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
-        execution = TaskExecution(
-            task_name=route.name, task_path=route.path, backend=self.alias,
-            args=args, kwargs=kwargs, enqueued_at=now, queue_name=task.queue_name,
-            trigger=context.trigger if context else Trigger.ENQUEUE,
-            retry_of_id=context.retry_of_id if context else None,
-        )
-        execution.task_id = execution.result_id
+        execution, shared = self._new_run(task, route, args, kwargs, now, context)
         message = build_message(execution.task_id, route.name, args, kwargs, now)
         # The runner reads the trigger attribute if it has to create the row itself.
         attributes = {"trigger": context.trigger} if context else {}
@@ -259,7 +297,35 @@ class PubSubBackend(BaseTaskBackend):
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
         check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
         execution._log("", execution.status, (context and context.note) or "enqueued")
-        return Pending(execution, route, task, data, attributes)
+        return Pending(execution, route, task, data, attributes, shared=shared)
+
+    def _new_run(self, task: Any, route: Any, args: Any, kwargs: Any, now: Any,
+                 context: EnqueueContext | None) -> tuple[Any, tuple | None]:
+        """An unsaved run of ``task`` with these arguments, its timeline still empty, and the
+        key its other columns share with every run enqueued the same way (None for a retry).
+
+        Every run of one task enqueued the same way holds the same values in all columns but
+        RUN_VARYING, so the model is built once per such way (RunTemplate) and each run
+        from its values: Model.__init__ with keywords costs far more than Model.from_db.
+        """
+        from .models import TaskExecution, Trigger
+
+        trigger = context.trigger if context else Trigger.ENQUEUE
+        retry_of_id = context.retry_of_id if context else None
+        key = (route.name, route.path, self.alias, task.queue_name, trigger, retry_of_id)
+        template = _templates.get(key)
+        if template is None:
+            execution = TaskExecution(
+                task_name=route.name, task_path=route.path, backend=self.alias,
+                args=args, kwargs=kwargs, enqueued_at=now, queue_name=task.queue_name,
+                trigger=trigger, retry_of_id=retry_of_id,
+            )
+            execution.task_id = execution.result_id
+            if retry_of_id is not None:  # a retry's key is its own: not worth keeping
+                return execution, None
+            _templates[key] = RunTemplate.of(execution)
+            return execution, key
+        return template.run(now, args, kwargs), key
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
@@ -272,7 +338,7 @@ class PubSubBackend(BaseTaskBackend):
                                 current_enqueue_context())
         using = router.db_for_write(type(pending.execution), instance=pending.execution)
         if self.publish_on_commit and connections[using].in_atomic_block:
-            insert_run(using, pending.execution)
+            insert_run(using, pending.execution, pending.shared, RUN_VARYING)
             pending.result = self.result_from_execution(pending.execution, task=task)
             self._publish_on_commit(using, [pending])
             return pending.result
@@ -285,7 +351,7 @@ class PubSubBackend(BaseTaskBackend):
         # The only write of a successful enqueue: the delivery records the message id.
         wait = clients.start_publish(self.publisher, self.topic_path(route.topic_name),
                                      pending.data, pending.attributes, self.publish_timeout)
-        insert_run(using, pending.execution)
+        insert_run(using, pending.execution, pending.shared, RUN_VARYING)
         pending.result = self.result_from_execution(pending.execution, task=task)
         self._publish_execution(pending, wait)
         return pending.result
@@ -463,7 +529,7 @@ class PubSubBackend(BaseTaskBackend):
         for start in range(0, len(queue), CHUNK_SIZE):
             ids = [p.execution.result_id for p in queue[start:start + CHUNK_SIZE]]
             committed.update(TaskExecution.objects.using(using).filter(
-                result_id__in=ids).values_list("result_id", flat=True))
+                result_id__in=ids).order_by().values_list("result_id", flat=True))
         # Runs of other PubSubBackend aliases publish through their own backend.
         by_backend: dict[str, list[Pending]] = {}
         for pending in queue:

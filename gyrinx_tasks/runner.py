@@ -41,14 +41,15 @@ def _sender(task: Any) -> type:
     return type(backend) if isinstance(backend, PubSubBackend) else PubSubBackend
 
 
-def announce_finished(execution: Any, task: Any) -> None:
+def announce_finished(execution: Any, task: Any, sender: type | None = None) -> None:
     """Send Django's task_finished for a run that has ended (also a cancelled one)."""
-    task_finished.send(_sender(task), task_result=result_from_execution(execution, task))
+    task_finished.send(sender or _sender(task),
+                       task_result=result_from_execution(execution, task))
 
 
-def _announce_end(outcome: Outcome, task: Any) -> None:
+def _announce_end(outcome: Outcome, task: Any, sender: type | None = None) -> None:
     if outcome.kind.ends_the_run and outcome.execution is not None:
-        announce_finished(outcome.execution, task)
+        announce_finished(outcome.execution, task, sender)
 
 
 def handle_delivery(delivery: Delivery, raw_message: str) -> Outcome:
@@ -90,7 +91,8 @@ def _handle(delivery: Delivery, raw_message: str) -> tuple[Outcome, BaseExceptio
         _announce_end(claimed, task)
         return claimed, None
     execution = claimed
-    task_started.send(_sender(task), task_result=result_from_execution(execution, task))
+    sender = _sender(task)  # once a delivery: it looks the backend up
+    task_started.send(sender, task_result=result_from_execution(execution, task))
     started = time.monotonic()
     attempt = run_attempt(execution, delivery, task, limit,
                           lambda attempts: claims.give_up_reason(attempts, limit))
@@ -107,5 +109,5 @@ def _handle(delivery: Delivery, raw_message: str) -> tuple[Outcome, BaseExceptio
         logger.info("Task %s (%s) attempt %s %s in %.3f s", task.module_path,
                     execution.result_id, execution.attempts, attempt.what, seconds,
                     extra=labels)
-    _announce_end(outcome, task)
+    _announce_end(outcome, task, sender)
     return outcome, attempt.error

@@ -15,7 +15,7 @@ Model signals (pre_save/post_save) are still sent when something listens for the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from functools import cache
 from typing import Any
@@ -255,8 +255,14 @@ def _update_with_orm(using: str, execution: Any, names: list[str],
     return changed
 
 
-def insert_run(using: str, execution: Any) -> None:
-    """INSERT a new run (as ``execution.save(using=using)``) and set its primary key."""
+def insert_run(using: str, execution: Any, shared: Any = None,
+               varying: Collection[str] = ()) -> None:
+    """INSERT a new run (as ``execution.save(using=using)``) and set its primary key.
+
+    ``shared``: a key for runs whose columns all hold the same values but ``varying`` (the
+    runs of one task enqueued one way): the other columns' values are prepared for the
+    database once per connection and key (see _shared_insert), only ``varying`` each time.
+    """
     connection = connections[using]
     if connection.vendor not in VENDORS or not connection.features.can_return_columns_from_insert:
         execution.save(using=using)
@@ -264,24 +270,65 @@ def insert_run(using: str, execution: Any) -> None:
     cache = _cache(using)
     assert cache is not None
     meta = _runs()._meta
-    assert meta.pk is not None and meta.pk.column is not None
     fields = [field for field in meta.concrete_fields if field is not meta.pk]
     sql = cache.get("insert")
     if sql is None:
-        quote = connection.ops.quote_name
-        sql = cache["insert"] = (
-            f"INSERT INTO {quote(meta.db_table)} "
-            f"({', '.join(quote(str(field.column)) for field in fields)}) "
-            f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(meta.pk.column)}")
+        sql = cache["insert"] = _insert_sql(connection, fields, ["%s"] * len(fields))
     _pre_save(execution, using, None)
-    params = [field.get_db_prep_save(field.pre_save(execution, True), connection)
-              for field in fields]
+    template = cache.get(("insert", shared)) if shared is not None else None
+    if template is None:
+        params = [field.get_db_prep_save(field.pre_save(execution, True), connection)
+                  for field in fields]
+        if shared is not None:
+            cache[("insert", shared)] = _shared_insert(connection, fields, params, varying)
+    else:
+        sql, params, changing = template
+        params = list(params)
+        for index, field in changing:
+            params[index] = field.get_db_prep_save(field.pre_save(execution, True), connection)
     with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
         cursor.execute(sql, params)
         execution.pk = cursor.fetchone()[0]
     execution._state.adding = False
     execution._state.db = using
     _post_save(execution, using, None, created=True)
+
+
+def _insert_sql(connection: Any, fields: list[Any], values: list[str]) -> str:
+    meta = _runs()._meta
+    assert meta.pk is not None and meta.pk.column is not None
+    quote = connection.ops.quote_name
+    return (f"INSERT INTO {quote(meta.db_table)} "
+            f"({', '.join(quote(str(field.column)) for field in fields)}) "
+            f"VALUES ({', '.join(values)}) RETURNING {quote(meta.pk.column)}")
+
+
+def _shared_insert(connection: Any, fields: list[Any], params: list[Any],
+                   varying: Collection[str]) -> tuple[str, list[Any], list[tuple[int, Any]]]:
+    """(sql, params, changing) to insert runs that share every column but ``varying``, from
+    one such run's ``params``; ``changing`` is each varying column's (index in params, field).
+
+    On PostgreSQL with psycopg 3 the shared values are written into the statement as
+    literals, quoted by psycopg (``sql.Literal``) as it quotes the parameters of Django's
+    client-side-binding cursor, so each insert sends only the varying ones: psycopg adapts
+    and quotes every parameter on every execute. Elsewhere every value stays a parameter,
+    the shared ones prepared once.
+    """
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    changing = [(index, field) for index, field in enumerate(fields)
+                if field.attname in varying]
+    if connection.vendor != "postgresql" or not is_psycopg3:
+        return _insert_sql(connection, fields, ["%s"] * len(fields)), params, changing
+    from psycopg import sql as psycopg_sql
+
+    connection.ensure_connection()
+    values = ["%s" if field.attname in varying
+              # % doubled: the statement still has placeholders.
+              else psycopg_sql.Literal(param).as_string(connection.connection).replace("%", "%%")
+              for field, param in zip(fields, params, strict=True)]
+    return (_insert_sql(connection, fields, values), [params[index] for index, _ in changing],
+            [(n, field) for n, (_, field) in enumerate(changing)])
 
 
 def _pre_save(execution: Any, using: str, names: list[str] | None) -> None:

@@ -108,9 +108,9 @@ def test_single_enqueue_sends_the_publish_before_inserting_and_waits_after(monke
 
     real_insert = backend_module.insert_run
 
-    def insert(using, execution):
+    def insert(using, execution, *args):
         order.append("row inserted")
-        real_insert(using, execution)
+        real_insert(using, execution, *args)
 
     use_publisher(Recording())
     monkeypatch.setattr(backend_module, "insert_run", insert)
@@ -126,7 +126,7 @@ def test_single_enqueue_sends_the_publish_before_inserting_and_waits_after(monke
 @pytest.mark.django_db(transaction=True)
 def test_single_enqueue_whose_insert_fails_raises_and_its_message_never_runs(
         fake_publisher, monkeypatch, client, settings):
-    def insert_fails(using, execution):
+    def insert_fails(using, execution, *args):
         raise OperationalError("the database went away")
 
     monkeypatch.setattr(backend_module, "insert_run", insert_fails)
