@@ -314,11 +314,9 @@ def _shared_insert(connection: Any, fields: list[Any], params: list[Any],
     and quotes every parameter on every execute. Elsewhere every value stays a parameter,
     the shared ones prepared once.
     """
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
     changing = [(index, field) for index, field in enumerate(fields)
                 if field.attname in varying]
-    if connection.vendor != "postgresql" or not is_psycopg3:
+    if connection.vendor != "postgresql" or not _psycopg3():
         return _insert_sql(connection, fields, ["%s"] * len(fields)), params, changing
     from psycopg import sql as psycopg_sql
 
@@ -329,6 +327,14 @@ def _shared_insert(connection: Any, fields: list[Any], params: list[Any],
               for field, param in zip(fields, params, strict=True)]
     return (_insert_sql(connection, fields, values), [params[index] for index, _ in changing],
             [(n, field) for n, (_, field) in enumerate(changing)])
+
+
+def _psycopg3() -> bool:
+    # Imported only on PostgreSQL: the module imports psycopg or psycopg2, and a project on
+    # SQLite may have neither installed.
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return is_psycopg3
 
 
 def _pre_save(execution: Any, using: str, names: list[str] | None) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.http import HttpResponse
@@ -138,7 +139,10 @@ def test_middleware_works_under_asgi_too():
 
     middleware = TraceContextMiddleware(view)
     request = RequestFactory().get("/", headers={"traceparent": TRACEPARENT})
-    response = asyncio.run(middleware(request))
+    # In a thread of its own: a worker that ran a browser test first has Playwright's event
+    # loop running in this one, and asyncio.run() refuses to start inside it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        response = pool.submit(asyncio.run, middleware(request)).result()
     assert response.status_code == 200 and seen == [TRACEPARENT]
 
 
