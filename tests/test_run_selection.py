@@ -37,3 +37,10 @@ def test_the_django_60_run_leaves_out_the_emulator_tests_and_keeps_the_admin():
                    "tests/test_e2e.py", "tests/test_admin.py", "tests/test_fresh_project.py")
     files = {line.split("::", 1)[0] for line in kept.splitlines() if "::" in line}
     assert files == {"tests/test_admin.py"}
+
+
+def test_the_browser_tests_run_on_sqlite_with_the_newest_django_only():
+    for group in ("same-on-every-database", "same-on-every-django"):
+        kept = collect(group, "tests/test_cancel_browser.py", "tests/test_cancel.py")
+        files = {line.split("::", 1)[0] for line in kept.splitlines() if "::" in line}
+        assert files == {"tests/test_cancel.py"}, group
