@@ -151,3 +151,34 @@ def pytest_runtest_makereport(item, call):
             for title, text in report.sections
         ]
     return report
+
+
+@pytest.fixture
+def no_oidc(settings):
+    """Push requests are not asked for an OIDC token (TASKS_VERIFY_OIDC = False). Modules whose
+    every test posts unsigned pushes use it with ``pytest.mark.usefixtures("no_oidc")``; the
+    tests of tokens use tests/oidc.py instead."""
+    settings.TASKS_VERIFY_OIDC = False
+
+
+@pytest.fixture
+def calls():
+    """tests.tasks.CALLS, empty at the start and the end of the test: the calls of the test
+    tasks that record them (echo and friends)."""
+    from tests import tasks
+
+    tasks.CALLS.clear()
+    yield tasks.CALLS
+    tasks.CALLS.clear()
+
+
+@pytest.fixture
+def fresh_unrecorded(monkeypatch):
+    """Outcomes this process could not record (gyrinx_tasks/record.py), forgotten before and
+    after the test, so that one test's remembered outcome is not found by another's
+    redelivery."""
+    from collections import OrderedDict
+
+    from gyrinx_tasks import record
+
+    monkeypatch.setattr(record, "_unrecorded", OrderedDict())

@@ -74,3 +74,99 @@ def staff_user(username: str, *codenames: str) -> Any:
     user = User.objects.create_user(username, password="pw", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
     return user
+
+
+def task_message(task_id: str = "t-1", task_name: str = "echo", args: Any = ("hi",),
+                 **fields: Any) -> dict:
+    """A task message (the data of a push) for a tests.tasks task; ``fields`` add to it or
+    replace its kwargs."""
+    return {"task_id": task_id, "task_name": task_name, "args": list(args), "kwargs": {},
+            **fields}
+
+
+def stuck_echo_run(attempts: int = 1, **fields: Any) -> Any:
+    """An echo run left RUNNING by a worker that stopped, its ack deadline long past."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from gyrinx_tasks.models import State, TaskExecution
+
+    return TaskExecution.objects.create(
+        task_name="echo", task_path="tests.tasks.echo", args=["hi"], status=State.RUNNING,
+        attempts=attempts, last_attempted_at=timezone.now() - timedelta(hours=1), **fields)
+
+
+def package_log_lines(caplog: Any) -> list[str]:
+    """The log lines of the package's own logger (Django's django.tasks logger also logs each
+    task_finished)."""
+    return [line.getMessage() for line in caplog.records if line.name == "gyrinx_tasks"]
+
+
+def note_elsewhere(row: Any) -> None:
+    """Another attempt notes something in the run's timeline."""
+    row.note("written by another attempt")
+    row.save(update_fields=["timeline", "timeline_omitted"])
+
+
+def change_after_first_read(monkeypatch: Any, change: Any) -> list:
+    """Let ``change(row)`` write to the run just after a delivery first reads it, as another
+    writer would between that read and the delivery's write. Returns the reads made."""
+    from gyrinx_tasks import claim
+    from gyrinx_tasks.models import TaskExecution
+
+    real_select, reads = claim.select_run, []
+
+    def select_then_change(using, column, value, lock, switch_for=None, task_name=None):
+        found = real_select(using, column, value, lock, switch_for, task_name)
+        if found is not None and not reads:
+            change(TaskExecution.objects.get(pk=found.pk))
+        reads.append(found)
+        return found
+
+    monkeypatch.setattr(claim, "select_run", select_then_change)
+    return reads
+
+
+def on_outcome_write(monkeypatch: Any, action: Any) -> list:
+    """Call ``action(run)`` instead of the first write of an attempt's outcome (the only write
+    that expects the run RUNNING); ``action`` may write, raise, or return whether it wrote."""
+    from gyrinx_tasks.models import State, TaskExecutionQuerySet
+
+    real_write, done = TaskExecutionQuerySet.write_transition, []
+
+    def write(self, run):
+        if run.progress_as_read()["status"] == State.RUNNING and not done:
+            done.append(run.pk)
+            result = action(run)
+            if result is not None:
+                return bool(result)
+        return real_write(self, run)
+
+    monkeypatch.setattr(TaskExecutionQuerySet, "write_transition", write)
+    return done
+
+
+def finished_statuses() -> tuple[list[str], Any]:
+    """Collect the status task_finished reports for each run, until disconnected."""
+    from django.tasks.signals import task_finished
+
+    seen: list[str] = []
+
+    def finished(sender, task_result, **kwargs):
+        seen.append(task_result.status)
+
+    task_finished.connect(finished, weak=False)
+    return seen, lambda: task_finished.disconnect(finished)
+
+
+class RunsReadFromAReplica:
+    """A database router sending reads of runs to an alias that does not exist, so that a
+    runner query not pinned to the write database fails. Named in DATABASE_ROUTERS as
+    ``tests.helpers.RunsReadFromAReplica``."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return "replica" if model._meta.model_name == "taskexecution" else None
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return "default"

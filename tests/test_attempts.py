@@ -20,7 +20,7 @@ from tests import tasks as jobs
 from tests.helpers import FakePublisher, envelope, use_publisher
 from tests.registry import tasks as GOOD_ROUTES
 
-pytestmark = pytest.mark.clock
+pytestmark = [pytest.mark.clock, pytest.mark.usefixtures("no_oidc")]
 
 URL = "/tasks/pubsub/"
 
@@ -31,11 +31,6 @@ tasks = [
     TaskRoute(jobs.explode, max_attempts=2),
     TaskRoute(jobs.echo, max_attempts=2),
 ]
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture

@@ -421,11 +421,6 @@ def test_a_switch_for_a_task_gone_from_the_registry_stays_editable(admin_client)
 PUSH = "/tasks/pubsub/"
 
 
-@pytest.fixture
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
-
-
 def push(client, body):
     return client.post(PUSH, body, content_type="application/json")
 

@@ -21,12 +21,7 @@ from tests.test_races import WAIT, Calls
 URL = "/tasks/pubsub/"
 ROUNDS = 5
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_oidc")]
 
 
 @pytest.fixture

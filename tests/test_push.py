@@ -10,13 +10,8 @@ from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
 from tests import tasks
 from tests.helpers import envelope
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_oidc")]
 URL = "/tasks/pubsub/"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 def push(client, body: bytes, **headers):

@@ -22,11 +22,6 @@ URL = "/tasks/pubsub/"
 NINE_MB = 9_000_000
 
 
-@pytest.fixture
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
-
-
 def test_default_limit_is_above_the_largest_push_pubsub_can_send():
     largest_data = 4 * -(-PUBSUB_MAX_PUBLISH_BYTES // 3)  # base64 of 10,000,000 bytes
     assert largest_data == 13_333_336

@@ -21,13 +21,10 @@ from gyrinx_tasks.runner import handle_delivery
 from tests import tasks
 from tests.helpers import envelope
 
+pytestmark = pytest.mark.usefixtures("no_oidc")
+
 URL = "/tasks/pubsub/"
 WAIT = 30  # seconds any one thread may take before the test fails instead of hanging
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture(autouse=True)
@@ -373,21 +370,10 @@ def test_a_task_raising_system_exit_is_recorded_failed(client, calls):
     assert finished == []
 
 
-class RunsReadFromAReplica:
-    """A router sending reads of runs to an alias that does not exist: a runner query not
-    pinned to the write database fails."""
-
-    def db_for_read(self, model, **hints):
-        return "replica" if model._meta.model_name == "taskexecution" else None
-
-    def db_for_write(self, model, **hints):
-        return "default"
-
-
 @pytest.mark.django_db
 def test_the_runner_follows_the_routers_write_database(client, settings, calls, monkeypatch):
     held = calls()
-    settings.DATABASE_ROUTERS = [f"{__name__}.RunsReadFromAReplica"]
+    settings.DATABASE_ROUTERS = ["tests.helpers.RunsReadFromAReplica"]
     opened = []
     atomic = transaction.atomic
 

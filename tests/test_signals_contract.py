@@ -15,12 +15,9 @@ from gyrinx_tasks.models import KillSwitch, SwitchMode, TaskExecution
 from tests import tasks as jobs
 from tests.helpers import envelope, push
 
+pytestmark = pytest.mark.usefixtures("no_oidc")
+
 RECORDED = {"gyrinx_recorded": "1"}
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture
