@@ -15,7 +15,6 @@ pytest_plugins = ["tests.infra.postgres", "tests.infra.pubsub", "tests.infra.bro
 # (docs/testing.md, "What CI runs"). Keys are test files or test ids, values say why.
 SAME_ON_EVERY_DATABASE = {  # `--leave-out same-on-every-database`: the PostgreSQL run
     "tests/test_auth.py": "token verification; no database",
-    "tests/test_mutants_auth.py": "token verification; no database",
     "tests/test_scheduler_fake.py": "the Cloud Scheduler fake and Google's client; no database",
     "tests/test_docs.py": "README and the MkDocs build; no database",
     "tests/test_sample_site.py": "the sample site runs in subprocesses on its own SQLite file",
@@ -32,7 +31,6 @@ SAME_ON_EVERY_DJANGO = {  # `--leave-out same-on-every-django`: the Django 6.0 r
     "tests/test_fresh_project.py": "installs the wheel's own requirements, so the newest Django",
     "tests/test_docs.py": "README and the MkDocs build; no Django",
     "tests/test_auth.py": "auth.py verifies tokens with google-auth and reads only settings",
-    "tests/test_mutants_auth.py": "the same as tests/test_auth.py",
     "tests/test_scheduler_fake.py": "the Cloud Scheduler fake and Google's client; no Django",
     "tests/test_infra.py": "the test parts themselves (PostgreSQL, emulator, Chromium)",
     "tests/test_sample_site.py": "the sample site's commands and pages call the code that the "
