@@ -27,7 +27,6 @@ import pytest
 LATER_SUITE_FILES = ["tests/test_statements.py"]
 ADDED_TEST_FILES = [
     "tests/test_mutants_push.py",
-    "tests/test_mutants_views.py",
     "tests/test_mutants_runner.py",
 ]
 SLOW_FIXTURES = {"pubsub_emulator", "emulator_push", "browser", "page", "admin_page"}
