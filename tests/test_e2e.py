@@ -89,3 +89,42 @@ def test_malformed_message_is_acknowledged_once_and_kept(wired):
     assert "this is not json" not in execution.raw_message  # data is base64 in the envelope
     assert "not base64-encoded JSON" in execution.status_detail
     assert TaskExecution.objects.count() == 1
+
+
+# --- A malformed message is acknowledged: the emulator does not deliver it again ---
+
+
+# Change caught: a malformed message answered with a non-acknowledging status: a plain 400,
+# or a 202, which Pub/Sub documents as an ack but the official emulator redelivers. The
+# subscription retries after 1 s, so waiting well past that shows whether the emulator
+# delivered the message again.
+@pytest.mark.emulator
+@pytest.mark.django_db(transaction=True)
+def test_malformed_message_is_delivered_exactly_once(settings, pubsub_emulator, live_server,
+                                                     emulator_push):
+    from django.core.signals import request_started
+
+    settings.TASKS_ENVIRONMENT = "reg" + secrets.token_hex(4)
+    settings.TASKS = {**settings.TASKS, "default": {
+        **settings.TASKS["default"], "OPTIONS": {"project_id": pubsub_emulator.project}}}
+    subscription = emulator_push("add", f"{live_server.url}/tasks/pubsub/", min_backoff=1,
+                                 max_backoff=1)
+    pushes = []
+
+    def count(sender, environ=None, **kwargs):
+        if environ and environ.get("PATH_INFO") == "/tasks/pubsub/":
+            pushes.append(time.monotonic())
+
+    request_started.connect(count)
+    try:
+        message_id = subscription.publish(b"this is not json")
+        deadline = time.monotonic() + 60
+        while not pushes:
+            assert time.monotonic() < deadline, "the emulator never delivered the message"
+            time.sleep(0.1)
+        time.sleep(6)  # several retry intervals of the 1 s backoff
+    finally:
+        request_started.disconnect(count)
+
+    assert len(pushes) == 1
+    assert TaskExecution.objects.get(message_id=message_id).status == State.REJECTED
