@@ -180,3 +180,35 @@ def fresh_unrecorded(monkeypatch):
     from gyrinx_tasks import record
 
     monkeypatch.setattr(record, "_unrecorded", OrderedDict())
+
+
+@pytest.fixture
+def route_through_emulator(settings, pubsub_emulator, live_server, emulator_push):
+    """Route the test tasks through the Pub/Sub emulator to the live server, in a fresh
+    namespace: ``route_through_emulator(task_name, **options)`` makes the task's push
+    subscription."""
+    import secrets
+
+    settings.TASKS_ENVIRONMENT = "e2e" + secrets.token_hex(4)
+    settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
+    settings.TASKS = {**settings.TASKS, "default": {
+        **settings.TASKS["default"], "OPTIONS": {"project_id": pubsub_emulator.project}}}
+    endpoint = f"{live_server.url}/tasks/pubsub/"
+
+    def wire(name, **overrides):
+        return emulator_push(name, endpoint, **overrides)
+
+    return wire
+
+
+@pytest.fixture
+def sample_site_env(tmp_path):
+    """The environment for running the sample site's manage.py in a subprocess
+    (tests/helpers.py's ``manage`` and ``shell``), on a SQLite file of its own."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PUBSUB_EMULATOR_HOST", "ENABLE_BACKFILL_SCHEDULER"}}
+    env.update(DJANGO_SETTINGS_MODULE="sample_site.settings",
+               SAMPLE_SITE_DB=str(tmp_path / "sample.sqlite3"), SAMPLE_REPORT_SECONDS="0")
+    return env

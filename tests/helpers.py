@@ -170,3 +170,107 @@ class RunsReadFromAReplica:
 
     def db_for_write(self, model: Any, **hints: Any) -> str:
         return "default"
+
+
+# --- The admin's run list ------------------------------------------------------------------
+
+CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
+
+
+def shown(response: Any) -> list[str]:
+    """The short result ids the run list (changelist) shows, in page order."""
+    import re
+
+    return re.findall(r'class="field-short_result_id"><a [^>]*>([0-9a-f]{8})</a>',
+                      response.content.decode())
+
+
+# --- Exports --------------------------------------------------------------------------------
+
+
+def parse_csv(text: str) -> list[dict]:
+    """The rows of an exported CSV, as dicts keyed by the header row."""
+    import csv
+    import io
+
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def export_form(resource: int = 0, columns: list[str] | None = None) -> dict:
+    """The POST of import-export's export form: CSV, one resource, its column checkboxes."""
+    from gyrinx_tasks.export import TaskExecutionPayloadResource, TaskExecutionResource, headers
+
+    resource_class = [TaskExecutionResource, TaskExecutionPayloadResource][resource]
+    prefix = resource_class.__name__.lower()
+    names = columns or headers(include_payload=bool(resource))
+    return {"format": "0", "resource": str(resource),
+            **{f"{prefix}_{name}": "on" for name in names}}
+
+
+# --- Threads and live servers ---------------------------------------------------------------
+
+WAIT = 30  # seconds any one thread may take before the test fails instead of hanging
+
+
+class Calls(list):
+    """Stands in for tests.tasks.CALLS, which the echo task appends to: lets a test hold the
+    task inside its run (``hold_first``), or act when it runs (``on_call``)."""
+
+    def __init__(self, hold_first: bool = False, on_call: Any = None) -> None:
+        import threading
+
+        super().__init__()
+        self.running = threading.Event()
+        self.release = threading.Event()
+        self.hold_first = hold_first
+        self.on_call = on_call
+
+    def append(self, item: Any) -> None:
+        super().append(item)
+        first = len(self) == 1
+        self.running.set()
+        if self.on_call is not None:
+            self.on_call(item)
+        if self.hold_first and first:
+            assert self.release.wait(WAIT), "the test never released the task"
+
+
+def wait_for(result_id: str, done: Any, timeout: float = 60.0) -> Any:
+    """The run of ``result_id`` once ``done(run)`` holds; fails after ``timeout`` seconds."""
+    import time
+
+    from gyrinx_tasks.models import TaskExecution
+
+    deadline = time.monotonic() + timeout
+    execution = None
+    while time.monotonic() < deadline:
+        execution = TaskExecution.objects.filter(result_id=result_id).first()
+        if execution is not None and done(execution):
+            return execution
+        time.sleep(0.2)
+    raise AssertionError(f"run {result_id} did not finish in {timeout}s: {execution!r}")
+
+
+# --- The sample site (sample_site/), run in subprocesses ------------------------------------
+
+
+def manage(env: dict, *args: str, check: bool = True) -> Any:
+    """Run the repository's manage.py with ``env`` (see the sample_site_env fixture)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "manage.py", *args], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n"
+                             f"{result.stderr}")
+    return result
+
+
+def shell(env: dict, code: str) -> str:
+    """What ``code`` prints, run by ``manage.py shell`` with ``env``."""
+    import textwrap
+
+    return manage(env, "shell", "--no-imports", "-c", textwrap.dedent(code)).stdout

@@ -15,8 +15,7 @@ from django.utils import timezone
 from gyrinx_tasks.messages import RECORDED_ATTRIBUTE
 from gyrinx_tasks.models import State, TaskExecution
 from tests import tasks
-from tests.helpers import envelope
-from tests.test_races import WAIT, Calls
+from tests.helpers import WAIT, Calls, envelope
 
 URL = "/tasks/pubsub/"
 ROUNDS = 5

@@ -19,12 +19,11 @@ from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 from gyrinx_tasks.push import parse_envelope
 from gyrinx_tasks.runner import handle_delivery
 from tests import tasks
-from tests.helpers import envelope
+from tests.helpers import WAIT, Calls, envelope
 
 pytestmark = pytest.mark.usefixtures("no_oidc")
 
 URL = "/tasks/pubsub/"
-WAIT = 30  # seconds any one thread may take before the test fails instead of hanging
 
 
 @pytest.fixture(autouse=True)
@@ -41,27 +40,6 @@ def push(client, body: bytes):
 def echo_message(task_id: str, args=("hi",), enqueued_at=None) -> dict:
     return {"task_id": task_id, "task_name": "echo", "args": list(args), "kwargs": {},
             "enqueued_at": (enqueued_at or timezone.now()).isoformat()}
-
-
-class Calls(list):
-    """Stands in for tests.tasks.CALLS, which the echo task appends to: lets a test hold the
-    task inside its run (``hold_first``), or act when it runs (``on_call``)."""
-
-    def __init__(self, hold_first: bool = False, on_call=None) -> None:
-        super().__init__()
-        self.running = threading.Event()
-        self.release = threading.Event()
-        self.hold_first = hold_first
-        self.on_call = on_call
-
-    def append(self, item) -> None:
-        super().append(item)
-        first = len(self) == 1
-        self.running.set()
-        if self.on_call is not None:
-            self.on_call(item)
-        if self.hold_first and first:
-            assert self.release.wait(WAIT), "the test never released the task"
 
 
 @pytest.fixture
