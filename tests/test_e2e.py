@@ -76,6 +76,7 @@ def test_malformed_message_is_acknowledged_once_and_kept(route_through_emulator)
 # delivered the message again.
 @pytest.mark.emulator
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("no_oidc")  # the emulator sends no token
 def test_malformed_message_is_delivered_exactly_once(settings, pubsub_emulator, live_server,
                                                      emulator_push):
     from django.core.signals import request_started
