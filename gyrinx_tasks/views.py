@@ -3,7 +3,7 @@
 Pub/Sub acknowledges a push only on 102, 200, 201, 202 or 204 and redelivers anything else,
 so permanent rejections are acknowledged (never a plain 400, which would be redelivered for
 days). They answer 200, not 202: the official Pub/Sub emulator, unlike the service, treats 202
-as a failure and redelivers it (tests/test_regressions.py shows it), and 200 is acknowledged
+as a failure and redelivers it (tests/test_e2e.py shows it), and 200 is acknowledged
 by both. The JSON body's "outcome" says what happened.
 """
 

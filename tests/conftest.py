@@ -15,7 +15,6 @@ pytest_plugins = ["tests.infra.postgres", "tests.infra.pubsub", "tests.infra.bro
 # (docs/testing.md, "What CI runs"). Keys are test files or test ids, values say why.
 SAME_ON_EVERY_DATABASE = {  # `--leave-out same-on-every-database`: the PostgreSQL run
     "tests/test_auth.py": "token verification; no database",
-    "tests/test_mutants_auth.py": "token verification; no database",
     "tests/test_scheduler_fake.py": "the Cloud Scheduler fake and Google's client; no database",
     "tests/test_docs.py": "README and the MkDocs build; no database",
     "tests/test_sample_site.py": "the sample site runs in subprocesses on its own SQLite file",
@@ -32,7 +31,6 @@ SAME_ON_EVERY_DJANGO = {  # `--leave-out same-on-every-django`: the Django 6.0 r
     "tests/test_fresh_project.py": "installs the wheel's own requirements, so the newest Django",
     "tests/test_docs.py": "README and the MkDocs build; no Django",
     "tests/test_auth.py": "auth.py verifies tokens with google-auth and reads only settings",
-    "tests/test_mutants_auth.py": "the same as tests/test_auth.py",
     "tests/test_scheduler_fake.py": "the Cloud Scheduler fake and Google's client; no Django",
     "tests/test_infra.py": "the test parts themselves (PostgreSQL, emulator, Chromium)",
     "tests/test_sample_site.py": "the sample site's commands and pages call the code that the "
@@ -158,3 +156,66 @@ def pytest_runtest_makereport(item, call):
             for title, text in report.sections
         ]
     return report
+
+
+@pytest.fixture
+def no_oidc(settings):
+    """Push requests are not asked for an OIDC token (TASKS_VERIFY_OIDC = False). Modules whose
+    every test posts unsigned pushes use it with ``pytest.mark.usefixtures("no_oidc")``; the
+    tests of tokens use tests/oidc.py instead."""
+    settings.TASKS_VERIFY_OIDC = False
+
+
+@pytest.fixture
+def calls():
+    """tests.tasks.CALLS, empty at the start and the end of the test: the calls of the test
+    tasks that record them (echo and friends)."""
+    from tests import tasks
+
+    tasks.CALLS.clear()
+    yield tasks.CALLS
+    tasks.CALLS.clear()
+
+
+@pytest.fixture
+def fresh_unrecorded(monkeypatch):
+    """Outcomes this process could not record (gyrinx_tasks/record.py), forgotten before and
+    after the test, so that one test's remembered outcome is not found by another's
+    redelivery."""
+    from collections import OrderedDict
+
+    from gyrinx_tasks import record
+
+    monkeypatch.setattr(record, "_unrecorded", OrderedDict())
+
+
+@pytest.fixture
+def route_through_emulator(settings, pubsub_emulator, live_server, emulator_push):
+    """Route the test tasks through the Pub/Sub emulator to the live server, in a fresh
+    namespace: ``route_through_emulator(task_name, **options)`` makes the task's push
+    subscription."""
+    import secrets
+
+    settings.TASKS_ENVIRONMENT = "e2e" + secrets.token_hex(4)
+    settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
+    settings.TASKS = {**settings.TASKS, "default": {
+        **settings.TASKS["default"], "OPTIONS": {"project_id": pubsub_emulator.project}}}
+    endpoint = f"{live_server.url}/tasks/pubsub/"
+
+    def wire(name, **overrides):
+        return emulator_push(name, endpoint, **overrides)
+
+    return wire
+
+
+@pytest.fixture
+def sample_site_env(tmp_path):
+    """The environment for running the sample site's manage.py in a subprocess
+    (tests/helpers.py's ``manage`` and ``shell``), on a SQLite file of its own."""
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"PUBSUB_EMULATOR_HOST", "ENABLE_BACKFILL_SCHEDULER"}}
+    env.update(DJANGO_SETTINGS_MODULE="sample_site.settings",
+               SAMPLE_SITE_DB=str(tmp_path / "sample.sqlite3"), SAMPLE_REPORT_SECONDS="0")
+    return env

@@ -9,29 +9,15 @@ It also leaves out the tests that need the Pub/Sub emulator or Chromium: they ta
 each to start their real part and cover the push path no better than the in-process tests
 (docs/testing.md, "Mutation testing").
 
-The test files written to kill mutants are added to the run here (ADDED_TEST_FILES) rather
-than in pyproject's ``pytest_add_cli_args_test_selection``: changing that list makes mutmut
-discard every verdict and start again, while files added here are picked up as new tests and
-only the mutants asked for are run again. With MUTMUT_BASELINE=1 in the environment they are
-left out, for a "before" score of a module the suite as it was.
+The tests written to kill mutants live in the files of the behaviour they hold (each names its
+mutants in a comment), all of them in pyproject's ``pytest_add_cli_args_test_selection``.
 """
 
 import os
 import tempfile
-import tomllib
-from pathlib import Path
 
 import pytest
 
-# Suite files written after pyproject's list was fixed (kept out of it for the same reason).
-LATER_SUITE_FILES = ["tests/test_statements.py"]
-ADDED_TEST_FILES = [
-    "tests/test_mutants_push.py",
-    "tests/test_mutants_auth.py",
-    "tests/test_mutants_models.py",
-    "tests/test_mutants_views.py",
-    "tests/test_mutants_runner.py",
-]
 SLOW_FIXTURES = {"pubsub_emulator", "emulator_push", "browser", "page", "admin_page"}
 SLOW_MARKERS = {"emulator", "browser"}
 
@@ -48,16 +34,6 @@ def pytest_configure(config: pytest.Config) -> None:
     database["NAME"] = name
     database.setdefault("TEST", {})["NAME"] = name
     connections.close_all()
-
-    # mutmut's own runs over the whole selection (listing tests, stats, the clean run) name
-    # every file of it; a run of one mutant names test ids, and is left alone.
-    pyproject = tomllib.loads((Path(config.rootpath) / "pyproject.toml").read_text())
-    selection = pyproject["tool"]["mutmut"]["pytest_add_cli_args_test_selection"]
-    if set(selection) <= set(config.args):
-        added = LATER_SUITE_FILES
-        if not os.environ.get("MUTMUT_BASELINE"):
-            added = added + ADDED_TEST_FILES
-        config.args.extend(name for name in added if name not in config.args)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

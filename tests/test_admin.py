@@ -15,16 +15,9 @@ from django.utils import timezone
 from gyrinx_tasks.admin.pagination import EstimatedCountPaginator
 from gyrinx_tasks.dates import format_when
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from tests.helpers import make_run, staff_user
+from tests.helpers import CHANGELIST, make_run, shown, staff_user
 
-CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
 pytestmark = pytest.mark.django_db
-
-
-def shown(response):
-    """The short result ids the changelist shows, in page order."""
-    return re.findall(r'class="field-short_result_id"><a [^>]*>([0-9a-f]{8})</a>',
-                      response.content.decode())
 
 
 def short(*runs):

@@ -11,13 +11,10 @@ from django.urls import reverse
 from django.utils import timezone
 
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from tests import test_sample_site
-from tests.helpers import make_run, staff_user
+from tests.helpers import make_run, manage, shell, staff_user
 from tests.infra.browser import save_screenshot
-from tests.test_sample_site import manage, shell
 
 OVERVIEW = "admin:gyrinx_tasks_overview_changelist"
-sample_env = test_sample_site.site_env  # that module's fixture, reused here under this name
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 
@@ -330,11 +327,11 @@ def test_overview_loaded_idle_notices_new_work_and_speeds_up(admin_page, live_se
 
 # --- The sample site ----------------------------------------------------------------------
 
-def test_sample_site_overview_shows_scheduled_runs_and_failures_after_setup(sample_env):
+def test_sample_site_overview_shows_scheduled_runs_and_failures_after_setup(sample_site_env):
     """What scripts/sample.sh does before runserver, then the overview as the admin sees it."""
-    manage(sample_env, "migrate", "--verbosity", "0")
-    manage(sample_env, "sample_setup")
-    out = shell(sample_env, """
+    manage(sample_site_env, "migrate", "--verbosity", "0")
+    manage(sample_site_env, "sample_setup")
+    out = shell(sample_site_env, """
         import re
         from django.test import Client
         from django.test.utils import setup_test_environment

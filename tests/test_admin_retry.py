@@ -9,8 +9,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
-from tests.helpers import make_run, staff_user
-from tests.test_admin import CHANGELIST, shown
+from tests.helpers import CHANGELIST, make_run, shown, staff_user
 
 pytestmark = pytest.mark.django_db
 

@@ -12,9 +12,8 @@ from django.contrib.admin.models import LogEntry
 from django.urls import reverse
 
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from tests.helpers import make_run
+from tests.helpers import CHANGELIST, make_run
 from tests.infra.browser import save_screenshot
-from tests.test_admin import CHANGELIST
 
 pytestmark = [pytest.mark.browser, pytest.mark.emulator,
               pytest.mark.django_db(transaction=True)]

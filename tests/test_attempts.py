@@ -1,5 +1,6 @@
 """Attempt limits, bounded history, publish timeouts and start-up (issue 9, items 1 and 2)."""
 
+import logging
 import threading
 
 import pytest
@@ -13,14 +14,23 @@ from gyrinx_tasks.models import (
     HISTORY_HEAD,
     HISTORY_TAIL,
     PUBLISH_UNCONFIRMED,
+    KillSwitch,
     State,
     TaskExecution,
 )
+from gyrinx_tasks.views import ACK
 from tests import tasks as jobs
-from tests.helpers import FakePublisher, envelope, use_publisher
+from tests.helpers import (
+    FakePublisher,
+    envelope,
+    package_log_lines,
+    stuck_echo_run,
+    task_message,
+    use_publisher,
+)
 from tests.registry import tasks as GOOD_ROUTES
 
-pytestmark = pytest.mark.clock
+pytestmark = [pytest.mark.clock, pytest.mark.usefixtures("no_oidc")]
 
 URL = "/tasks/pubsub/"
 
@@ -31,11 +41,6 @@ tasks = [
     TaskRoute(jobs.explode, max_attempts=2),
     TaskRoute(jobs.echo, max_attempts=2),
 ]
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture
@@ -240,3 +245,64 @@ def test_run_page_of_a_given_up_run_in_a_browser(admin_page, live_server):
     assert "gyrinx-omitted" in (rows.nth(HISTORY_HEAD).get_attribute("class") or "")
     save_screenshot(admin_page, "run-gave-up")
     save_screenshot(admin_page, "run-gave-up", dark=True)
+
+
+# --- Found by mutation testing (mutmut, docs/testing.md): each comment names the mutants ---
+
+
+# _decide mutants 112, 117: the route's last allowed attempt runs (2 of 2); only a delivery
+# past it gives up.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("calls", "fresh_unrecorded")
+def test_the_last_allowed_attempt_runs(client, limited, calls):
+    run = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
+                                       args=["hi"], status=State.FAILED, attempts=1)
+    response = push(client, envelope(task_message(task_id=run.result_id)))
+    assert response.json()["outcome"] == "ran"
+    assert TaskExecution.objects.get().attempts == 2 and len(calls) == 1
+
+
+# _decide mutants 111, 159-187: a run that has had its attempts (the limit was lowered, or
+# its failure was recorded before the limit existed) gives up on the next delivery without
+# running it: FAILED for good, said in the answer, the run and the log.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("calls", "fresh_unrecorded")
+def test_a_run_out_of_attempts_gives_up_on_its_next_delivery(client, limited, calls, caplog):
+    run = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
+                                       args=["hi"], status=State.FAILED, attempts=2)
+    with caplog.at_level(logging.INFO, logger="gyrinx_tasks"):
+        response = push(client, envelope(task_message(task_id=run.result_id)))
+
+    reason = ("Gave up after 2 attempts (the route's max_attempts is 2); Pub/Sub is not asked "
+              "to deliver it again. Retry it from the admin once the cause is fixed.")
+    assert (response.status_code, response.json()) == (ACK, {
+        "outcome": "gave_up", "detail": reason, "result_id": run.result_id, "status": "FAILED"})
+    stored = TaskExecution.objects.get()
+    assert (stored.gave_up, stored.status_detail, stored.attempts) == (True, reason, 2)
+    assert package_log_lines(caplog) == [f"Gave up echo ({run.result_id}): {reason}"]
+    assert calls == []
+
+
+# _decide mutants 118-134: a run stuck RUNNING whose worker stopped is not run again when its
+# limit is reached or its switch is off: the lost attempt is recorded as a timeout saying
+# why it is not run again.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("calls", "fresh_unrecorded")
+@pytest.mark.parametrize("why", ["limit", "switch"])
+def test_a_stuck_attempt_not_run_again_is_recorded_as_a_timeout(client, limited, calls, why):
+    run = stuck_echo_run(attempts=2 if why == "limit" else 1)
+    if why == "switch":
+        KillSwitch.objects.create(task_name="echo", enabled=False)
+
+    outcome = push(client, envelope(task_message(task_id=run.result_id))).json()["outcome"]
+
+    stored = TaskExecution.objects.get()
+    assert outcome == ("gave_up" if why == "limit" else "skipped")
+    [error] = stored.errors
+    assert error["exception_class_path"] == "builtins.TimeoutError"
+    assert error["traceback"] == (
+        f"Attempt {stored.attempts} did not finish within the ack deadline (300 s); its worker "
+        "stopped or was cut off. It is not run again because " + (
+            "the route's max_attempts is reached." if why == "limit" else
+            "the kill switch is off."))
+    assert calls == []

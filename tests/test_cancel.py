@@ -6,7 +6,6 @@ The race with a delivery claiming the run is tried on SQLite and PostgreSQL
 (GYRINX_TEST_DB=postgres), and the whole path through the Pub/Sub emulator.
 """
 
-import secrets
 import threading
 import time
 
@@ -32,23 +31,12 @@ from gyrinx_tasks.views import STATUS_FOR
 from tests import tasks
 from tests.helpers import envelope, make_run, push, staff_user
 
+pytestmark = pytest.mark.usefixtures("no_oidc")
+
 CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
 CANCEL_PERMS = ("view_taskexecution", "cancel_taskexecution")
 RECORDED = {"gyrinx_recorded": "1"}
 WAIT = 30  # seconds any one thread may take before the test fails instead of hanging
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
-
-
-@pytest.fixture
-def calls(monkeypatch):
-    """tests.tasks.CALLS for this test only (the echo task appends its arguments to it)."""
-    replacement: list = []
-    monkeypatch.setattr(tasks, "CALLS", replacement)
-    return replacement
 
 
 @pytest.fixture
@@ -553,18 +541,9 @@ def test_a_bulk_cancel_that_loses_to_a_delivery_counts_it_as_changed(canceller, 
 
 
 @pytest.fixture
-def wired(settings, pubsub_emulator, live_server, emulator_push):
-    """The echo task routed through the emulator to the live server, in a fresh namespace."""
-    settings.TASKS_ENVIRONMENT = "cancel" + secrets.token_hex(4)
-    settings.TASKS_VERIFY_OIDC = False  # the emulator sends no token
-    settings.TASKS = {
-        **settings.TASKS,
-        "default": {
-            **settings.TASKS["default"],
-            "OPTIONS": {"project_id": pubsub_emulator.project},
-        },
-    }
-    emulator_push("echo", f"{live_server.url}/tasks/pubsub/", min_backoff=1, max_backoff=2)
+def wired(route_through_emulator):
+    """The echo task routed through the emulator to the live server (tests/conftest.py)."""
+    route_through_emulator("echo", min_backoff=1, max_backoff=2)
     yield
     task_backends["default"].__dict__.pop("publisher", None)
 

@@ -26,6 +26,8 @@ from tests import tasks as jobs
 from tests.helpers import FakePublisher, envelope, push, use_publisher
 from tests.registry import tasks as GOOD_ROUTES
 
+pytestmark = pytest.mark.usefixtures("no_oidc")
+
 RECORDED = {"gyrinx_recorded": "1"}  # what our backend's messages carry
 
 
@@ -48,11 +50,6 @@ def status_seen_from_outside(result_id: str) -> dict:
 
 
 tasks = [*GOOD_ROUTES, TaskRoute(status_seen_from_outside)]
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture

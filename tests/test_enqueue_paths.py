@@ -517,3 +517,30 @@ def test_a_transient_failure_of_a_started_publish_is_sent_again():
 
     assert ids == ["m-9"]
     assert FailedOnce.reads == 1 and sent == ["request"]
+
+
+# --- A delivery that arrives before the publish is confirmed ---
+
+
+# Change caught: the enqueue's message-id update without its `message_id IS NULL` guard,
+# which overwrites the id a delivery already recorded.
+@pytest.mark.django_db
+def test_publish_does_not_overwrite_a_message_id_recorded_by_the_delivery(fake_publisher):
+    original = fake_publisher.publish
+
+    class DeliveredFirst:
+        def __init__(self, future):
+            self.future = future
+
+        def result(self, timeout=None):
+            # The push arrives (and records its message id) before the publish is confirmed.
+            TaskExecution.objects.filter(message_id__isnull=True).update(message_id="from-push")
+            return self.future.result(timeout=timeout)
+
+    def publish_delivered_first(topic, data, **attrs):
+        return DeliveredFirst(original(topic, data, **attrs))
+
+    fake_publisher.publish = publish_delivered_first
+    result = tasks.add.enqueue(1, 2)
+
+    assert TaskExecution.objects.get(result_id=result.id).message_id == "from-push"

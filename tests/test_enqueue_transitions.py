@@ -63,11 +63,6 @@ def claimed_elsewhere(message: dict, attrs: dict) -> None:
 
 
 @pytest.fixture
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
-
-
-@pytest.fixture
 def publisher_slot():
     yield use_publisher
     task_backends["default"].__dict__.pop("publisher", None)

@@ -23,7 +23,7 @@ from gyrinx_tasks.export import (
     stream_csv,
 )
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from tests.helpers import make_run, staff_user
+from tests.helpers import export_form, make_run, parse_csv, staff_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
@@ -39,10 +39,6 @@ def at(minutes):
     return BASE + timedelta(minutes=minutes)
 
 
-def parse(text):
-    return list(csv.DictReader(io.StringIO(text)))
-
-
 def streamed(queryset, include_payload=False):
     return "".join(stream_csv(queryset, include_payload))
 
@@ -50,15 +46,6 @@ def streamed(queryset, include_payload=False):
 def body(response):
     return b"".join(response.streaming_content).decode() if response.streaming else (
         response.content.decode())
-
-
-def export_form(resource=0, columns=None):
-    """The POST of import-export's export form: CSV, one resource, its column checkboxes."""
-    resource_class = [TaskExecutionResource, TaskExecutionPayloadResource][resource]
-    prefix = resource_class.__name__.lower()
-    names = columns or headers(include_payload=bool(resource))
-    return {"format": "0", "resource": str(resource),
-            **{f"{prefix}_{name}": "on" for name in names}}
 
 
 @pytest.fixture
@@ -86,7 +73,7 @@ def history():
 # --- Columns -----------------------------------------------------------------------------
 
 def test_columns_and_values(history):
-    rows = {row["result_id"]: row for row in parse(streamed(TaskExecution.objects.all()))}
+    rows = {row["result_id"]: row for row in parse_csv(streamed(TaskExecution.objects.all()))}
     failed = rows[history["failed"].result_id]
     assert failed == {
         "result_id": history["failed"].result_id,
@@ -119,11 +106,11 @@ def test_columns_and_values(history):
 
 def test_payload_columns_only_when_asked_for(history):
     plain = streamed(TaskExecution.objects.all())
-    assert list(parse(plain)[0]) == headers()
+    assert list(parse_csv(plain)[0]) == headers()
     assert not set(PAYLOAD) & set(headers())
     assert "someone@example.com" not in plain
 
-    rows = {row["result_id"]: row for row in parse(
+    rows = {row["result_id"]: row for row in parse_csv(
         streamed(TaskExecution.objects.all(), include_payload=True))}
     assert headers(include_payload=True) == headers() + PAYLOAD
     failed = rows[history["failed"].result_id]
@@ -135,7 +122,7 @@ def test_payload_columns_only_when_asked_for(history):
 
 
 def test_rows_come_newest_first_in_the_querysets_order(history):
-    ids = [row["result_id"] for row in parse(streamed(TaskExecution.objects.all()))]
+    ids = [row["result_id"] for row in parse_csv(streamed(TaskExecution.objects.all()))]
     assert ids == [history[name].result_id for name in ("ready", "success", "retry", "failed")]
 
 
@@ -149,7 +136,7 @@ def test_one_column_definition_behind_every_exporter():
 def test_the_stream_reads_only_its_columns_and_no_model_instances(history):
     with CaptureQueriesContext(connection) as captured:
         text = streamed(TaskExecution.objects.all())
-    assert len(parse(text)) == 4
+    assert len(parse_csv(text)) == 4
     sql = " ".join(query["sql"] for query in captured.captured_queries)
     # The tracebacks are in "errors": only the last class path is read out of it.
     for heavy in ('"timeline"', '"raw_message"', '"worker_ids"', '"status_detail"'):
@@ -234,7 +221,7 @@ def test_export_honours_filters_and_writes_a_log_entry(client, history):
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
     assert response["Content-Disposition"].startswith('attachment; filename="task-executions-')
-    rows = parse(response.content.decode())
+    rows = parse_csv(response.content.decode())
     assert {row["result_id"] for row in rows} == {history["failed"].result_id,
                                                   history["retry"].result_id}
     assert list(rows[0]) == headers()
@@ -250,7 +237,7 @@ def test_export_honours_the_search(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     target = history["success"]
     response = client.post(f"{reverse(EXPORT)}?q={target.result_id}", export_form())
-    assert [row["result_id"] for row in parse(response.content.decode())] == [target.result_id]
+    assert [row["result_id"] for row in parse_csv(response.content.decode())] == [target.result_id]
     assert f"search '{target.result_id}'" in LogEntry.objects.get().change_message
 
 
@@ -258,7 +245,7 @@ def test_export_of_chosen_columns_with_payload(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     response = client.post(f"{reverse(EXPORT)}?status=READY",
                            export_form(resource=1, columns=["result_id", "kwargs"]))
-    assert parse(response.content.decode()) == [
+    assert parse_csv(response.content.decode()) == [
         {"result_id": history["ready"].result_id, "kwargs": '{"key": "k"}'}]
     message = LogEntry.objects.get().change_message
     assert "with args, kwargs and return value; columns: result_id, kwargs" in message
@@ -268,7 +255,7 @@ def test_export_through_our_changelist_reads_once_without_heavy_columns(client, 
     exporter(client, "view_taskexecution", "export_taskexecution")
     with CaptureQueriesContext(connection) as captured:
         response = client.post(f"{reverse(EXPORT)}?status=FAILED", export_form())
-    assert len(parse(response.content.decode())) == 1
+    assert len(parse_csv(response.content.decode())) == 1
     runs = [q["sql"] for q in captured.captured_queries
             if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"]]
     # The size check counts at most export_max_rows + 1 rows, then one read of the rows: no
@@ -293,8 +280,8 @@ def test_export_refuses_more_rows_than_it_builds_in_memory(client, history, monk
     assert not LogEntry.objects.exists()
     # At the limit it exports; the stream has no limit.
     allowed = client.post(f"{reverse(EXPORT)}?task_name=explode", export_form())
-    assert len(parse(allowed.content.decode())) == 2
-    assert len(parse(body(client.post(reverse(STREAM))))) == 4
+    assert len(parse_csv(allowed.content.decode())) == 2
+    assert len(parse_csv(body(client.post(reverse(STREAM))))) == 4
 
 
 def test_export_with_unknown_filters_explains_instead_of_failing(client, history):
@@ -324,7 +311,7 @@ def test_stream_honours_filters_and_logs_the_row_count(client, history):
     assert entry.change_message.startswith("Started a streamed CSV export")
 
     text = body(response)
-    assert {row["result_id"] for row in parse(text)} == {history["retry"].result_id,
+    assert {row["result_id"] for row in parse_csv(text)} == {history["retry"].result_id,
                                                          history["success"].result_id}
     assert "return_value" not in text.splitlines()[0]
     entry.refresh_from_db()
@@ -335,7 +322,7 @@ def test_stream_honours_filters_and_logs_the_row_count(client, history):
 def test_stream_with_payload(client, history):
     exporter(client, "view_taskexecution", "export_taskexecution")
     response = client.post(f"{reverse(STREAM_PAYLOAD)}?q={history['failed'].result_id}")
-    rows = parse(body(response))
+    rows = parse_csv(body(response))
     assert [row["kwargs"] for row in rows] == ['{"email": "someone@example.com"}']
     assert "with args, kwargs and return value" in LogEntry.objects.get().change_message
 
@@ -363,13 +350,13 @@ def run_command(*args):
 def test_command_writes_every_run_to_stdout(history):
     out, err = run_command()
     assert out == streamed(TaskExecution.objects.all())
-    assert len(parse(out)) == 4
+    assert len(parse_csv(out)) == 4
     assert err.strip() == "Wrote 4 runs to standard output."
 
 
 def test_command_filters(history):
     def ids(*args):
-        return {row["result_id"] for row in parse(run_command(*args)[0])}
+        return {row["result_id"] for row in parse_csv(run_command(*args)[0])}
 
     assert ids("--status", "failed") == {history["failed"].result_id}
     assert ids("--status", "FAILED", "--status", "READY") == {history["failed"].result_id,
@@ -394,7 +381,7 @@ def test_command_writes_a_file_with_payload(history, tmp_path):
     with open(target, newline="", encoding="utf-8") as file:
         text = file.read()
     assert text.startswith(",".join(headers(include_payload=True)) + "\r\n")
-    assert parse(text)[0]["kwargs"] == '{"key": "k"}'
+    assert parse_csv(text)[0]["kwargs"] == '{"key": "k"}'
     assert not (tmp_path / "runs.csv.part").exists()
 
 
@@ -439,7 +426,7 @@ def test_browser_exports_a_filtered_list_as_csv(admin_page, live_server):
         page.get_by_role("button", name="Submit").click()
     assert download.value.suggested_filename.startswith("task-executions-")
     with open(download.value.path(), encoding="utf-8", newline="") as file:
-        rows = parse(file.read())
+        rows = parse_csv(file.read())
     assert [row["result_id"] for row in rows] == [run.result_id for run in reversed(failed)]
     assert {row["last_error_class"] for row in rows} == {"builtins.RuntimeError"}
 
@@ -447,7 +434,7 @@ def test_browser_exports_a_filtered_list_as_csv(admin_page, live_server):
     with page.expect_download() as download:
         page.get_by_role("button", name="Stream CSV", exact=True).click()
     with open(download.value.path(), encoding="utf-8", newline="") as file:
-        assert [row["result_id"] for row in parse(file.read())] == [
+        assert [row["result_id"] for row in parse_csv(file.read())] == [
             run.result_id for run in reversed(failed)]
     messages = sorted(LogEntry.objects.values_list("change_message", flat=True))
     assert messages[0].startswith("Completed a streamed CSV export of runs (without payload; "
@@ -527,7 +514,7 @@ def test_export_items_reads_only_the_named_runs(client, history):
     with CaptureQueriesContext(connection) as captured:
         response = client.post(reverse(EXPORT), {**export_form(), "export_items": named})
     assert response.status_code == 200
-    assert {row["result_id"] for row in parse(response.content.decode())} == {
+    assert {row["result_id"] for row in parse_csv(response.content.decode())} == {
         history["failed"].result_id, history["ready"].result_id}
     assert unfiltered_id_reads(captured) == []
     assert "Exported 2 runs" in LogEntry.objects.get().change_message
@@ -584,5 +571,5 @@ def test_a_cross_site_post_of_the_stream_is_refused(history):
     page = browser.get(reverse(EXPORT)).content.decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
     response = browser.post(reverse(STREAM_PAYLOAD), {"csrfmiddlewaretoken": token})
-    assert response.status_code == 200 and len(parse(body(response))) == 4
+    assert response.status_code == 200 and len(parse_csv(body(response))) == 4
     assert LogEntry.objects.get().change_message.startswith("Completed a streamed CSV export")

@@ -19,7 +19,7 @@ from django.urls import reverse
 
 from gyrinx_tasks.models import KillSwitch, State, SwitchMode, TaskExecution
 from tests import tasks
-from tests.test_e2e import wait_for, wired  # noqa: F401  (wired is a fixture)
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.emulator, pytest.mark.django_db(transaction=True)]
 
@@ -37,10 +37,10 @@ def switch(client, name, state, **data):
 
 
 def test_held_messages_are_kept_by_pubsub_and_all_run_once_switched_on(
-        wired, admin_client, caplog):  # noqa: F811
+        route_through_emulator, admin_client, caplog):
     caplog.set_level(logging.INFO, logger="gyrinx_tasks")
-    wired("echo", min_backoff=1, max_backoff=2)
-    wired("add", min_backoff=1, max_backoff=2)
+    route_through_emulator("echo", min_backoff=1, max_backoff=2)
+    route_through_emulator("add", min_backoff=1, max_backoff=2)
     tasks.CALLS.clear()
     for name in ("echo", "add"):
         switch(admin_client, name, "off", reason="e2e: hold", mode=SwitchMode.HOLD)

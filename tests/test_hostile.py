@@ -15,13 +15,8 @@ from gyrinx_tasks.views import ACK
 from tests.helpers import envelope
 
 pytest_plugins = ["tests.oidc"]  # the oidc fixtures
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_oidc")]
 URL = "/tasks/pubsub/"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 def post(client, body: bytes):

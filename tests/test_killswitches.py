@@ -1,5 +1,6 @@
 """Kill switches: the page of every registry task, its toggles, permissions, skip and hold."""
 
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +16,7 @@ from gyrinx_tasks.models import KillSwitch, State, SwitchMode, TaskExecution, Tr
 from gyrinx_tasks.registry import get_routes
 from gyrinx_tasks.scheduling.firing import fire_scheduled
 from tests import scheduling_tasks, tasks
-from tests.helpers import envelope, make_run, staff_user
+from tests.helpers import envelope, make_run, package_log_lines, staff_user, task_message
 
 pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
@@ -421,11 +422,6 @@ def test_a_switch_for_a_task_gone_from_the_registry_stays_editable(admin_client)
 PUSH = "/tasks/pubsub/"
 
 
-@pytest.fixture
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
-
-
 def push(client, body):
     return client.post(PUSH, body, content_type="application/json")
 
@@ -714,3 +710,57 @@ def test_while_the_registry_cannot_load_off_switches_are_not_orphans(client):
     with override_settings(TASKS_REGISTRY="tests.no_such_registry"):
         assert client.post(delete, {"post": "yes"}).status_code == 403
     assert KillSwitch.objects.filter(pk=switch.pk).exists()
+
+
+# --- Found by mutation testing (mutmut, docs/testing.md): each comment names the mutants ---
+
+
+# _decide mutants 87-99, 140-158: held and skipped deliveries answer with the run and the
+# switch's reason, and are logged with the task, the run and that reason.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("no_oidc", "calls", "fresh_unrecorded")
+@pytest.mark.parametrize("mode", [SwitchMode.HOLD, SwitchMode.SKIP])
+def test_switched_off_deliveries_are_logged_with_their_run(client, caplog, mode):
+    run = TaskExecution.objects.create(task_name="echo", task_path="tests.tasks.echo",
+                                       args=["hi"])
+    KillSwitch.objects.create(task_name="echo", enabled=False, mode=mode)
+    with caplog.at_level(logging.INFO, logger="gyrinx_tasks"):
+        response = push(client, envelope(task_message(task_id=run.result_id)))
+
+    held = mode == SwitchMode.HOLD
+    detail = ("Kill switch for echo is off in the database (hold): Pub/Sub keeps the message "
+              "until it is switched on." if held else
+              "Kill switch for echo is off in the database.")
+    assert response.json() == {"outcome": "held" if held else "skipped", "detail": detail,
+                               "result_id": run.result_id,
+                               "status": "READY" if held else "SKIPPED"}
+    assert f"{'Held' if held else 'Skipped'} echo ({run.result_id}): {detail}" in package_log_lines(
+        caplog)
+
+
+# --- Environment switches: the documented words ---
+
+
+# Change caught: an environment-variable switch set to one of the documented "off" words
+# being ignored.
+@pytest.mark.usefixtures("no_oidc")
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["off", "OFF", "0", "no", " False "])
+def test_every_documented_off_word_turns_the_env_switch_off(client, calls, monkeypatch, value):
+    monkeypatch.setenv("ENABLE_ECHO", value)
+
+    response = push(client, envelope(echo_message("t-echo", "hi")))
+
+    assert response.status_code == 200
+    assert TaskExecution.objects.get().status == State.SKIPPED
+    assert calls == []
+
+
+@pytest.mark.usefixtures("no_oidc")
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["on", "1", "true", "yes", ""])
+def test_other_env_switch_values_leave_the_task_on(client, calls, monkeypatch, value):
+    monkeypatch.setenv("ENABLE_ECHO", value)
+
+    assert push(client, envelope(echo_message("t-echo", "hi"))).status_code == 200
+    assert calls == [(("hi",), {})]

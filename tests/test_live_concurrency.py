@@ -15,18 +15,12 @@ from django.utils import timezone
 from gyrinx_tasks.messages import RECORDED_ATTRIBUTE
 from gyrinx_tasks.models import State, TaskExecution
 from tests import tasks
-from tests.helpers import envelope
-from tests.test_races import WAIT, Calls
+from tests.helpers import WAIT, Calls, envelope
 
 URL = "/tasks/pubsub/"
 ROUNDS = 5
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_oidc")]
 
 
 @pytest.fixture

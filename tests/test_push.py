@@ -10,13 +10,8 @@ from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
 from tests import tasks
 from tests.helpers import envelope
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_oidc")]
 URL = "/tasks/pubsub/"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 def push(client, body: bytes, **headers):
@@ -287,3 +282,36 @@ def test_redelivery_while_the_run_is_still_running_asks_for_a_retry(client):
 
 # A row another transaction is still writing: tests/test_races.py races two real
 # transactions (test_a_push_for_an_uncommitted_enqueue_is_busy_and_then_runs).
+
+
+# --- Found by mutation testing (mutmut, docs/testing.md): each comment names the mutants ---
+
+
+# _reply mutants 9, 11: the answer says the run's status, not only its id.
+def test_the_answer_names_the_run_and_its_status(client, settings):
+    settings.TASKS_VERIFY_OIDC = False
+
+    ran = push(client, envelope(message(task_id="t-ran"))).json()
+    rejected = push(client, envelope(["no", "task"], message_id="m-2")).json()
+
+    assert (ran["outcome"], ran["result_id"], ran["status"]) == ("ran", "t-ran", State.SUCCESSFUL)
+    assert (rejected["outcome"], rejected["status"]) == ("rejected", State.REJECTED)
+
+
+# _push mutants 62-66, 70, 73, 77-79: a database outage answers 429 with a sentence, and the
+# log line carries the database's own error.
+def test_a_database_outage_is_answered_and_logged_with_its_error(client, settings, caplog):
+    settings.TASKS_VERIFY_OIDC = False
+
+    def refuse(execute, sql, params, many, context):
+        raise OperationalError("connection pool exhausted")
+
+    with caplog.at_level(logging.ERROR, logger="gyrinx_tasks"):
+        with connection.execute_wrapper(refuse):
+            response = push(client, envelope(message(task_id="t-outage")))
+
+    assert response.status_code == 429
+    assert response.json() == {"outcome": "database_unavailable",
+                               "detail": "The database is unavailable; retry later."}
+    assert ("Database unavailable while handling a push; asking for redelivery: connection "
+            "pool exhausted") in [r.getMessage() for r in caplog.records]

@@ -20,12 +20,9 @@ from gyrinx_tasks.views import ACK, pubsub_push
 from tests.helpers import envelope
 from tests.sqlite_wsgi import migrate, serve
 
+pytestmark = pytest.mark.usefixtures("no_oidc")
+
 URL = "/tasks/pubsub/"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 class TrickleStream(io.RawIOBase):

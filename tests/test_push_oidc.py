@@ -1,5 +1,7 @@
 """OIDC at the push endpoint: valid tokens run the task, anything else is 403 and unrecorded."""
 
+import logging
+
 import pytest
 
 from gyrinx_tasks.models import State, TaskExecution
@@ -47,3 +49,18 @@ def test_bad_tokens_get_403_and_nothing_is_recorded(client, oidc, make_header):
 def test_verification_off_accepts_unauthenticated_pushes(client, settings):
     settings.TASKS_VERIFY_OIDC = False
     assert push(client).status_code == 200
+
+
+# --- Found by mutation testing (mutmut, docs/testing.md): each comment names the mutants ---
+
+
+# _push mutants 7-11, 15, 18, 22: a refused token answers 403 with the reason, and the log
+# line says which request was refused and why.
+def test_a_refused_token_answers_403_with_its_reason_and_logs_it(client, oidc, caplog):
+    with caplog.at_level(logging.WARNING, logger="gyrinx_tasks"):
+        response = push(client, oidc.header(email_verified=False))
+
+    assert response.status_code == 403
+    reason = "The push token's email is not verified (email_verified is not true)."
+    assert response.json() == {"outcome": "forbidden", "detail": reason}
+    assert f"Refused a push request: {reason}" in [r.getMessage() for r in caplog.records]

@@ -9,9 +9,10 @@ import time
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from google.pubsub_v1 import PublishRequest, PubsubMessage
 
 from gyrinx_tasks.conf import tasks_settings
-from gyrinx_tasks.messages import PUBSUB_MAX_PUBLISH_BYTES, MessageTooLarge
+from gyrinx_tasks.messages import PUBSUB_MAX_PUBLISH_BYTES, MessageTooLarge, check_publish_size
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.push import DEFAULT_MAX_BODY_BYTES, RAW_MESSAGE_LIMIT
 from gyrinx_tasks.views import ACK
@@ -20,11 +21,6 @@ from tests.helpers import envelope
 
 URL = "/tasks/pubsub/"
 NINE_MB = 9_000_000
-
-
-@pytest.fixture
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 def test_default_limit_is_above_the_largest_push_pubsub_can_send():
@@ -134,3 +130,26 @@ def test_nine_mb_task_runs_end_to_end_through_the_emulator(settings, pubsub_emul
     assert execution.status == State.SUCCESSFUL, execution.timeline
     assert execution.attempts == 1
     assert len(execution.return_value["args"][0]) == NINE_MB
+
+
+# Found by mutation testing (mutmut, docs/testing.md):
+# check_publish_size mutants 2, 3, 5, 10, 12, 15, 17, 18: the limit is Pub/Sub's, on the
+# whole publish request (topic, data, attributes and their framing), exact to the byte. The
+# sizes come from the publish request itself, as Pub/Sub counts them.
+def test_the_publish_size_limit_counts_topic_and_attributes_to_the_byte():
+    # The longest topic path Pub/Sub allows (30-character project, 255-character topic) and
+    # its most attributes: the quick estimate must still fall back to the exact size.
+    topic = f"projects/{'p' * 30}/topics/{'t' * 255}"
+    attributes = {f"key-{n:03}": "v" * 20 for n in range(100)}
+
+    def request_size(data_length: int) -> int:
+        message = PubsubMessage(data=b"d" * data_length, attributes=attributes)
+        return PublishRequest(topic=topic, messages=[message])._pb.ByteSize()
+
+    near = PUBSUB_MAX_PUBLISH_BYTES - 10_000
+    fits = near + PUBSUB_MAX_PUBLISH_BYTES - request_size(near)
+    assert request_size(fits) == PUBSUB_MAX_PUBLISH_BYTES
+
+    check_publish_size("echo", topic, b"d" * fits, attributes)
+    with pytest.raises(MessageTooLarge, match=r"this one would be 10,000,001\)"):
+        check_publish_size("echo", topic, b"d" * (fits + 1), attributes)

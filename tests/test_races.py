@@ -19,15 +19,11 @@ from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 from gyrinx_tasks.push import parse_envelope
 from gyrinx_tasks.runner import handle_delivery
 from tests import tasks
-from tests.helpers import envelope
+from tests.helpers import WAIT, Calls, envelope
+
+pytestmark = pytest.mark.usefixtures("no_oidc")
 
 URL = "/tasks/pubsub/"
-WAIT = 30  # seconds any one thread may take before the test fails instead of hanging
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture(autouse=True)
@@ -46,29 +42,8 @@ def echo_message(task_id: str, args=("hi",), enqueued_at=None) -> dict:
             "enqueued_at": (enqueued_at or timezone.now()).isoformat()}
 
 
-class Calls(list):
-    """Stands in for tests.tasks.CALLS, which the echo task appends to: lets a test hold the
-    task inside its run (``hold_first``), or act when it runs (``on_call``)."""
-
-    def __init__(self, hold_first: bool = False, on_call=None) -> None:
-        super().__init__()
-        self.running = threading.Event()
-        self.release = threading.Event()
-        self.hold_first = hold_first
-        self.on_call = on_call
-
-    def append(self, item) -> None:
-        super().append(item)
-        first = len(self) == 1
-        self.running.set()
-        if self.on_call is not None:
-            self.on_call(item)
-        if self.hold_first and first:
-            assert self.release.wait(WAIT), "the test never released the task"
-
-
 @pytest.fixture
-def calls(monkeypatch):
+def held_calls(monkeypatch):
     def make(**options) -> Calls:
         replacement = Calls(**options)
         monkeypatch.setattr(tasks, "CALLS", replacement)
@@ -97,8 +72,8 @@ def in_thread(target, *args):
 # Lost update: a task that outlives its ack deadline is started again by a second delivery;
 # when the slower first attempt finishes, its write must not wipe the newer attempt's record.
 @pytest.mark.django_db(transaction=True)
-def test_a_slow_attempt_does_not_overwrite_the_attempt_that_superseded_it(calls):
-    held = calls(hold_first=True)
+def test_a_slow_attempt_does_not_overwrite_the_attempt_that_superseded_it(held_calls):
+    held = held_calls(hold_first=True)
     first = parse_envelope(envelope(echo_message("t-lost"), message_id="m-lost"))
     second = parse_envelope(envelope(echo_message("t-lost"), message_id="m-lost",
                                      delivery_attempt=2))
@@ -128,8 +103,8 @@ def test_a_slow_attempt_does_not_overwrite_the_attempt_that_superseded_it(calls)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_superseded_attempt_answers_without_acknowledging(client, calls):
-    held = calls(hold_first=True)
+def test_a_superseded_attempt_answers_without_acknowledging(client, held_calls):
+    held = held_calls(hold_first=True)
     body = envelope(echo_message("t-sup"), message_id="m-sup")
     thread, results = in_thread(lambda: push(client.__class__(), body))
     assert held.running.wait(WAIT)
@@ -151,9 +126,9 @@ def test_a_superseded_attempt_answers_without_acknowledging(client, calls):
 # Database failure after the task ran: the answer and the record must say what happened, and
 # a redelivery must not run the task again on the instance that knows its outcome.
 @pytest.mark.django_db(transaction=True)
-def test_a_database_failure_after_the_task_ran_is_said_and_recorded_late(client, calls):
+def test_a_database_failure_after_the_task_ran_is_said_and_recorded_late(client, held_calls):
     ran = threading.Event()
-    held = calls(on_call=lambda item: ran.set())
+    held = held_calls(on_call=lambda item: ran.set())
 
     def refuse_after_the_run(execute, sql, params, many, context):
         if ran.is_set():
@@ -180,9 +155,9 @@ def test_a_database_failure_after_the_task_ran_is_said_and_recorded_late(client,
 
 
 @pytest.mark.django_db(transaction=True)
-def test_elsewhere_a_run_whose_outcome_was_lost_runs_again_and_says_so(client, calls):
+def test_elsewhere_a_run_whose_outcome_was_lost_runs_again_and_says_so(client, held_calls):
     ran = threading.Event()
-    held = calls(on_call=lambda item: ran.set())
+    held = held_calls(on_call=lambda item: ran.set())
 
     def refuse_after_the_run(execute, sql, params, many, context):
         if ran.is_set():
@@ -268,8 +243,8 @@ def _busy_outcome() -> str:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("recorded", [True, False], ids=["our-backend", "other-producer"])
-def test_a_push_for_an_uncommitted_enqueue_is_busy_and_then_runs(client, calls, recorded):
-    held = calls()
+def test_a_push_for_an_uncommitted_enqueue_is_busy_and_then_runs(client, held_calls, recorded):
+    held = held_calls()
     opened, finish = threading.Event(), threading.Event()
     thread, results = in_thread(_open_enqueue, "t-open", opened, finish, True)
     assert opened.wait(WAIT)
@@ -290,8 +265,8 @@ def test_a_push_for_an_uncommitted_enqueue_is_busy_and_then_runs(client, calls, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_rolled_back_enqueue_is_never_run(client, calls):
-    held = calls()
+def test_a_rolled_back_enqueue_is_never_run(client, held_calls):
+    held = held_calls()
     opened, finish = threading.Event(), threading.Event()
     thread, results = in_thread(_open_enqueue, "t-undone", opened, finish, False)
     assert opened.wait(WAIT)
@@ -325,8 +300,8 @@ def test_a_rolled_back_enqueue_is_never_run(client, calls):
 
 # Kill switch on a stuck run: a run left RUNNING by a worker that died, then switched off.
 @pytest.mark.django_db
-def test_switching_off_a_task_whose_run_is_stuck_running_skips_it(client, calls):
-    held = calls()
+def test_switching_off_a_task_whose_run_is_stuck_running_skips_it(client, held_calls):
+    held = held_calls()
     run = TaskExecution.objects.create(result_id="t-stuck", task_id="t-stuck",
                                        task_name="echo", task_path="tests.tasks.echo",
                                        args=["hi"])
@@ -348,11 +323,11 @@ def test_switching_off_a_task_whose_run_is_stuck_running_skips_it(client, calls)
 # Django's contract: the runner catches BaseException as ImmediateBackend does, so a task
 # raising SystemExit is recorded FAILED and task_finished is sent (not left RUNNING).
 @pytest.mark.django_db
-def test_a_task_raising_system_exit_is_recorded_failed(client, calls):
+def test_a_task_raising_system_exit_is_recorded_failed(client, held_calls):
     def leave(item):
         raise SystemExit(3)
 
-    calls(on_call=leave)
+    held_calls(on_call=leave)
     finished = []
 
     def on_finished(sender, task_result, **kwargs):
@@ -373,21 +348,10 @@ def test_a_task_raising_system_exit_is_recorded_failed(client, calls):
     assert finished == []
 
 
-class RunsReadFromAReplica:
-    """A router sending reads of runs to an alias that does not exist: a runner query not
-    pinned to the write database fails."""
-
-    def db_for_read(self, model, **hints):
-        return "replica" if model._meta.model_name == "taskexecution" else None
-
-    def db_for_write(self, model, **hints):
-        return "default"
-
-
 @pytest.mark.django_db
-def test_the_runner_follows_the_routers_write_database(client, settings, calls, monkeypatch):
-    held = calls()
-    settings.DATABASE_ROUTERS = [f"{__name__}.RunsReadFromAReplica"]
+def test_the_runner_follows_the_routers_write_database(client, settings, held_calls, monkeypatch):
+    held = held_calls()
+    settings.DATABASE_ROUTERS = ["tests.helpers.RunsReadFromAReplica"]
     opened = []
     atomic = transaction.atomic
 
@@ -421,10 +385,10 @@ def test_an_impossible_enqueued_at_is_rejected_and_acknowledged(client):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_enqueue_rolled_back_after_publishing_never_runs(client, calls, fake_publisher):
+def test_an_enqueue_rolled_back_after_publishing_never_runs(client, held_calls, fake_publisher):
     # The real sequence: enqueue() inside the caller's transaction inserts the row and
     # publishes at once; Pub/Sub delivers; then the caller's transaction rolls back.
-    held = calls()
+    held = held_calls()
     delivered = []
 
     class RollBack(Exception):

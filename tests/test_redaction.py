@@ -20,8 +20,7 @@ from gyrinx_tasks.export import TaskExecutionPayloadResource, stream_csv
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.redaction import REDACTED, can_view_payload, is_redacted
 from gyrinx_tasks.registry import clear_cache
-from tests.helpers import envelope, make_run, staff_user
-from tests.test_export import export_form, parse
+from tests.helpers import envelope, export_form, make_run, parse_csv, staff_user
 
 pytest_plugins = ["tests.oidc"]
 pytestmark = pytest.mark.django_db
@@ -179,7 +178,7 @@ def test_import_export_redacts_without_the_permission(client):
     viewer(client, "export_taskexecution")
     response = client.post(reverse(EXPORT), export_form(resource=1))
     assert response.status_code == 200
-    rows = parse(response.content.decode())
+    rows = parse_csv(response.content.decode())
     assert payload_cells(rows, "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
     assert payload_cells(rows, "public_add") == [(f'["{EMAIL}"]', '{"y": 2}', "7")]
 
@@ -188,7 +187,7 @@ def test_import_export_reveals_with_the_permission(client):
     redacted_run()
     viewer(client, "export_taskexecution", "view_payload_taskexecution")
     response = client.post(reverse(EXPORT), export_form(resource=1))
-    rows = parse(response.content.decode())
+    rows = parse_csv(response.content.decode())
     assert payload_cells(rows, "welcome_member") == [
         (f'["{EMAIL}"]', f'{{"name": "{SECRET_NAME}"}}', f'{{"sent_to": "{EMAIL}"}}')]
 
@@ -203,12 +202,12 @@ def test_resource_and_stream_agree_cell_for_cell():
         dataset = TaskExecutionPayloadResource(reveal_redacted=reveal).export(queryset)
         streamed = "".join(stream_csv(queryset, include_payload=True, reveal_redacted=reveal))
         assert CSV().export_data(dataset) == streamed
-        cells = payload_cells(parse(streamed), "welcome_member")
+        cells = payload_cells(parse_csv(streamed), "welcome_member")
         assert (cells == [(REDACTED, REDACTED, REDACTED)]) is not reveal
         assert (f'["{EMAIL}"]' in cells[0]) is reveal
     # Hidden unless asked for: the default of every caller that does not know the user.
     default = "".join(stream_csv(queryset, include_payload=True))
-    assert payload_cells(parse(default), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
+    assert payload_cells(parse_csv(default), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
 
 
 def test_admin_stream_redacts_without_the_permission(client):
@@ -217,7 +216,7 @@ def test_admin_stream_redacts_without_the_permission(client):
     response = client.post(reverse(STREAM_PAYLOAD))
     text = b"".join(response.streaming_content).decode()
     assert not leaks(text)
-    assert payload_cells(parse(text), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
+    assert payload_cells(parse_csv(text), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
 
 
 def test_admin_stream_reveals_with_the_permission(client):
@@ -237,10 +236,10 @@ def test_command_redacts_unless_include_redacted():
     redacted_run()
     public_run()
     text = export_command("--include-payload")
-    assert payload_cells(parse(text), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
-    assert payload_cells(parse(text), "public_add") == [(f'["{EMAIL}"]', '{"y": 2}', "7")]
+    assert payload_cells(parse_csv(text), "welcome_member") == [(REDACTED, REDACTED, REDACTED)]
+    assert payload_cells(parse_csv(text), "public_add") == [(f'["{EMAIL}"]', '{"y": 2}', "7")]
     revealed = export_command("--include-payload", "--include-redacted")
-    assert payload_cells(parse(revealed), "welcome_member") == [
+    assert payload_cells(parse_csv(revealed), "welcome_member") == [
         (f'["{EMAIL}"]', f'{{"name": "{SECRET_NAME}"}}', f'{{"sent_to": "{EMAIL}"}}')]
 
 
@@ -385,7 +384,7 @@ def test_an_unreadable_registry_redacts_every_export(settings):
     clear_cache()
     streamed = "".join(stream_csv(TaskExecution.objects.all(), include_payload=True))
     assert not leaks(streamed)
-    assert payload_cells(parse(streamed), "public_add") == [(REDACTED, REDACTED, REDACTED)]
+    assert payload_cells(parse_csv(streamed), "public_add") == [(REDACTED, REDACTED, REDACTED)]
 
 
 @pytest.mark.parametrize("lookup", [
@@ -449,7 +448,7 @@ def test_exports_redact_runs_of_no_registered_route(client):
     streamed = b"".join(client.post(reverse(STREAM_PAYLOAD)).streaming_content).decode()
     command = export_command("--include-payload")
     for text in (exported, streamed, command):
-        rows = parse(text)
+        rows = parse_csv(text)
         for name in ("", "send_welcome_v1"):
             assert payload_cells(rows, name) == [(REDACTED, REDACTED, REDACTED)], name
         # A registered route without redact is still shown.

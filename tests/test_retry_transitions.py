@@ -48,11 +48,6 @@ def retrier(client):
     return client
 
 
-@pytest.fixture
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
-
-
 # -- behaviour 9: a retry of a run Pub/Sub still redelivers never runs the task twice --------
 
 @pytest.fixture

@@ -5,38 +5,9 @@ session itself runs on ``tests.settings``.
 """
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def site_env(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in {"PUBSUB_EMULATOR_HOST", "ENABLE_BACKFILL_SCHEDULER"}}
-    env.update(DJANGO_SETTINGS_MODULE="sample_site.settings",
-               SAMPLE_SITE_DB=str(tmp_path / "sample.sqlite3"), SAMPLE_REPORT_SECONDS="0")
-    return env
-
-
-def manage(env, *args, check=True):
-    result = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    if check and result.returncode != 0:
-        raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n"
-                             f"{result.stderr}")
-    return result
-
-
-def shell(env, code):
-    return manage(env, "shell", "--no-imports", "-c", textwrap.dedent(code)).stdout
+from tests.helpers import manage, shell
 
 
 def rows(env, sql):
@@ -44,13 +15,13 @@ def rows(env, sql):
         return db.execute(sql).fetchall()
 
 
-def test_settings_pass_the_system_checks(site_env):
-    result = manage(site_env, "check")
+def test_settings_pass_the_system_checks(sample_site_env):
+    result = manage(sample_site_env, "check")
     assert "System check identified no issues" in result.stdout
 
 
-def test_tasks_run_immediately_by_default(site_env):
-    out = shell(site_env, """
+def test_tasks_run_immediately_by_default(sample_site_env):
+    out = shell(sample_site_env, """
         from django.conf import settings
         print(settings.TASKS["default"]["BACKEND"], settings.TASKS_REGISTRY)
     """)
@@ -58,10 +29,10 @@ def test_tasks_run_immediately_by_default(site_env):
                            "sample_site.task_registry"]
 
 
-def test_emulator_mode_uses_pubsub_without_oidc(site_env):
-    site_env.update(PUBSUB_EMULATOR_HOST="127.0.0.1:8085")
-    site_env.pop("GCP_PROJECT_ID", None)
-    out = shell(site_env, """
+def test_emulator_mode_uses_pubsub_without_oidc(sample_site_env):
+    sample_site_env.update(PUBSUB_EMULATOR_HOST="127.0.0.1:8085")
+    sample_site_env.pop("GCP_PROJECT_ID", None)
+    out = shell(sample_site_env, """
         import json
         from django.conf import settings
         from gyrinx_tasks.conf import tasks_settings
@@ -73,11 +44,11 @@ def test_emulator_mode_uses_pubsub_without_oidc(site_env):
                                           "OPTIONS": {"project_id": "sample-project"}}}
     assert found["oidc"] is False
     assert found["push"] == "http://127.0.0.1:8000/tasks/pubsub/"
-    assert "System check identified no issues" in manage(site_env, "check").stdout
+    assert "System check identified no issues" in manage(sample_site_env, "check").stdout
 
 
-def test_registry_routes_the_sample_tasks(site_env):
-    out = shell(site_env, """
+def test_registry_routes_the_sample_tasks(sample_site_env):
+    out = shell(sample_site_env, """
         from gyrinx_tasks.registry import get_routes
         for r in get_routes():
             print(r.name, r.schedule or "-", r.schedule_timezone, r.enabled_env_var or "-")
@@ -91,45 +62,47 @@ def test_registry_routes_the_sample_tasks(site_env):
     ]
 
 
-def test_sample_setup_is_idempotent_and_creates_runs(site_env):
-    manage(site_env, "migrate", "--verbosity", "0")
+def test_sample_setup_is_idempotent_and_creates_runs(sample_site_env):
+    manage(sample_site_env, "migrate", "--verbosity", "0")
 
-    first = manage(site_env, "sample_setup")
+    first = manage(sample_site_env, "sample_setup")
     assert "Created the superuser 'admin' with password 'admin'." in first.stdout
     # The runs that really ran (apart from the sample history, which is marked as such).
-    runs = rows(site_env, "SELECT task_name, status, trigger FROM gyrinx_tasks_taskexecution "
-                          "WHERE worker_ids NOT LIKE '%sample-history%' "
-                          "ORDER BY task_name, trigger")
+    runs = rows(sample_site_env,
+                "SELECT task_name, status, trigger FROM gyrinx_tasks_taskexecution "
+                "WHERE worker_ids NOT LIKE '%sample-history%' "
+                "ORDER BY task_name, trigger")
     assert runs == [("backfill_statistics", "SUCCESSFUL", "schedule"),
                     ("cleanup_old_data", "SUCCESSFUL", "enqueue"),
                     ("cleanup_old_data", "SUCCESSFUL", "schedule"),
                     ("flaky_sync", "FAILED", "enqueue"),
                     ("generate_report", "SUCCESSFUL", "enqueue"),
                     ("send_welcome_email", "SUCCESSFUL", "enqueue")]
-    history = dict(rows(site_env, "SELECT task_name, COUNT(*) FROM gyrinx_tasks_taskexecution "
-                                  "WHERE worker_ids LIKE '%sample-history%' GROUP BY task_name"))
+    history = dict(rows(sample_site_env,
+                        "SELECT task_name, COUNT(*) FROM gyrinx_tasks_taskexecution "
+                        "WHERE worker_ids LIKE '%sample-history%' GROUP BY task_name"))
     assert history == {"backfill_statistics": 36, "cleanup_old_data": 1, "flaky_sync": 18,
                        "generate_report": 12, "send_welcome_email": 36}
     assert "Recorded 103 runs of sample history" in first.stdout
-    errors = rows(site_env, "SELECT errors FROM gyrinx_tasks_taskexecution "
-                            "WHERE task_name = 'flaky_sync' "
-                            "AND worker_ids NOT LIKE '%sample-history%'")
+    errors = rows(sample_site_env, "SELECT errors FROM gyrinx_tasks_taskexecution "
+                                   "WHERE task_name = 'flaky_sync' "
+                                   "AND worker_ids NOT LIKE '%sample-history%'")
     assert json.loads(errors[0][0])[0]["exception_class_path"] == "builtins.ConnectionError"
 
-    second = manage(site_env, "sample_setup")
+    second = manage(sample_site_env, "sample_setup")
     assert "already exists" in second.stdout and "not enqueueing more" in second.stdout
-    assert rows(site_env, "SELECT username, is_superuser, is_staff FROM auth_user") == [
+    assert rows(sample_site_env, "SELECT username, is_superuser, is_staff FROM auth_user") == [
         ("admin", 1, 1)]
-    assert rows(site_env, "SELECT COUNT(*) FROM gyrinx_tasks_taskexecution") == [(109,)]
+    assert rows(sample_site_env, "SELECT COUNT(*) FROM gyrinx_tasks_taskexecution") == [(109,)]
 
-    manage(site_env, "sample_setup", "--more")
-    assert rows(site_env, "SELECT COUNT(*) FROM gyrinx_tasks_taskexecution") == [(113,)]
+    manage(sample_site_env, "sample_setup", "--more")
+    assert rows(sample_site_env, "SELECT COUNT(*) FROM gyrinx_tasks_taskexecution") == [(113,)]
 
 
-def test_home_page_enqueues_a_task_and_the_admin_shows_it(site_env):
-    manage(site_env, "migrate", "--verbosity", "0")
-    manage(site_env, "sample_setup")
-    out = shell(site_env, """
+def test_home_page_enqueues_a_task_and_the_admin_shows_it(sample_site_env):
+    manage(sample_site_env, "migrate", "--verbosity", "0")
+    manage(sample_site_env, "sample_setup")
+    out = shell(sample_site_env, """
         from django.test import Client
         from django.test.utils import setup_test_environment
         from gyrinx_tasks.models import TaskExecution

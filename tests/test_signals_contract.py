@@ -11,16 +11,14 @@ import pytest
 from django.tasks.signals import task_enqueued, task_finished, task_started
 from django.utils import timezone
 
+from gyrinx_tasks.backend import PubSubBackend
 from gyrinx_tasks.models import KillSwitch, SwitchMode, TaskExecution
 from tests import tasks as jobs
-from tests.helpers import envelope, push
+from tests.helpers import envelope, push, task_message
+
+pytestmark = pytest.mark.usefixtures("no_oidc")
 
 RECORDED = {"gyrinx_recorded": "1"}
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture
@@ -156,3 +154,84 @@ def test_a_rejected_run_finishes_once_failed(client, signals):
 
     run = TaskExecution.objects.get(result_id="t-misfit")
     assert run_signals(signals, run.result_id) == [("finished", "FAILED", True)]
+
+
+# --- Found by mutation testing (mutmut, docs/testing.md): each comment names the mutants ---
+
+
+# handle_delivery: receivers connected for the backend's class (Django's documented way to
+# listen to one backend) get task_started and task_finished.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("calls", "fresh_unrecorded")
+def test_task_signals_are_sent_by_the_backend_class(client):
+    seen = []
+
+    def started(sender, task_result, **kwargs):
+        seen.append(("started", task_result.status))
+
+    def finished(sender, task_result, **kwargs):
+        seen.append(("finished", task_result.status))
+
+    task_started.connect(started, sender=PubSubBackend, weak=False)
+    task_finished.connect(finished, sender=PubSubBackend, weak=False)
+    try:
+        push(client, envelope(task_message()))
+        push(client, envelope(task_message(task_id="t-2", task_name="explode", args=[]),
+                              message_id="m-2"))
+    finally:
+        task_started.disconnect(started, sender=PubSubBackend)
+        task_finished.disconnect(finished, sender=PubSubBackend)
+    # explode's failed attempt will be retried: the run has not ended, so no task_finished
+    # (issue 16; this expected a ("finished", "FAILED") last before).
+    assert seen == [("started", "RUNNING"), ("finished", "SUCCESSFUL"),
+                    ("started", "RUNNING")]
+
+
+class MyPubSubBackend(PubSubBackend):
+    """A project's own subclass of the backend, configured in TASKS."""
+
+
+# handle_delivery mutants 92, 94: with a subclass of PubSubBackend configured, the signals'
+# sender is that class, so receivers connected for it (Django's way to listen to one
+# backend class) hear the runs of the push endpoint.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("calls", "fresh_unrecorded")
+def test_task_signals_are_sent_by_a_configured_subclass(client, monkeypatch):
+    from django.tasks import task_backends
+
+    monkeypatch.setattr(task_backends["default"], "__class__", MyPubSubBackend)
+    seen = []
+
+    def finished(sender, task_result, **kwargs):
+        seen.append((sender, task_result.status))
+
+    task_finished.connect(finished, sender=MyPubSubBackend, weak=False)
+    try:
+        push(client, envelope(task_message()))
+    finally:
+        task_finished.disconnect(finished, sender=MyPubSubBackend)
+    assert seen == [(MyPubSubBackend, "SUCCESSFUL")]
+
+
+# --- A failed attempt Pub/Sub will retry has not ended the run ---
+
+
+# Was: task_finished sent when the task raises. Issue 16 (Django's contract) changed it: a
+# failed attempt that Pub/Sub will retry does not end the run, so no task_finished is sent
+# for it; tests/test_signals_contract.py shows it sent once when a run gives up.
+@pytest.mark.django_db
+def test_task_finished_is_not_sent_for_a_failed_attempt_that_will_retry(client):
+    seen = []
+
+    def finished(sender, task_result, **kwargs):
+        seen.append((task_result.status, [e.exception_class_path for e in task_result.errors]))
+
+    task_finished.connect(finished)
+    try:
+        response = push(client, envelope(
+            {"task_id": "t-boom", "task_name": "explode", "args": [], "kwargs": {}}))
+    finally:
+        task_finished.disconnect(finished)
+
+    assert response.status_code == 500
+    assert seen == []

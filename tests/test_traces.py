@@ -27,14 +27,11 @@ from gyrinx_tasks.traces import TraceContextMiddleware, trace_context
 from tests import tasks
 from tests.helpers import FakePublisher, envelope, push, use_publisher
 
+pytestmark = pytest.mark.usefixtures("no_oidc")
+
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 @pytest.fixture

@@ -31,15 +31,10 @@ from gyrinx_tasks.models import (
 )
 from tests.helpers import envelope, make_run, push
 
-pytestmark = [pytest.mark.django_db, pytest.mark.clock]
+pytestmark = [pytest.mark.django_db, pytest.mark.clock, pytest.mark.usefixtures("no_oidc")]
 
 OVERVIEW = "admin:gyrinx_tasks_overview_changelist"
 RUNS = "admin:gyrinx_tasks_taskexecution_changelist"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 def failing(task_name="explode", **fields):

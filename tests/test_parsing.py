@@ -1,7 +1,9 @@
-"""Push parsing (gyrinx_tasks/push.py): behaviour that mutmut showed no test held.
+"""Parsing a push (gyrinx_tasks/push.py): reading the body within its limit, the envelope, the
+task message and its values; what cannot be parsed is a REJECTED run with a reason, never a 500.
 
-Each test names the mutants it kills (docs/testing.md, "Mutation testing"); the rest of
-push.py's survivors are accounted for in scripts/mutation/survivors.md.
+The tests were written from mutmut's survivors (docs/testing.md, "Mutation testing"); each
+comment names the mutants it kills. Hostile input in bulk: tests/test_hostile.py; sizes near
+Pub/Sub's limit: tests/test_push_size.py.
 """
 
 import base64
@@ -12,21 +14,14 @@ from datetime import UTC, datetime
 
 import pytest
 from django.core.handlers.asgi import ASGIRequest
-from google.pubsub_v1 import PublishRequest, PubsubMessage
 
-from gyrinx_tasks.messages import PUBSUB_MAX_PUBLISH_BYTES, MessageTooLarge, check_publish_size
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.push import MAX_JSON_DEPTH, MAX_MESSAGE_ID, RAW_MESSAGE_LIMIT, safe_text
 from gyrinx_tasks.views import ACK, pubsub_push
 from tests.helpers import envelope, push
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_oidc")]
 URL = "/tasks/pubsub/"
-
-
-@pytest.fixture(autouse=True)
-def no_oidc(settings):
-    settings.TASKS_VERIFY_OIDC = False
 
 
 def raw(text: bytes, message_id: str = "m-raw") -> bytes:
@@ -157,28 +152,6 @@ def test_the_reason_says_where_the_unstorable_value_is(client, data, where):
 
     assert detail == (f"The message data carries a NUL character at {where}, which PostgreSQL "
                       f"cannot store; send the data base64-encoded instead.")
-
-
-# check_publish_size mutants 2, 3, 5, 10, 12, 15, 17, 18: the limit is Pub/Sub's, on the
-# whole publish request (topic, data, attributes and their framing), exact to the byte. The
-# sizes come from the publish request itself, as Pub/Sub counts them.
-def test_the_publish_size_limit_counts_topic_and_attributes_to_the_byte():
-    # The longest topic path Pub/Sub allows (30-character project, 255-character topic) and
-    # its most attributes: the quick estimate must still fall back to the exact size.
-    topic = f"projects/{'p' * 30}/topics/{'t' * 255}"
-    attributes = {f"key-{n:03}": "v" * 20 for n in range(100)}
-
-    def request_size(data_length: int) -> int:
-        message = PubsubMessage(data=b"d" * data_length, attributes=attributes)
-        return PublishRequest(topic=topic, messages=[message])._pb.ByteSize()
-
-    near = PUBSUB_MAX_PUBLISH_BYTES - 10_000
-    fits = near + PUBSUB_MAX_PUBLISH_BYTES - request_size(near)
-    assert request_size(fits) == PUBSUB_MAX_PUBLISH_BYTES
-
-    check_publish_size("echo", topic, b"d" * fits, attributes)
-    with pytest.raises(MessageTooLarge, match=r"this one would be 10,000,001\)"):
-        check_publish_size("echo", topic, b"d" * (fits + 1), attributes)
 
 
 # safe_text mutants 1-4: text any database stores, NUL and unpaired surrogates escaped. (The
