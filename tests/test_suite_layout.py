@@ -10,8 +10,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 # conftest.py's fixtures that a module must not define again under the same name.
-CONFTEST_FIXTURES = {"no_oidc", "fake_publisher", "options_registry", "fresh_unrecorded",
-                     "route_through_emulator", "sample_site_env"}
+CONFTEST_FIXTURES = {"no_oidc", "calls", "fake_publisher", "options_registry",
+                     "fresh_unrecorded", "route_through_emulator", "sample_site_env"}
 
 
 def module_paths() -> list[Path]:
@@ -55,3 +55,11 @@ def test_no_test_file_is_named_after_how_its_tests_were_found():
     names = [path.name for path in module_paths()]
     assert [name for name in names
             if name.startswith("test_mutants") or name == "test_regressions.py"] == []
+
+
+def test_every_test_module_is_in_the_behaviour_map_of_docs_testing():
+    # A newcomer looks a behaviour up in docs/testing.md's table; a module missing from it is
+    # a test nobody finds.
+    guide = (TESTS.parent / "docs" / "testing.md").read_text()
+    missing = [path.name for path in module_paths() if f"{path.name}`" not in guide]
+    assert missing == []
