@@ -5,7 +5,9 @@ import re
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
@@ -295,3 +297,69 @@ def test_panel_changes_nothing_and_needs_view_permission(client, viewer):
     client.force_login(staff_user("nobody"))
     assert client.get(panel_url(original), headers={"HX-Request": "true"}).status_code == 403
     assert TaskExecution.objects.count() == 1 and not LogEntry.objects.exists()
+
+
+# --- Off the happy path: a failed publish, a retry of a retry, a bulk retry's queries --------
+
+@pytest.mark.parametrize("error, status, said", [
+    (PermissionError("not allowed to publish"), State.FAILED,
+     "Publishing it failed; the new run is FAILED."),
+    # Timed out: Pub/Sub may have the message, so the new run stays READY.
+    (TimeoutError("publish timed out"), State.READY,
+     "Publishing it was not confirmed; the new run stays READY and runs if Pub/Sub "
+     "delivers it."),
+])
+@pytest.mark.parametrize("how", ["button", "bulk"])
+def test_a_retry_whose_publish_failed_is_audited_with_the_new_runs_state(
+        retrier, fake_publisher, error, status, said, how):
+    fake_publisher.error = error
+    run = make_run("add", State.FAILED)
+
+    if how == "button":
+        body = retrier.post(retry_url(run), HTTP_HX_REQUEST="true").content.decode()
+        assert "but publishing it failed" in body
+    else:
+        action_post(retrier, [run])
+
+    new = TaskExecution.objects.get(retry_of=run)
+    assert new.status == status
+    [entry] = LogEntry.objects.all()
+    assert (entry.user, entry.object_id) == (retrier.user, str(run.pk))
+    assert entry.change_message == f"Retried as run {new.pk} ({new.result_id}). {said}"
+
+
+def test_a_retry_of_a_retry_links_to_the_run_it_retried(retrier, fake_publisher):
+    first = make_run("add", State.FAILED, args=[1, 2])
+    second = make_run("add", State.FAILED, trigger=Trigger.RETRY, retry_of=first, args=[1, 2])
+
+    retrier.post(retry_url(second))
+
+    third = TaskExecution.objects.get(retry_of=second)
+    assert (third.trigger, third.args) == (Trigger.RETRY, [1, 2])
+    assert list(first.retries.all()) == [second]  # not a second retry of the first run
+    assert third.timeline[0]["note"].startswith(f"retry of {second.result_id} by retrier")
+    assert LogEntry.objects.get().object_id == str(second.pk)
+    # The new run's page links back to the run that was retried, not to the first.
+    panel = retrier.get(change_url(third)).content.decode()
+    panel = panel[panel.index('id="gyrinx-retry"'):]
+    assert change_url(second) in panel and change_url(first) not in panel
+
+
+def test_a_bulk_retry_reads_6_runs_in_as_many_queries_as_2(retrier, fake_publisher):
+    # The changelist's queryset defers the payload and the timeline; a bulk retry must not
+    # then read them one query per run (only() does not undo a defer()). Each original is
+    # marked by its own conditional UPDATE (models.py's transitions), so those grow with N.
+    counts = []
+    for count in (1, 2, 6):  # the first warms the caches (session, content type)
+        runs = [make_run("add", State.FAILED, args=[i, i]) for i in range(count)]
+        with CaptureQueriesContext(connection) as captured:
+            response = action_post(retrier, runs)
+        assert response.status_code == 302
+        assert TaskExecution.objects.filter(retry_of__in=runs).count() == count
+        sql = [query["sql"] for query in captured.captured_queries]
+        marks = sum(text.startswith('UPDATE "gyrinx_tasks_taskexecution"') for text in sql)
+        counts.append((marks, len(sql) - marks))
+
+    assert [marks for marks, _ in counts] == [1, 2, 6]
+    assert counts[1][1] == counts[2][1], counts
+    assert len(fake_publisher.published) == 9
