@@ -320,6 +320,8 @@ def test_a_retry_whose_publish_failed_is_audited_with_the_new_runs_state(
         assert "but publishing it failed" in body
     else:
         action_post(retrier, [run])
+        page = retrier.get(reverse(CHANGELIST)).content.decode()
+        assert "Publishing failed for 1 retries; those new runs are recorded as FAILED" in page
 
     new = TaskExecution.objects.get(retry_of=run)
     assert new.status == status

@@ -662,7 +662,8 @@ def report_messages(report: RetryReport, limit: int,
         out.append((messages.WARNING, f"{refused:,} not retried: {reason}"))
     if report.publish_failed:
         out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
-                                    "retries; those new runs are recorded as FAILED."))
+                                    "retries; those new runs are recorded as FAILED, or stay "
+                                    "READY where Pub/Sub may have their message after all."))
     return out
 
 
