@@ -202,6 +202,27 @@ def test_retrying_one_run_in_bulk_links_to_its_page(retrier, fake_publisher):
     assert f'Retried 1 run as a new run: <a href="{change}">see it</a>.' in page
 
 
+def test_a_run_that_changes_during_a_bulk_retry_is_left_alone_and_counted(
+        retrier, fake_publisher, monkeypatch):
+    runs = [make_run("add", State.FAILED, args=[i, i]) for i in range(3)]
+    real = TaskExecution.record_retried
+
+    def delivered_meanwhile(run, *args, **kwargs):
+        if run.pk == runs[1].pk:  # a delivery starts it after the bulk retry read it
+            TaskExecution.objects.filter(pk=run.pk).update(status=State.RUNNING, attempts=1)
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(TaskExecution, "record_retried", delivered_meanwhile)
+    action_post(retrier, runs)
+
+    assert [run.retries.count() for run in runs] == [1, 0, 1]
+    page = retrier.get(reverse(CHANGELIST)).content.decode()
+    assert "Retried 2 runs as new runs" in page
+    assert "1 runs changed while they were being retried (a delivery, or another retry)" in page
+    assert [e.object_id for e in LogEntry.objects.order_by("object_id")] == [
+        str(runs[0].pk), str(runs[2].pk)]
+
+
 def test_select_across_asks_first_with_the_count_and_the_cap(retrier, fake_publisher):
     failed = [make_run("add", State.FAILED) for _ in range(4)]
     make_run("echo", State.FAILED)
