@@ -268,6 +268,29 @@ def test_select_across_over_the_cap_says_so_and_enqueues_nothing(retrier, fake_p
     assert not LogEntry.objects.exists()
 
 
+@override_settings(TASKS_ADMIN_RETRY_LIMIT=2)
+def test_select_across_of_exactly_the_cap_says_how_many_and_may_go_ahead(retrier,
+                                                                          fake_publisher):
+    runs = [make_run("add", State.FAILED) for _ in range(2)]
+
+    page = action_post(retrier, runs[:1], select_across="1").content.decode()
+
+    assert "to be retried as new runs: 2." in page and "more than 2" not in page
+    assert 'name="confirm" value="yes"' in page
+
+
+def test_a_bulk_retry_that_retried_nothing_says_so_as_a_warning(retrier, fake_publisher):
+    KillSwitch.objects.create(task_name="add", enabled=False)
+    run = make_run("add", State.FAILED)
+
+    action_post(retrier, [run])
+
+    page = retrier.get(reverse(CHANGELIST)).content.decode()
+    assert '<li class="warning">Retried 0 runs as new runs.</li>' in page
+    assert "1 not retried: Kill switch for add is off" in page
+    assert not run.retries.exists() and fake_publisher.published == []
+
+
 # --- The retry panel follows its retries until they settle -----------------------------------
 
 def panel_url(run, **query):
@@ -294,6 +317,16 @@ def test_panel_polls_while_a_retry_is_queued_or_running_and_stops_once_it_settle
         assert badge in body
     # Settled: the panel no longer asks to be polled, so htmx stops.
     assert 'data-polling="false"' in body and "hx-trigger" not in body.split(">")[0]
+
+
+def test_panel_polls_while_any_of_its_retries_is_unsettled(viewer):
+    original = make_run("add", State.FAILED)
+    make_run("add", State.FAILED, trigger=Trigger.RETRY, retry_of=original)
+    make_run("add", State.RUNNING, trigger=Trigger.RETRY, retry_of=original)
+
+    body = viewer.get(panel_url(original), headers={"HX-Request": "true"}).content.decode()
+
+    assert 'data-polling="true"' in body.split(">")[0]
 
 
 def test_panel_after_a_retry_click_keeps_saying_retried_as(retrier):
