@@ -290,7 +290,9 @@ def run_one(work: Path, mutant: tuple) -> dict:
     finally:
         target.write_text(original)
     lines = run.stdout.strip().splitlines() or ["(no output)"]
-    failed = [line for line in lines if line.startswith("FAILED ") or line.startswith("ERROR ")]
+    # The first failing test (an "ERROR" line may be a captured log line, so those come last).
+    failed = ([line for line in lines if line.startswith("FAILED ")]
+              or [line for line in lines if line.startswith("ERROR tests/")])
     killed = run.returncode not in (0, 5)
     return {"id": ident, "file": path, "tests": tests,
             "verdict": "KILLED" if killed else "SURVIVED",
