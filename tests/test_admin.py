@@ -443,6 +443,32 @@ def test_pages_past_the_highest_id_are_empty_without_a_query(monkeypatch):
         assert run_table_offsets(captured) == []
 
 
+def test_a_list_of_exactly_the_cap_is_counted_exactly(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    for _ in range(3):
+        make_run("echo")
+    make_run("add")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("pk"), 2)
+    assert paginator.count == 3
+    assert not paginator.is_capped and not paginator.is_approximate
+
+
+def test_a_page_starting_exactly_at_the_highest_id_is_empty_without_a_query(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 1)
+    for _ in range(3):
+        make_run("echo")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("pk"), 1)
+    assert paginator.is_approximate
+    # Ids count up from 1, so no list has more rows than the highest id: a page that skips
+    # that many is empty, and is answered without asking the database to skip them.
+    number = paginator.row_bound + 1
+    with CaptureQueriesContext(connection) as captured:
+        assert list(paginator.page(number).object_list) == []
+    assert run_table_offsets(captured) == []
+
+
 def test_changelist_pages_far_past_the_end_answer_at_once(admin_client, monkeypatch):
     from gyrinx_tasks.admin.executions import TaskExecutionAdmin
 
