@@ -400,6 +400,8 @@ def test_command_writes_a_file_with_payload(history, tmp_path):
     (["--status", "BROKEN"], "Unknown status BROKEN; use one of READY, RUNNING"),
     (["--since", "yesterday"], "--since 'yesterday' is not a date or time; give an ISO date"),
     (["--since", "2026-11-02", "--until", "2026-11-01"], "--since must be earlier than --until"),
+    # An empty range is a mistake too, not an empty file.
+    (["--since", "2026-11-01", "--until", "2026-11-01"], "--since must be earlier than --until"),
     (["--output", "/no/such/dir/runs.csv"], "The directory /no/such/dir does not exist"),
 ])
 def test_command_explains_bad_options(history, args, message):

@@ -153,6 +153,23 @@ def test_retry_run_refuses_while_the_environment_kill_switch_is_off(fake_publish
     assert fake_publisher.published == []
 
 
+def test_retrying_a_run_pubsub_still_redelivers_settles_it(fake_publisher):
+    redelivered = make_run("add", State.FAILED, args=[1, 2])  # failed with attempts left
+    rejected = make_run("add", State.REJECTED, args=[1, 2])
+    assert redelivered.redelivered_by_pubsub and not rejected.redelivered_by_pubsub
+
+    retry_run(redelivered)
+    retry_run(rejected)
+
+    redelivered.refresh_from_db()
+    rejected.refresh_from_db()
+    # Given up, so its next delivery is acknowledged without running the task again.
+    assert redelivered.gave_up and redelivered.finished_at is not None
+    assert "further deliveries of this run are acknowledged without running it" in (
+        redelivered.status_detail)
+    assert not rejected.gave_up and "further deliveries" not in rejected.status_detail
+
+
 def test_retry_run_publish_failure_leaves_a_failed_new_run(fake_publisher):
     fake_publisher.error = PermissionDenied("not allowed to publish")
     original = make_run("add", State.FAILED, args=[1, 2])
