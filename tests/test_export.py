@@ -551,6 +551,15 @@ def test_export_items_beyond_the_bound_is_a_400_with_a_sentence(client, history,
     assert not LogEntry.objects.exists()
 
 
+def test_export_items_of_exactly_the_bound_are_exported(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    named = [history["failed"].pk] * 199 + [history["ready"].pk]  # 200 ids
+    response = client.post(reverse(EXPORT), {**export_form(), "export_items": named})
+    assert response.status_code == 200
+    assert {row["result_id"] for row in parse(response.content.decode())} == {
+        history["failed"].result_id, history["ready"].result_id}
+
+
 def test_export_items_still_needs_the_export_permission(client, history):
     exporter(client, "view_taskexecution")
     response = client.post(reverse(EXPORT), {**export_form(), "export_items": ["1"] * 500})

@@ -14,6 +14,8 @@ from gyrinx_tasks.retry import (
     RetryLimitExceeded,
     RetryPublishFailed,
     RetryRefused,
+    republish_refusal,
+    republish_run,
     retry_queryset,
     retry_run,
 )
@@ -168,6 +170,19 @@ def test_retrying_a_run_pubsub_still_redelivers_settles_it(fake_publisher):
     assert "further deliveries of this run are acknowledged without running it" in (
         redelivered.status_detail)
     assert not rejected.gave_up and "further deliveries" not in rejected.status_detail
+
+
+def test_a_run_recorded_by_its_delivery_cannot_be_published_again(fake_publisher):
+    # A READY run whose row a delivery made (a scheduled firing: its task id is not its result
+    # id) has no message of the enqueue's to publish, however unconfirmed it looks.
+    run = make_run("add", State.READY, task_id="scheduled-add-1")
+    TaskExecution.objects.filter(pk=run.pk).update(status_detail=PUBLISH_UNCONFIRMED)
+    run.refresh_from_db()
+
+    assert "recorded by its delivery, not by an enqueue" in republish_refusal(run)
+    with pytest.raises(RetryRefused, match="no message of it to publish again"):
+        republish_run(run)
+    assert fake_publisher.published == []
 
 
 def test_retry_run_publish_failure_leaves_a_failed_new_run(fake_publisher):
