@@ -537,6 +537,7 @@ def test_export_items_reads_only_the_named_runs(client, history):
     ([str(n) for n in range(1, 202)], "at most 200 runs by id, and this one names 201"),
     (["1", "x"], "export_items must be run ids"),
     (["1e400"], "export_items must be run ids"),
+    (["\u00b2"], "export_items must be run ids"),  # a digit to isdigit(), not to int()
     (["9" * 5000], "export_items must be run ids"),
 ])
 def test_export_items_beyond_the_bound_is_a_400_with_a_sentence(client, history, items,

@@ -65,6 +65,19 @@ def registry(settings):
     clear_cache()
 
 
+def test_a_name_shared_by_a_redacted_and_a_plain_route_stays_redacted(monkeypatch):
+    # The registry's system check refuses two routes of one name; should such a registry be
+    # loaded anyway, redaction still fails closed for that name.
+    from tests import tasks as sample
+    from tests.check_registries import same_name_tasks
+
+    monkeypatch.setitem(globals(), "tasks", [TaskRoute(sample.add, redact=True),
+                                             TaskRoute(same_name_tasks.add)])
+    clear_cache()
+    assert TaskRoute(same_name_tasks.add).name == TaskRoute(sample.add).name == "add"
+    assert is_redacted("add")
+
+
 def redacted_run(status=State.SUCCESSFUL, **fields):
     return make_run("welcome_member", status, args=[EMAIL], kwargs={"name": SECRET_NAME},
                     return_value={"sent_to": EMAIL}, **fields)
