@@ -321,6 +321,21 @@ def test_failed_tasks_of_other_routes_keep_their_traceback_in_the_log(client, al
     assert "TypeError" in all_logs.text and "Traceback" in all_logs.text
 
 
+def test_while_the_registry_cannot_be_loaded_no_failed_tasks_exception_is_logged(settings):
+    # Which routes are redacted cannot be known then, so the log filter fails closed.
+    from gyrinx_tasks.redaction import RedactedTaskLogFilter
+
+    settings.TASKS_REGISTRY = "tests.check_registries.no_such_module"
+    clear_cache()
+    error = LookupError(f"no account for {EMAIL}")
+    record = logging.LogRecord("django.tasks", logging.ERROR, __file__, 1, "Task id=%s path=%s "
+                               "state=%s", ("t-1", "tests.tasks.add", "FAILED"),
+                               (LookupError, error, None))
+
+    assert RedactedTaskLogFilter().filter(record)
+    assert record.exc_info is None and "exception not logged" in record.getMessage()
+
+
 @pytest.mark.parametrize(
     "make_header",
     [
