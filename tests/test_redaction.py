@@ -334,6 +334,8 @@ def test_while_the_registry_cannot_be_loaded_no_failed_tasks_exception_is_logged
 
     assert RedactedTaskLogFilter().filter(record)
     assert record.exc_info is None and "exception not logged" in record.getMessage()
+    # And every run's payload is redacted, of whatever task.
+    assert is_redacted("add") and is_redacted("public_add")
 
 
 @pytest.mark.parametrize(
