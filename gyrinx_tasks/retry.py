@@ -152,6 +152,8 @@ class Retried(NamedTuple):
     new_id: int
     new_result_id: str
     published: bool
+    # The publish failed but may have reached Pub/Sub: the new run stays READY, unconfirmed.
+    unconfirmed: bool = False
 
 
 @dataclass
@@ -233,8 +235,10 @@ def retry_queryset(queryset: Any, user: Any = None, limit: int | None = None,
     # Only rows that existed when we started: a retry that fails to publish becomes a FAILED
     # row that would otherwise match the filter further along.
     top = TaskExecution.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-    rows = (_retryable(queryset).filter(pk__lte=top).order_by("pk").only(*ORIGINAL_FIELDS)
-            .iterator(chunk_size=CHUNK_SIZE))
+    # defer(None): the changelist's queryset defers the heavy columns, and only() does not
+    # undo a defer(), so args, kwargs and the timeline would be read one query per run.
+    rows = (_retryable(queryset).filter(pk__lte=top).order_by("pk").defer(None)
+            .only(*ORIGINAL_FIELDS).iterator(chunk_size=CHUNK_SIZE))
     routes: dict[str, tuple[Any, str]] = {}
     for chunk in batched(rows, CHUNK_SIZE):
         done = _retry_chunk(chunk, user, routes, report)
@@ -361,7 +365,8 @@ def _publish_chunk(bulk: list[tuple[TaskExecution, Any, Any, str]],
         else:
             report.publish_failed += 1
         done.append(Retried(execution.retry_of_id or 0, label, execution.pk,
-                            execution.result_id, published))
+                            execution.result_id, published,
+                            not published and execution.status == State.READY))
     return done
 
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.paginator import EmptyPage
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -435,6 +436,32 @@ def test_pages_past_the_highest_id_are_empty_without_a_query(monkeypatch):
         assert run_table_offsets(captured) == []
 
 
+def test_a_list_of_exactly_the_cap_is_counted_exactly(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    for _ in range(3):
+        make_run("echo")
+    make_run("add")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("pk"), 2)
+    assert paginator.count == 3
+    assert not paginator.is_capped and not paginator.is_approximate
+
+
+def test_a_page_starting_exactly_at_the_highest_id_is_empty_without_a_query(monkeypatch):
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 1)
+    for _ in range(3):
+        make_run("echo")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("pk"), 1)
+    assert paginator.is_approximate
+    # Ids count up from 1, so no list has more rows than the highest id: a page that skips
+    # that many is empty, and is answered without asking the database to skip them.
+    number = paginator.row_bound + 1
+    with CaptureQueriesContext(connection) as captured:
+        assert list(paginator.page(number).object_list) == []
+    assert run_table_offsets(captured) == []
+
+
 def test_changelist_pages_far_past_the_end_answer_at_once(admin_client, monkeypatch):
     from gyrinx_tasks.admin.executions import TaskExecutionAdmin
 
@@ -457,6 +484,28 @@ def test_changelist_pages_far_past_the_end_answer_at_once(admin_client, monkeypa
             assert run_table_offsets(captured) == []
         # A page that exists still shows its runs.
         assert len(shown(admin_client.get(reverse(CHANGELIST), {**params, "p": 3}))) == 2
+
+
+# A page number below 1 is no page: on a capped (or estimated) list it used to reach the
+# slicing as a negative offset, a 500. Django's answer for any bad page: back to the list.
+@pytest.mark.parametrize("number", [0, -1, -(10**20)])
+def test_a_page_number_below_1_goes_back_to_the_list_not_a_500(
+        admin_client, monkeypatch, number):
+    from gyrinx_tasks.admin.executions import TaskExecutionAdmin
+
+    monkeypatch.setattr(EstimatedCountPaginator, "count_cap", 3)
+    monkeypatch.setattr(TaskExecutionAdmin, "list_per_page", 2)
+    for _ in range(5):
+        make_run("echo")
+    for params in ({"task_name": "echo"}, {}):  # capped, and counted exactly
+        response = admin_client.get(reverse(CHANGELIST), {**params, "p": number})
+        assert response.status_code == 302, (params, response.status_code)
+        assert response["Location"].endswith("?e=1")
+    paginator = EstimatedCountPaginator(
+        TaskExecution.objects.filter(task_name="echo").order_by("pk"), 2)
+    assert paginator.is_approximate and paginator.is_capped
+    with pytest.raises(EmptyPage):
+        paginator.page(number)
 
 
 # --- Task execution detail -----------------------------------------------------------------

@@ -5,7 +5,9 @@ import re
 
 import pytest
 from django.contrib.admin.models import LogEntry
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from gyrinx_tasks.models import KillSwitch, State, TaskExecution, Trigger
@@ -199,6 +201,27 @@ def test_retrying_one_run_in_bulk_links_to_its_page(retrier, fake_publisher):
     assert f'Retried 1 run as a new run: <a href="{change}">see it</a>.' in page
 
 
+def test_a_run_that_changes_during_a_bulk_retry_is_left_alone_and_counted(
+        retrier, fake_publisher, monkeypatch):
+    runs = [make_run("add", State.FAILED, args=[i, i]) for i in range(3)]
+    real = TaskExecution.record_retried
+
+    def delivered_meanwhile(run, *args, **kwargs):
+        if run.pk == runs[1].pk:  # a delivery starts it after the bulk retry read it
+            TaskExecution.objects.filter(pk=run.pk).update(status=State.RUNNING, attempts=1)
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(TaskExecution, "record_retried", delivered_meanwhile)
+    action_post(retrier, runs)
+
+    assert [run.retries.count() for run in runs] == [1, 0, 1]
+    page = retrier.get(reverse(CHANGELIST)).content.decode()
+    assert "Retried 2 runs as new runs" in page
+    assert "1 runs changed while they were being retried (a delivery, or another retry)" in page
+    assert [e.object_id for e in LogEntry.objects.order_by("object_id")] == [
+        str(runs[0].pk), str(runs[2].pk)]
+
+
 def test_select_across_asks_first_with_the_count_and_the_cap(retrier, fake_publisher):
     failed = [make_run("add", State.FAILED) for _ in range(4)]
     make_run("echo", State.FAILED)
@@ -244,6 +267,29 @@ def test_select_across_over_the_cap_says_so_and_enqueues_nothing(retrier, fake_p
     assert not LogEntry.objects.exists()
 
 
+@override_settings(TASKS_ADMIN_RETRY_LIMIT=2)
+def test_select_across_of_exactly_the_cap_says_how_many_and_may_go_ahead(retrier,
+                                                                          fake_publisher):
+    runs = [make_run("add", State.FAILED) for _ in range(2)]
+
+    page = action_post(retrier, runs[:1], select_across="1").content.decode()
+
+    assert "to be retried as new runs: 2." in page and "more than 2" not in page
+    assert 'name="confirm" value="yes"' in page
+
+
+def test_a_bulk_retry_that_retried_nothing_says_so_as_a_warning(retrier, fake_publisher):
+    KillSwitch.objects.create(task_name="add", enabled=False)
+    run = make_run("add", State.FAILED)
+
+    action_post(retrier, [run])
+
+    page = retrier.get(reverse(CHANGELIST)).content.decode()
+    assert '<li class="warning">Retried 0 runs as new runs.</li>' in page
+    assert "1 not retried: Kill switch for add is off" in page
+    assert not run.retries.exists() and fake_publisher.published == []
+
+
 # --- The retry panel follows its retries until they settle -----------------------------------
 
 def panel_url(run, **query):
@@ -272,6 +318,16 @@ def test_panel_polls_while_a_retry_is_queued_or_running_and_stops_once_it_settle
     assert 'data-polling="false"' in body and "hx-trigger" not in body.split(">")[0]
 
 
+def test_panel_polls_while_any_of_its_retries_is_unsettled(viewer):
+    original = make_run("add", State.FAILED)
+    make_run("add", State.FAILED, trigger=Trigger.RETRY, retry_of=original)
+    make_run("add", State.RUNNING, trigger=Trigger.RETRY, retry_of=original)
+
+    body = viewer.get(panel_url(original), headers={"HX-Request": "true"}).content.decode()
+
+    assert 'data-polling="true"' in body.split(">")[0]
+
+
 def test_panel_after_a_retry_click_keeps_saying_retried_as(retrier):
     original = make_run("add", State.FAILED)
     retry = make_run("add", State.READY, trigger=Trigger.RETRY, retry_of=original)
@@ -294,3 +350,71 @@ def test_panel_changes_nothing_and_needs_view_permission(client, viewer):
     client.force_login(staff_user("nobody"))
     assert client.get(panel_url(original), headers={"HX-Request": "true"}).status_code == 403
     assert TaskExecution.objects.count() == 1 and not LogEntry.objects.exists()
+
+
+# --- Off the happy path: a failed publish, a retry of a retry, a bulk retry's queries --------
+
+@pytest.mark.parametrize("error, status, said", [
+    (PermissionError("not allowed to publish"), State.FAILED,
+     "Publishing it failed; the new run is FAILED."),
+    # Timed out: Pub/Sub may have the message, so the new run stays READY.
+    (TimeoutError("publish timed out"), State.READY,
+     "Publishing it was not confirmed; the new run stays READY and runs if Pub/Sub "
+     "delivers it."),
+])
+@pytest.mark.parametrize("how", ["button", "bulk"])
+def test_a_retry_whose_publish_failed_is_audited_with_the_new_runs_state(
+        retrier, fake_publisher, error, status, said, how):
+    fake_publisher.error = error
+    run = make_run("add", State.FAILED)
+
+    if how == "button":
+        body = retrier.post(retry_url(run), HTTP_HX_REQUEST="true").content.decode()
+        assert "but publishing it failed" in body
+    else:
+        action_post(retrier, [run])
+        page = retrier.get(reverse(CHANGELIST)).content.decode()
+        assert "Publishing failed for 1 retries; those new runs are recorded as FAILED" in page
+
+    new = TaskExecution.objects.get(retry_of=run)
+    assert new.status == status
+    [entry] = LogEntry.objects.all()
+    assert (entry.user, entry.object_id) == (retrier.user, str(run.pk))
+    assert entry.change_message == f"Retried as run {new.pk} ({new.result_id}). {said}"
+
+
+def test_a_retry_of_a_retry_links_to_the_run_it_retried(retrier, fake_publisher):
+    first = make_run("add", State.FAILED, args=[1, 2])
+    second = make_run("add", State.FAILED, trigger=Trigger.RETRY, retry_of=first, args=[1, 2])
+
+    retrier.post(retry_url(second))
+
+    third = TaskExecution.objects.get(retry_of=second)
+    assert (third.trigger, third.args) == (Trigger.RETRY, [1, 2])
+    assert list(first.retries.all()) == [second]  # not a second retry of the first run
+    assert third.timeline[0]["note"].startswith(f"retry of {second.result_id} by retrier")
+    assert LogEntry.objects.get().object_id == str(second.pk)
+    # The new run's page links back to the run that was retried, not to the first.
+    panel = retrier.get(change_url(third)).content.decode()
+    panel = panel[panel.index('id="gyrinx-retry"'):]
+    assert change_url(second) in panel and change_url(first) not in panel
+
+
+def test_a_bulk_retry_reads_6_runs_in_as_many_queries_as_2(retrier, fake_publisher):
+    # The changelist's queryset defers the payload and the timeline; a bulk retry must not
+    # then read them one query per run (only() does not undo a defer()). Each original is
+    # marked by its own conditional UPDATE (models.py's transitions), so those grow with N.
+    counts = []
+    for count in (1, 2, 6):  # the first warms the caches (session, content type)
+        runs = [make_run("add", State.FAILED, args=[i, i]) for i in range(count)]
+        with CaptureQueriesContext(connection) as captured:
+            response = action_post(retrier, runs)
+        assert response.status_code == 302
+        assert TaskExecution.objects.filter(retry_of__in=runs).count() == count
+        sql = [query["sql"] for query in captured.captured_queries]
+        marks = sum(text.startswith('UPDATE "gyrinx_tasks_taskexecution"') for text in sql)
+        counts.append((marks, len(sql) - marks))
+
+    assert [marks for marks, _ in counts] == [1, 2, 6]
+    assert counts[1][1] == counts[2][1], counts
+    assert len(fake_publisher.published) == 9

@@ -218,6 +218,20 @@ def test_polling_follows_the_run_and_stops_with_286_once_it_settles(admin_client
     assert "gyrinx-status-successful" in body and "hx-trigger" not in body
 
 
+# A Run now that ends without running the task (skipped, or rejected) has settled as much as
+# one that ran: the cell must stop polling then too, not every second for ever.
+@pytest.mark.parametrize("status", [State.SKIPPED, State.REJECTED, State.FAILED,
+                                    State.CANCELLED])
+def test_polling_stops_with_286_whatever_the_run_settled_as(admin_client, status):
+    make_run(NIGHTLY, status, trigger=Trigger.RUN_NOW, message_id="m-9")
+
+    done = htmx(admin_client, "get", f"{url('lastrun')}?watch=m-9&since={int(time.time())}")
+
+    assert done.status_code == 286
+    body = done.content.decode()
+    assert f"gyrinx-status-{status.lower()}" in body and "hx-trigger" not in body
+
+
 def test_polling_gives_up_on_a_run_never_delivered(admin_client):
     since = int(time.time()) - schedules.WATCH_LIMIT - 5
     response = htmx(admin_client, "get", f"{url('lastrun')}?watch=m-lost&since={since}")

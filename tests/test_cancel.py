@@ -384,6 +384,14 @@ def test_without_the_permission_no_button_no_action_and_a_forged_post_is_refused
 
 
 @pytest.mark.django_db
+def test_a_ready_run_of_another_backend_has_no_cancel_button_but_the_reason(canceller):
+    run = make_run("immediate_add", backend="immediate")
+    page = canceller.get(change_url(run)).content.decode()
+    assert "gyrinx-cancel-button" not in page
+    assert "not to a PubSubBackend" in page
+
+
+@pytest.mark.django_db
 def test_the_button_on_a_ready_runs_page_cancels_it_in_place_and_audits(canceller, finished):
     run = ready_echo()
     page = canceller.get(change_url(run)).content.decode()

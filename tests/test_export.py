@@ -389,6 +389,8 @@ def test_command_writes_a_file_with_payload(history, tmp_path):
     (["--status", "BROKEN"], "Unknown status BROKEN; use one of READY, RUNNING"),
     (["--since", "yesterday"], "--since 'yesterday' is not a date or time; give an ISO date"),
     (["--since", "2026-11-02", "--until", "2026-11-01"], "--since must be earlier than --until"),
+    # An empty range is a mistake too, not an empty file.
+    (["--since", "2026-11-01", "--until", "2026-11-01"], "--since must be earlier than --until"),
     (["--output", "/no/such/dir/runs.csv"], "The directory /no/such/dir does not exist"),
 ])
 def test_command_explains_bad_options(history, args, message):
@@ -524,6 +526,7 @@ def test_export_items_reads_only_the_named_runs(client, history):
     ([str(n) for n in range(1, 202)], "at most 200 runs by id, and this one names 201"),
     (["1", "x"], "export_items must be run ids"),
     (["1e400"], "export_items must be run ids"),
+    (["\u00b2"], "export_items must be run ids"),  # a digit to isdigit(), not to int()
     (["9" * 5000], "export_items must be run ids"),
 ])
 def test_export_items_beyond_the_bound_is_a_400_with_a_sentence(client, history, items,
@@ -536,6 +539,15 @@ def test_export_items_beyond_the_bound_is_a_400_with_a_sentence(client, history,
     assert not [q for q in captured.captured_queries
                 if 'FROM "gyrinx_tasks_taskexecution"' in q["sql"]]
     assert not LogEntry.objects.exists()
+
+
+def test_export_items_of_exactly_the_bound_are_exported(client, history):
+    exporter(client, "view_taskexecution", "export_taskexecution")
+    named = [history["failed"].pk] * 199 + [history["ready"].pk]  # 200 ids
+    response = client.post(reverse(EXPORT), {**export_form(), "export_items": named})
+    assert response.status_code == 200
+    assert {row["result_id"] for row in parse_csv(response.content.decode())} == {
+        history["failed"].result_id, history["ready"].result_id}
 
 
 def test_export_items_still_needs_the_export_permission(client, history):

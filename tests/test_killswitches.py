@@ -417,6 +417,23 @@ def test_a_switch_for_a_task_gone_from_the_registry_stays_editable(admin_client)
     assert LogEntry.objects.get().action_flag == CHANGE
 
 
+def test_changing_an_off_switch_from_skip_to_hold_restarts_its_off_since(admin_client):
+    # Held messages are counted against Pub/Sub's retention from when the hold began, not
+    # from when the task was first switched off in skip.
+    long_ago = timezone.now() - timedelta(days=8)
+    switch = KillSwitch.objects.create(task_name="echo", enabled=False, reason="r",
+                                       mode=SwitchMode.SKIP, off_since=long_ago)
+    change = reverse("admin:gyrinx_tasks_killswitch_change", args=[switch.pk])
+
+    response = admin_client.post(change, {"task_name": "echo", "mode": SwitchMode.HOLD,
+                                          "reason": "r"})
+
+    assert response.status_code == 302
+    switch.refresh_from_db()
+    assert switch.mode == SwitchMode.HOLD and not switch.enabled
+    assert switch.off_since > long_ago + timedelta(days=7)
+
+
 # --- The push endpoint: skip and hold ------------------------------------------------------
 
 PUSH = "/tasks/pubsub/"

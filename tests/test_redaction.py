@@ -64,6 +64,19 @@ def registry(settings):
     clear_cache()
 
 
+def test_a_name_shared_by_a_redacted_and_a_plain_route_stays_redacted(monkeypatch):
+    # The registry's system check refuses two routes of one name; should such a registry be
+    # loaded anyway, redaction still fails closed for that name.
+    from tests import tasks as sample
+    from tests.check_registries import same_name_tasks
+
+    monkeypatch.setitem(globals(), "tasks", [TaskRoute(sample.add, redact=True),
+                                             TaskRoute(same_name_tasks.add)])
+    clear_cache()
+    assert TaskRoute(same_name_tasks.add).name == TaskRoute(sample.add).name == "add"
+    assert is_redacted("add")
+
+
 def redacted_run(status=State.SUCCESSFUL, **fields):
     return make_run("welcome_member", status, args=[EMAIL], kwargs={"name": SECRET_NAME},
                     return_value={"sent_to": EMAIL}, **fields)
@@ -305,6 +318,23 @@ def test_failed_tasks_of_other_routes_keep_their_traceback_in_the_log(client, al
     payload = {"task_id": "t-public", "task_name": "public_add", "args": ["a", 1], "kwargs": {}}
     assert push(client, payload, "m-9").status_code == 500
     assert "TypeError" in all_logs.text and "Traceback" in all_logs.text
+
+
+def test_while_the_registry_cannot_be_loaded_no_failed_tasks_exception_is_logged(settings):
+    # Which routes are redacted cannot be known then, so the log filter fails closed.
+    from gyrinx_tasks.redaction import RedactedTaskLogFilter
+
+    settings.TASKS_REGISTRY = "tests.check_registries.no_such_module"
+    clear_cache()
+    error = LookupError(f"no account for {EMAIL}")
+    record = logging.LogRecord("django.tasks", logging.ERROR, __file__, 1, "Task id=%s path=%s "
+                               "state=%s", ("t-1", "tests.tasks.add", "FAILED"),
+                               (LookupError, error, None))
+
+    assert RedactedTaskLogFilter().filter(record)
+    assert record.exc_info is None and "exception not logged" in record.getMessage()
+    # And every run's payload is redacted, of whatever task.
+    assert is_redacted("add") and is_redacted("public_add")
 
 
 @pytest.mark.parametrize(

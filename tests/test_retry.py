@@ -14,6 +14,8 @@ from gyrinx_tasks.retry import (
     RetryLimitExceeded,
     RetryPublishFailed,
     RetryRefused,
+    republish_refusal,
+    republish_run,
     retry_queryset,
     retry_run,
 )
@@ -150,6 +152,36 @@ def test_retry_run_refuses_while_the_environment_kill_switch_is_off(fake_publish
     with pytest.raises(RetryRefused, match="ENABLE_ECHO is off"):
         retry_run(original)
 
+    assert fake_publisher.published == []
+
+
+def test_retrying_a_run_pubsub_still_redelivers_settles_it(fake_publisher):
+    redelivered = make_run("add", State.FAILED, args=[1, 2])  # failed with attempts left
+    rejected = make_run("add", State.REJECTED, args=[1, 2])
+    assert redelivered.redelivered_by_pubsub and not rejected.redelivered_by_pubsub
+
+    retry_run(redelivered)
+    retry_run(rejected)
+
+    redelivered.refresh_from_db()
+    rejected.refresh_from_db()
+    # Given up, so its next delivery is acknowledged without running the task again.
+    assert redelivered.gave_up and redelivered.finished_at is not None
+    assert "further deliveries of this run are acknowledged without running it" in (
+        redelivered.status_detail)
+    assert not rejected.gave_up and "further deliveries" not in rejected.status_detail
+
+
+def test_a_run_recorded_by_its_delivery_cannot_be_published_again(fake_publisher):
+    # A READY run whose row a delivery made (a scheduled firing: its task id is not its result
+    # id) has no message of the enqueue's to publish, however unconfirmed it looks.
+    run = make_run("add", State.READY, task_id="scheduled-add-1")
+    TaskExecution.objects.filter(pk=run.pk).update(status_detail=PUBLISH_UNCONFIRMED)
+    run.refresh_from_db()
+
+    assert "recorded by its delivery, not by an enqueue" in republish_refusal(run)
+    with pytest.raises(RetryRefused, match="no message of it to publish again"):
+        republish_run(run)
     assert fake_publisher.published == []
 
 

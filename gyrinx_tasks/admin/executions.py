@@ -411,7 +411,8 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
         except RetryError as exc:
             error = str(exc)
         if new is not None:
-            audit(request, original, retried_message(new.pk, new.result_id, not error))
+            audit(request, original, retried_message(
+                new.pk, new.result_id, not error, bool(error) and new.status == State.READY))
         if request.htmx:
             original.refresh_from_db()
             context = {**self.retry_context(request, original, new, error),
@@ -560,7 +561,8 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
     def _log_retries(self, request, done: list[Retried]) -> None:
         self._log_changes(request, [
             (item.original_id, item.original_repr,
-             retried_message(item.new_id, item.new_result_id, item.published))
+             retried_message(item.new_id, item.new_result_id, item.published,
+                             item.unconfirmed))
             for item in done])
 
     # --- Cancel: the button on a READY run's page, and the bulk action ------------------------
@@ -643,9 +645,14 @@ RETRY_POLL_SECONDS = 2
 UNSETTLED = (State.READY, State.RUNNING)
 
 
-def retried_message(new_id: int, new_result_id: str, published: bool) -> str:
+def retried_message(new_id: int, new_result_id: str, published: bool,
+                    unconfirmed: bool = False) -> str:
+    """The audit entry of a retry, saying what became of the new run's publish."""
     message = f"Retried as run {new_id} ({new_result_id})."
-    if not published:
+    if unconfirmed:
+        message += (" Publishing it was not confirmed; the new run stays READY and runs if "
+                    "Pub/Sub delivers it.")
+    elif not published:
         message += " Publishing it failed; the new run is FAILED."
     return message
 
@@ -702,7 +709,8 @@ def report_messages(report: RetryReport, limit: int,
         out.append((messages.WARNING, f"{refused:,} not retried: {reason}"))
     if report.publish_failed:
         out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
-                                    "retries; those new runs are recorded as FAILED."))
+                                    "retries; those new runs are recorded as FAILED, or stay "
+                                    "READY where Pub/Sub may have their message after all."))
     return out
 
 
