@@ -138,7 +138,8 @@ package() {
 timed "package (build+twine)" package
 
 say "pytest on SQLite ($WORKERS workers)"
-timed "pytest (sqlite)" env -u GYRINX_TEST_DB "$PY" -m pytest "${PARALLEL[@]}" "$@"
+# --durations: the slowest tests, where CI's time goes (docs/testing.md, "What CI runs").
+timed "pytest (sqlite)" env -u GYRINX_TEST_DB "$PY" -m pytest "${PARALLEL[@]}" --durations=25 "$@"
 SQLITE_CODE=$?
 
 none_selected_ok() {  # none_selected_ok OK MESSAGE COMMAND...: pytest's exit 5 (no test
