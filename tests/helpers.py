@@ -274,3 +274,25 @@ def shell(env: dict, code: str) -> str:
     import textwrap
 
     return manage(env, "shell", "--no-imports", "-c", textwrap.dedent(code)).stdout
+
+
+def in_thread(target: Any, *args: Any) -> tuple[Any, list]:
+    """Run ``target`` in a thread with its own database connection (closed at the end);
+    returns (thread, results): the return value, or the exception it raised."""
+    import threading
+
+    from django.db import connection
+
+    results: list = []
+
+    def run() -> None:
+        try:
+            results.append(target(*args))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's assertions
+            results.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, results

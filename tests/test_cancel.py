@@ -11,7 +11,6 @@ import time
 
 import pytest
 from django.contrib.admin.models import LogEntry
-from django.db import connection
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.tasks.signals import task_finished
@@ -29,7 +28,7 @@ from gyrinx_tasks.push import parse_envelope
 from gyrinx_tasks.runner import handle_delivery
 from gyrinx_tasks.views import STATUS_FOR
 from tests import tasks
-from tests.helpers import envelope, make_run, push, staff_user
+from tests.helpers import envelope, in_thread, make_run, push, staff_user
 
 pytestmark = pytest.mark.usefixtures("no_oidc")
 
@@ -203,23 +202,6 @@ def test_a_held_run_can_be_cancelled_and_its_next_delivery_is_acknowledged(clien
 
 
 # --- Races: cancel against a delivery claiming the run ---------------------------------------
-
-
-def in_thread(target, *args):
-    """Run ``target`` in a thread with its own connection; returns (thread, results list)."""
-    results: list = []
-
-    def run():
-        try:
-            results.append(target(*args))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test's assertions
-            results.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, results
 
 
 @pytest.mark.django_db(transaction=True)

@@ -19,7 +19,7 @@ from gyrinx_tasks.models import KillSwitch, State, TaskExecution
 from gyrinx_tasks.push import parse_envelope
 from gyrinx_tasks.runner import handle_delivery
 from tests import tasks
-from tests.helpers import WAIT, Calls, envelope
+from tests.helpers import WAIT, Calls, envelope, in_thread
 
 pytestmark = pytest.mark.usefixtures("no_oidc")
 
@@ -50,23 +50,6 @@ def held_calls(monkeypatch):
         return replacement
 
     return make
-
-
-def in_thread(target, *args):
-    """Run ``target`` in a thread with its own connection; returns (thread, results list)."""
-    results: list = []
-
-    def run():
-        try:
-            results.append(target(*args))
-        except BaseException as exc:  # noqa: BLE001 - reported by the test's assertions
-            results.append(exc)
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread, results
 
 
 # Lost update: a task that outlives its ack deadline is started again by a second delivery;
