@@ -26,7 +26,8 @@ from tests.infra.postgres import PostgresServer, PostgresStartError  # noqa: E40
 
 __all__ = ["DURABLE", "Gunicorn", "PostgresServer", "PostgresStartError", "REPO_ROOT",
            "configure_django", "load_average", "machine_lines", "median", "percentile",
-           "postgres_database", "sqlite_database", "start_postgres", "table"]
+           "postgres_database", "sqlite_database", "start_postgres", "start_server", "stop",
+           "table"]
 
 # A runaway query (a plan gone wrong at millions of rows) ends the benchmark with an error
 # instead of running for an hour.
@@ -38,6 +39,39 @@ STATEMENT_TIMEOUT_MS = 120_000
 DURABLE = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 # What machine_lines() says about the database, once a benchmark has started it.
 _described: dict[str, str] = {}
+
+
+def start_server(command: list[str], port: int, log: Path,
+                 timeout: float = 60) -> subprocess.Popen:
+    """Start ``command`` (a server for 127.0.0.1:``port``), its output to ``log``; return it
+    once the port accepts connections. Exits with the log if it dies or does not listen."""
+    import socket
+    import time
+
+    with log.open("w") as out:
+        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"{command[2]} exited with {server.returncode}:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.2)
+    stop(server)
+    raise SystemExit(f"{command[2]} did not listen on 127.0.0.1:{port} within {timeout:.0f} s:"
+                     f"\n{log.read_text()}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop a server started by start_server: terminate, then kill after 10 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=10)
 
 
 def start_postgres() -> PostgresServer:

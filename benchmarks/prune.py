@@ -34,7 +34,6 @@ import argparse
 import base64
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -46,13 +45,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
-    REPO_ROOT,
     configure_django,
     machine_lines,
     median,
     percentile,
     postgres_database,
     start_postgres,
+    start_server,
     table,
 )
 from tests.infra import free_port  # noqa: E402
@@ -109,21 +108,8 @@ class Pusher(threading.Thread):
 
 
 def start_runserver(pg_port: int, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "benchmarks.prune", "--serve", "--pg-port", str(pg_port),
-               "--port", str(port)]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"runserver exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit(f"runserver did not listen within 60 s:\n{log.read_text()}")
+    return start_server([sys.executable, "-m", "benchmarks.prune", "--serve", "--pg-port",
+                         str(pg_port), "--port", str(port)], port, log)
 
 
 def serve(args: argparse.Namespace) -> None:

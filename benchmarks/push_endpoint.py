@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,8 @@ from benchmarks._common import (  # noqa: E402
     postgres_database,
     sqlite_database,
     start_postgres,
+    start_server,
+    stop,
     table,
 )
 from tests.infra import free_port  # noqa: E402
@@ -243,32 +244,9 @@ def run_in_process(case: Case, requests: int, time_limit: float) -> dict[str, An
 # --- over HTTP ---------------------------------------------------------------------------------
 
 def start_runserver(args: argparse.Namespace, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "benchmarks.push_endpoint", "--serve", "--db", args.db,
-               "--pg-port", str(args.pg_port), "--sqlite-path", args.sqlite_path,
-               "--port", str(port)]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"runserver exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server
-        except OSError:
-            time.sleep(0.2)
-    stop(server)
-    raise SystemExit(f"runserver did not listen on 127.0.0.1:{port} within 30 s:\n"
-                     f"{log.read_text()}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait(timeout=10)
+    return start_server([sys.executable, "-m", "benchmarks.push_endpoint", "--serve", "--db",
+                         args.db, "--pg-port", str(args.pg_port), "--sqlite-path",
+                         args.sqlite_path, "--port", str(port)], port, log, timeout=30)
 
 
 def run_http(case: Case, port: int, requests: int, concurrency: int,

@@ -13,13 +13,11 @@ use the `monitoring_fake` fixture:
 it answer late (for timeouts).
 """
 
-import atexit
 import base64
 import functools
 import re
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,6 +30,8 @@ from google.cloud.monitoring_v3.services.metric_service.transports import (
     MetricServiceGrpcTransport,
 )
 from google.cloud.monitoring_v3.types import metric_service as ms
+
+from tests.fakes import serve
 
 SERVICE = "google.monitoring.v3.MetricService"
 PROJECT = "test-project"  # matches tests/settings.py
@@ -237,14 +237,7 @@ class MonitoringFake:
 def _server() -> tuple[FakeMonitoring, str]:
     """Start one server per test session; the fixture resets its state for every test."""
     fake = FakeMonitoring()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((fake.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    if not port:
-        raise RuntimeError("The Cloud Monitoring fake could not bind a port on 127.0.0.1.")
-    server.start()
-    atexit.register(server.stop, None)
-    return fake, f"127.0.0.1:{port}"
+    return fake, serve(fake.handler(), "Cloud Monitoring")
 
 
 @pytest.fixture

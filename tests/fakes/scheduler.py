@@ -7,7 +7,6 @@ fails here as it would in production. Tests use the `scheduler_fake` fixture:
     from tests.fakes.scheduler import scheduler_fake  # noqa: F401
 """
 
-import atexit
 import base64
 import functools
 import re
@@ -15,7 +14,6 @@ import threading
 import uuid
 import zoneinfo
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -29,6 +27,8 @@ from google.cloud.scheduler_v1.services.cloud_scheduler.transports import (
 )
 from google.cloud.scheduler_v1.types import cloudscheduler as cs
 from google.protobuf import empty_pb2, field_mask_pb2
+
+from tests.fakes import serve
 
 Job = scheduler_v1.Job
 SERVICE = "google.cloud.scheduler.v1.CloudScheduler"
@@ -327,14 +327,7 @@ class SchedulerFake:
 def _server() -> tuple[FakeCloudScheduler, str]:
     """Start one server per test session; the fixture resets its state for every test."""
     fake = FakeCloudScheduler()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    server.add_generic_rpc_handlers((fake.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    if not port:
-        raise RuntimeError("The Cloud Scheduler fake could not bind a port on 127.0.0.1.")
-    server.start()
-    atexit.register(server.stop, None)
-    return fake, f"127.0.0.1:{port}"
+    return fake, serve(fake.handler(), "Cloud Scheduler")
 
 
 @pytest.fixture
