@@ -15,7 +15,7 @@ task's own limit:
   counted.
 
 The kinds do not overlap. ``stuck_filter()`` is the one definition: the run list's "stuck"
-filter, ``TaskExecution.objects.stuck()``, the overview's count and ``health_report()`` all
+filter, the overview's count and ``health_report()`` all
 use it. Runs of tasks that are not in the registry are judged by the defaults.
 
 ``health_report()`` is what GET /tasks/health/ and ``manage.py tasks_health`` answer: a

@@ -173,13 +173,6 @@ class TaskExecutionQuerySet(models.QuerySet):
         """Runs in any of the ShownStatus ``values`` (FAILED: final; WILL_RETRY: failing)."""
         return self.filter(shown_status_q(*values))
 
-    def stuck(self, kind: str | None = None, now: Any = None):
-        """Runs that are stuck, of one ``kind`` or of any (gyrinx_tasks/health.py says what
-        each kind is, and is the one place that does)."""
-        from .health import stuck_filter
-
-        return self.filter(stuck_filter(kind, now))
-
     # --- Enqueue and retry transitions (queryset side) ---
 
     def with_live_retry(self):

@@ -23,6 +23,7 @@ from django.db import models, router, transaction
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Q, Value, When
 from django.utils import timezone
 
+from .expressions import BucketIndex
 from .models import SHOWN_STATUS, RollupMark, State, TaskExecution, TaskRollup
 
 HOUR = timedelta(hours=1)
@@ -111,8 +112,6 @@ def _bucket(seconds_expression: Any, only_if: Q | None = None) -> Case:
 def tally(runs: models.QuerySet) -> dict[Key, Tally]:
     """The runs in ``runs`` counted per task and hour of created_at, in two grouped queries
     (so the cost is the database's, and the memory is the number of groups)."""
-    from .stats import BucketIndex  # stats imports this module
-
     timed = Q(status__in=TIMED_STATES, started_at__isnull=False, finished_at__isnull=False)
     hour = BucketIndex("created_at", 0, 3600)
     runs = runs.order_by().annotate(

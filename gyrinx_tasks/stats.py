@@ -22,13 +22,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connections
-from django.db.models import Count, F, FloatField, Func, IntegerField, Min, Q, QuerySet
+from django.db.models import Count, F, FloatField, Func, Min, Q, QuerySet
 from django.db.models.aggregates import Aggregate
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .exceptions import RegistryError
-from .expressions import last_error_class
+from .expressions import BucketIndex, last_error_class
 from .models import WILL_RETRY, ShownStatus, State, TaskExecution
 from .registry import get_routes
 
@@ -168,34 +168,6 @@ class PercentileCont(Aggregate):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError("A percentile fraction lies between 0 and 1.")
         super().__init__(expression, fraction=repr(fraction), **extra)
-
-
-class BucketIndex(Func):
-    """Which chart bucket a timestamp falls in: floor((t - since) / size) in whole seconds.
-
-    ``since`` and ``size`` are integers we compute, inlined so the expression groups cleanly.
-    """
-
-    output_field = IntegerField()
-
-    def __init__(self, expression: Any, since: int, size: int) -> None:
-        super().__init__(expression, since=int(since), size=int(size))
-
-    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
-        # date_part is float8 (cheaper per row than EXTRACT's numeric) and exact enough here:
-        # at today's epoch its resolution is under a microsecond.
-        template = "FLOOR((date_part('epoch', %(expressions)s) - %(since)s) / %(size)s)::int"
-        return self.as_sql(compiler, connection, template=template, **extra)
-
-    def as_sql(self, compiler: Any, connection: Any, function: Any = None,
-               template: Any = None, arg_joiner: Any = None, **extra: Any) -> Any:
-        if template is None:
-            # SQLite: strftime('%s') of the stored text cut to whole seconds (SQLite would
-            # round .999999 up into the next second). The doubled %% survive both Func's
-            # formatting and the backend's own parameter substitution.
-            template = ("((CAST(strftime('%%%%s', substr(%(expressions)s, 1, 19)) AS INTEGER)"
-                        " - %(since)s) / %(size)s)")
-        return super().as_sql(compiler, connection, function, template, arg_joiner, **extra)
 
 
 # --- Percentiles without percentile_cont --------------------------------------------------

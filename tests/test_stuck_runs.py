@@ -14,6 +14,7 @@ from gyrinx_tasks import registry
 from gyrinx_tasks.health import (
     DEFAULT_ACK_DEADLINE,
     StuckKind,
+    stuck_filter,
     stuck_runs,
 )
 from gyrinx_tasks.models import PUBLISH_UNCONFIRMED, KillSwitch, State, SwitchMode, TaskExecution
@@ -25,6 +26,11 @@ pytestmark = [pytest.mark.django_db, pytest.mark.clock]
 
 RUNS = "admin:gyrinx_tasks_taskexecution_changelist"
 OVERVIEW = "admin:gyrinx_tasks_overview_changelist"
+
+
+def stuck_now(kind=None):
+    """The stuck runs of ``kind`` (or of any kind), as the run list's filter finds them."""
+    return TaskExecution.objects.filter(stuck_filter(kind))
 
 
 def run(task, status, created_ago, attempted_ago=None, **fields):
@@ -59,39 +65,39 @@ def test_running_past_its_ack_deadline_is_stuck_and_a_fresh_attempt_is_not():
     alive = run("flaky", State.RUNNING, timedelta(hours=1), attempted_ago=4 * minutes)
     # A run with no attempt time recorded is judged by when it was created.
     no_time = run("flaky", State.RUNNING, 10 * minutes)
-    assert pks(TaskExecution.objects.stuck(StuckKind.RUNNING)) == {dead.pk, no_time.pk}
-    assert alive.pk not in pks(TaskExecution.objects.stuck())
+    assert pks(stuck_now(StuckKind.RUNNING)) == {dead.pk, no_time.pk}
+    assert alive.pk not in pks(stuck_now())
 
 
 def test_an_unconfirmed_publish_older_than_the_ack_deadline_is_stuck():
     old = run("add", State.READY, timedelta(minutes=6), status_detail=PUBLISH_UNCONFIRMED)
     young = run("add", State.READY, timedelta(minutes=4), status_detail=PUBLISH_UNCONFIRMED)
-    assert pks(TaskExecution.objects.stuck(StuckKind.UNCONFIRMED)) == {old.pk}
+    assert pks(stuck_now(StuckKind.UNCONFIRMED)) == {old.pk}
     # The kinds do not overlap: an unconfirmed run is not also "ready too long".
     older = run("add", State.READY, timedelta(hours=2), status_detail=PUBLISH_UNCONFIRMED)
-    assert pks(TaskExecution.objects.stuck(StuckKind.WAITING)) == set()
-    assert pks(TaskExecution.objects.stuck()) == {old.pk, older.pk}
-    assert young.pk not in pks(TaskExecution.objects.stuck())
+    assert pks(stuck_now(StuckKind.WAITING)) == set()
+    assert pks(stuck_now()) == {old.pk, older.pk}
+    assert young.pk not in pks(stuck_now())
 
 
 def test_ready_longer_than_the_max_ready_age_is_stuck_unless_its_task_is_held():
     waiting = run("echo", State.READY, timedelta(minutes=11))
     run("echo", State.READY, timedelta(minutes=9))
-    assert pks(TaskExecution.objects.stuck(StuckKind.WAITING)) == {waiting.pk}
+    assert pks(stuck_now(StuckKind.WAITING)) == {waiting.pk}
 
     # Skipping switch: deliveries are acknowledged, so a READY run is still stuck.
     KillSwitch.objects.create(task_name="echo", enabled=False, mode=SwitchMode.SKIP)
-    assert pks(TaskExecution.objects.stuck()) == {waiting.pk}
+    assert pks(stuck_now()) == {waiting.pk}
     # Holding switch: the runs wait on purpose.
     KillSwitch.objects.filter(task_name="echo").update(mode=SwitchMode.HOLD)
-    assert pks(TaskExecution.objects.stuck()) == set()
+    assert pks(stuck_now()) == set()
 
 
 def test_settled_runs_are_never_stuck():
     for status in (State.SUCCESSFUL, State.FAILED, State.SKIPPED, State.REJECTED):
         run("add", status, timedelta(days=3), attempted_ago=timedelta(days=3),
             status_detail=PUBLISH_UNCONFIRMED)
-    assert not TaskExecution.objects.stuck().exists()
+    assert not stuck_now().exists()
 
 
 def test_limits_are_the_routes_own(health_registry):
@@ -105,22 +111,22 @@ def test_limits_are_the_routes_own(health_registry):
     # A task that is not in the registry is judged by the defaults.
     unknown = run("retired_task", State.READY, timedelta(minutes=11))
     run("retired_task", State.RUNNING, timedelta(hours=1), attempted_ago=timedelta(minutes=4))
-    assert pks(TaskExecution.objects.stuck(StuckKind.RUNNING)) == {running.pk}
-    assert pks(TaskExecution.objects.stuck(StuckKind.UNCONFIRMED)) == {unconfirmed.pk}
-    assert pks(TaskExecution.objects.stuck(StuckKind.WAITING)) == {waiting.pk, echo_late.pk,
+    assert pks(stuck_now(StuckKind.RUNNING)) == {running.pk}
+    assert pks(stuck_now(StuckKind.UNCONFIRMED)) == {unconfirmed.pk}
+    assert pks(stuck_now(StuckKind.WAITING)) == {waiting.pk, echo_late.pk,
                                                                     unknown.pk}
 
 
 def test_the_settings_change_the_default_limit(settings):
     waiting = run("echo", State.READY, timedelta(minutes=3))
-    assert not TaskExecution.objects.stuck().exists()
+    assert not stuck_now().exists()
     settings.TASKS_HEALTH_MAX_READY_AGE = 120
-    assert pks(TaskExecution.objects.stuck()) == {waiting.pk}
+    assert pks(stuck_now()) == {waiting.pk}
 
 
 def test_an_unknown_kind_is_refused():
     with pytest.raises(ValueError):
-        TaskExecution.objects.stuck("sleeping")
+        stuck_now("sleeping")
 
 
 def test_stuck_runs_are_counted_per_task_and_kind_in_one_query():
@@ -211,7 +217,7 @@ def test_stuck_ready_runs_are_published_again_in_bulk_from_the_filtered_list(
         assert stuck.timeline[-1]["note"] == "published again by admin"
     assert LogEntry.objects.filter(change_message="Published again.").count() == 3
     # Published again, they are no longer stuck as unconfirmed (their message is confirmed).
-    assert not TaskExecution.objects.stuck(StuckKind.UNCONFIRMED).exists()
+    assert not stuck_now(StuckKind.UNCONFIRMED).exists()
 
     # A READY run still within its ack deadline is refused, and says why.
     response = admin_client.post(reverse(RUNS), {"action": "republish_selected",

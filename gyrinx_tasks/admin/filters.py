@@ -10,7 +10,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from ..exceptions import RegistryError
-from ..health import StuckKind
+from ..health import StuckKind, stuck_filter
 from ..models import ShownStatus, Trigger
 from ..registry import get_routes
 
@@ -99,6 +99,6 @@ class StuckFilter(admin.SimpleListFilter):
         if not value:
             return queryset
         try:
-            return queryset.stuck(None if value == self.ANY else value)
+            return queryset.filter(stuck_filter(None if value == self.ANY else value))
         except ValueError as exc:  # not a kind: Django shows the list unfiltered, with ?e=1
             raise IncorrectLookupParameters(exc) from exc
