@@ -178,12 +178,22 @@ def layout_problems(page: Any) -> list[str]:
     return list(page.evaluate(LAYOUT_PROBLEMS_JS))
 
 
+def settle(page: Any) -> None:
+    """Make ``page`` hold still for a check: the pointer off every element (a hovered link or
+    header has its own colours), and CSS transitions and animations off (Django's admin fades
+    link colours, and a resize starts fades that axe would otherwise sample halfway)."""
+    page.mouse.move(0, 0)
+    page.add_style_tag(content="*, *::before, *::after { transition: none !important; "
+                               "animation: none !important; }")
+
+
 def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")) -> list[str]:
     """axe-core's violations of ``impacts`` on ``page`` as readable lines (rule, impact, help,
     the first elements). axe-core comes from the axe-playwright-python package, which bundles
     axe.min.js; nothing is fetched at run time."""
     from axe_playwright_python.sync_playwright import Axe
 
+    settle(page)
     results = Axe().run(page).response
     lines = []
     for violation in results["violations"]:
