@@ -121,55 +121,39 @@ def check_environment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessa
     ]
 
 
-@register(TAG)
-def check_schedule_tolerance(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+# Settings validated when read (conf.py): id, setting, what breaks without it, the hint.
+VALIDATED_SETTINGS = (
+    ("gyrinx_tasks.E020", "TASKS_SCHEDULE_TOLERANCE",
+     "Without it, schedule health cannot judge whether scheduled runs are late.",
+     "Set TASKS_SCHEDULE_TOLERANCE (setting or environment variable) to a whole number of "
+     "seconds of at least 1, e.g. 300, or remove it to use 300."),
+    ("gyrinx_tasks.E050", "TASKS_BACKLOG_CACHE_SECONDS",
+     "Without it, the admin's backlog (read from Cloud Monitoring) cannot be shown.",
+     "Set TASKS_BACKLOG_CACHE_SECONDS (setting or environment variable) to a whole number of "
+     "seconds of at least 1, e.g. 60, or remove it to use 60."),
+    ("gyrinx_tasks.E030", "TASKS_RETENTION",
+     "Without it, tasks_prune cannot tell which runs to delete.",
+     "Set TASKS_RETENTION to a timedelta of at least one hour, e.g. timedelta(days=30) (or "
+     "the environment variable to a number of days), or remove it to keep runs for 30 days."),
+)
+
+
+def _invalid_settings(table: Any) -> list[CheckMessage]:
+    """An Error for each (id, setting, consequence, hint) whose setting fails validation."""
     from django.core.exceptions import ImproperlyConfigured
 
-    try:
-        _ = tasks_settings.TASKS_SCHEDULE_TOLERANCE  # reading it validates it
-    except ImproperlyConfigured as exc:
-        return [Error(
-            f"{exc} Without it, schedule health cannot judge whether scheduled runs are "
-            "late.",
-            hint="Set TASKS_SCHEDULE_TOLERANCE (setting or environment variable) to a whole "
-            "number of seconds of at least 1, e.g. 300, or remove it to use 300.",
-            id="gyrinx_tasks.E020",
-        )]
-    return []
-
-
-@register(TAG)
-def check_backlog_cache(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from django.core.exceptions import ImproperlyConfigured
-
-    try:
-        _ = tasks_settings.TASKS_BACKLOG_CACHE_SECONDS  # reading it validates it
-    except ImproperlyConfigured as exc:
-        return [Error(
-            f"{exc} Without it, the admin's backlog (read from Cloud Monitoring) cannot be "
-            "shown.",
-            hint="Set TASKS_BACKLOG_CACHE_SECONDS (setting or environment variable) to a whole "
-            "number of seconds of at least 1, e.g. 60, or remove it to use 60.",
-            id="gyrinx_tasks.E050",
-        )]
-    return []
+    messages: list[CheckMessage] = []
+    for id_, name, consequence, hint in table:
+        try:
+            getattr(tasks_settings, name)  # reading it validates it
+        except ImproperlyConfigured as exc:
+            messages.append(Error(f"{exc} {consequence}", hint=hint, id=id_))
+    return messages
 
 
 @register(TAG)
-def check_retention(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    from django.core.exceptions import ImproperlyConfigured
-
-    try:
-        _ = tasks_settings.TASKS_RETENTION  # reading it validates it
-    except ImproperlyConfigured as exc:
-        return [Error(
-            f"{exc} Without it, tasks_prune cannot tell which runs to delete.",
-            hint="Set TASKS_RETENTION to a timedelta of at least one hour, e.g. "
-            "timedelta(days=30) (or the environment variable to a number of days), or remove "
-            "it to keep runs for 30 days.",
-            id="gyrinx_tasks.E030",
-        )]
-    return []
+def check_validated_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    return _invalid_settings(VALIDATED_SETTINGS)
 
 
 # The health settings (gyrinx_tasks/health.py): id, setting, what it is for, the fix.
@@ -190,15 +174,10 @@ HEALTH_TOKEN_MIN_LENGTH = 32
 def check_health_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     from django.core.exceptions import ImproperlyConfigured
 
-    messages: list[CheckMessage] = []
-    for id_, name, fix in HEALTH_SETTINGS:
-        try:
-            getattr(tasks_settings, name)  # reading it validates it
-        except ImproperlyConfigured as exc:
-            messages.append(Error(
-                f"{exc} Without it, GET /tasks/health/ and tasks_health answer 503 and "
-                "1 with a configuration reason.",
-                hint=f"Set {name} (setting or environment variable) to {fix}.", id=id_))
+    messages = _invalid_settings(
+        (id_, name, "Without it, GET /tasks/health/ and tasks_health answer 503 and 1 with a "
+         "configuration reason.", f"Set {name} (setting or environment variable) to {fix}.")
+        for id_, name, fix in HEALTH_SETTINGS)
     try:
         token = tasks_settings.TASKS_HEALTH_TOKEN
     except ImproperlyConfigured as exc:

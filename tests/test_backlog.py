@@ -15,7 +15,7 @@ from django.urls import reverse
 from gyrinx_tasks import backlog as backlogs
 from gyrinx_tasks import clients
 from gyrinx_tasks.admin import provisioning as provisioning_page
-from gyrinx_tasks.checks import check_backlog_cache
+from gyrinx_tasks.checks import check_validated_settings
 from gyrinx_tasks.provisioning import Action, Kind, Plan, ProvisioningConfig, Verb
 from gyrinx_tasks.provisioning.plan import Desired
 from gyrinx_tasks.registry import get_route, get_routes
@@ -212,13 +212,13 @@ def test_format_age(seconds, text):
 @pytest.mark.parametrize("value", [0, -5, "soon"])
 def test_a_bad_cache_setting_is_a_check_error(settings, value):
     settings.TASKS_BACKLOG_CACHE_SECONDS = value
-    errors = [m for m in check_backlog_cache() if m.id == "gyrinx_tasks.E050"]
+    errors = [m for m in check_validated_settings() if m.id == "gyrinx_tasks.E050"]
     assert len(errors) == 1
     assert "TASKS_BACKLOG_CACHE_SECONDS" in errors[0].msg and errors[0].hint
 
 
 def test_the_default_cache_setting_passes_the_check():
-    assert check_backlog_cache() == []
+    assert check_validated_settings() == []
 
 
 # --- The block on the two pages -------------------------------------------------------------

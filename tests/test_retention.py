@@ -193,11 +193,11 @@ def test_the_package_task_prunes_as_a_scheduled_route(retention_registry):
 def test_e030_bad_setting(settings):
     for bad in (timedelta(minutes=59), 30, "thirty", timedelta(0)):
         settings.TASKS_RETENTION = bad
-        (message,) = checks.check_retention()
+        (message,) = checks.check_validated_settings()
         assert message.id == "gyrinx_tasks.E030"
         assert "TASKS_RETENTION is" in message.msg and "timedelta(days=30)" in message.hint
     settings.TASKS_RETENTION = timedelta(hours=1)
-    assert checks.check_retention() == []
+    assert checks.check_validated_settings() == []
 
 
 def test_e031_bad_route_retention():
