@@ -17,14 +17,22 @@ def _load(module_path: str) -> tuple[TaskRoute, ...]:
         )
     try:
         module = importlib.import_module(module_path)
+        tasks = getattr(module, "tasks", None)
+        if callable(tasks):  # a function that imports lazily, to avoid circular imports
+            tasks = tasks()
     except ImportError as exc:
         raise RegistryError(
             f"TASKS_REGISTRY {module_path!r} cannot be imported: {exc}. "
             "Check the dotted path and that the module imports cleanly."
         ) from exc
-    tasks = getattr(module, "tasks", None)
-    if callable(tasks):  # a function that imports lazily, to avoid circular imports
-        tasks = tasks()
+    except Exception as exc:
+        # Any error of the user's module becomes the one error every caller handles (checks,
+        # the admin, the push view, the redaction log filter), rather than escaping from
+        # wherever the registry is first read.
+        raise RegistryError(
+            f"TASKS_REGISTRY {module_path!r} raised {type(exc).__name__} while loading "
+            f"({exc}). Fix the error in the registry module (or in a module it imports)."
+        ) from exc
     if not isinstance(tasks, (list, tuple)):
         raise RegistryError(
             f"TASKS_REGISTRY module {module_path!r} must define `tasks` as a list of TaskRoute."

@@ -320,11 +320,15 @@ def test_failed_tasks_of_other_routes_keep_their_traceback_in_the_log(client, al
     assert "TypeError" in all_logs.text and "Traceback" in all_logs.text
 
 
-def test_while_the_registry_cannot_be_loaded_no_failed_tasks_exception_is_logged(settings):
-    # Which routes are redacted cannot be known then, so the log filter fails closed.
+@pytest.mark.parametrize("registry", ["no_such_module", "raises_on_import"])
+def test_while_the_registry_cannot_be_loaded_no_failed_tasks_exception_is_logged(settings,
+                                                                                registry):
+    # Which routes are redacted cannot be known then, so the log filter fails closed. A module
+    # that raises something other than ImportError (here AttributeError) is no exception: the
+    # filter runs inside every "django.tasks" log call, so an error escaping it would break them.
     from gyrinx_tasks.redaction import RedactedTaskLogFilter
 
-    settings.TASKS_REGISTRY = "tests.check_registries.no_such_module"
+    settings.TASKS_REGISTRY = f"tests.check_registries.{registry}"
     clear_cache()
     error = LookupError(f"no account for {EMAIL}")
     record = logging.LogRecord("django.tasks", logging.ERROR, __file__, 1, "Task id=%s path=%s "
