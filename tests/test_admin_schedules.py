@@ -110,6 +110,21 @@ def test_last_run_shows_status_time_duration_and_links_to_the_run(admin_client):
     assert "gyrinx-status-failed" not in body
 
 
+@pytest.mark.parametrize("gave_up, shown", [(False, "Failing, will retry"), (True, "Failed")])
+def test_last_run_tells_a_failing_run_that_will_retry_from_one_that_failed(admin_client, gave_up,
+                                                                           shown):
+    # Stored FAILED is both until the run gives up; the cell shows what staff see elsewhere.
+    make_run(NIGHTLY, State.FAILED, trigger=Trigger.SCHEDULE, attempts=1, message_id="m-1",
+             gave_up=gave_up)
+
+    body = admin_client.get(reverse(PAGE)).content.decode()
+    cell = body[body.index(f'id="gyrinx-lastrun-{NIGHTLY}"'):]
+    cell = cell[:cell.index("</td>")]
+
+    status = "will_retry" if not gave_up else "failed"
+    assert f'<span class="gyrinx-status gyrinx-status-{status}">{shown}</span>' in cell
+
+
 def switch_cell(body, task=NIGHTLY):
     row = body[body.index(f'data-task="{task}"'):]
     return row[:row.index("</th>")]

@@ -100,6 +100,22 @@ def test_a_run_that_failed_makes_the_job_failed(time_machine, status):
     assert result.describe() == f"The run due at Wed 10 Jun 03:00 BST {status.label.lower()}."
 
 
+def test_a_run_failing_an_attempt_that_will_be_retried_fails_the_job_and_says_so(time_machine):
+    # Stored FAILED, not given up, delivered: Pub/Sub redelivers it (shown "Failing, will
+    # retry"). The job is not healthy while its firing fails, and the words say it will retry.
+    job = route("0 3 * * *")
+    run = TaskExecution.objects.create(
+        task_name=job.name, task_path=job.path, task_id=job.scheduled_task_id,
+        trigger=Trigger.SCHEDULE, status=State.FAILED, attempts=1, message_id="m-1",
+        gave_up=False, created_at=datetime(2026, 6, 10, 2, 0, 5, tzinfo=UTC))
+    result = health_of(job, SUMMER, time_machine)
+    assert result.health is Health.FAILED
+    assert result.firings[0].run_id == run.pk
+    assert result.firings[0].run_status == "Failing, will retry"
+    assert result.describe() == ("The run due at Wed 10 Jun 03:00 BST is failing; Pub/Sub will "
+                                 "retry it.")
+
+
 def test_skipped_running_and_queued_runs_fired_so_they_are_not_failures(time_machine):
     job = route("0 * * * *", zone="UTC")
     now = datetime(2026, 6, 10, 3, 30, tzinfo=UTC)

@@ -106,13 +106,14 @@ def parse_since(text: str) -> float | None:
 def run_now_message(message: str, ident: str) -> str:
     """What Run now did, with a link to the run when it is already recorded (a backend that
     ran it at once); a Pub/Sub run is recorded on delivery, and its cell follows it."""
-    run = (TaskExecution.objects.filter(result_id=ident).only("pk", "status").first()
-           or TaskExecution.objects.filter(message_id=ident).only("pk", "status").first())
+    shown = ("pk", "status", "gave_up", "attempts", "message_id")  # what shown_status reads
+    run = (TaskExecution.objects.filter(result_id=ident).only(*shown).first()
+           or TaskExecution.objects.filter(message_id=ident).only(*shown).first())
     if run is None:
         return message
     return format_html('{} <a href="{}">Open the run</a> ({}).', message,
                        reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk]),
-                       run.get_status_display().lower())
+                       run.shown_status.label.lower())
 
 
 def switch_state(route: TaskRoute, switch: KillSwitch | None) -> dict[str, str]:

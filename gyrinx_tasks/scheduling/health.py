@@ -37,7 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..conf import tasks_settings
-from ..models import State, TaskExecution, Trigger
+from ..models import SHOWN_STATUS, ShownStatus, TaskExecution, Trigger
 from ..registry import get_routes
 from ..routes import TaskRoute
 from .cron import recent_fire_times, schedule_zone
@@ -49,7 +49,9 @@ NEVER_DUE_AFTER = timedelta(days=366)  # look no further back for a job's latest
 # A run recorded up to this long before its fire time still belongs to it (clock skew between
 # Cloud Scheduler and the service); never more than half the gap to the fire time before.
 EARLY = timedelta(seconds=30)
-FAILED_STATES = (State.FAILED, State.REJECTED)
+# A run failing an attempt that Pub/Sub will redeliver counts too: a job whose every firing
+# keeps failing and retrying is not healthy. Its words say it will retry (describe()).
+FAILED_STATES = (ShownStatus.FAILED, ShownStatus.WILL_RETRY, ShownStatus.REJECTED)
 
 
 class Health(enum.StrEnum):
@@ -133,6 +135,8 @@ class JobHealth:
         if self.health is Health.OVERDUE:
             waited = _duration((self.checked_at or timezone.now()) - firing.due_at)
             return f"Due at {due}; no run has arrived {waited} later (tolerance {minutes})."
+        if self.health is Health.FAILED and firing.run_status == ShownStatus.WILL_RETRY.label:
+            return f"The run due at {due} is failing; Pub/Sub will retry it."
         if self.health is Health.FAILED:
             return f"The run due at {due} {firing.run_status.lower()}."
         if self.health is Health.MISSED:
@@ -223,7 +227,8 @@ def _scheduled_runs(now: datetime, plans: list) -> dict[str, list[tuple]]:
     rows = (TaskExecution.objects.filter(windows, trigger=Trigger.SCHEDULE,
                                          created_at__lte=now)
             .order_by("-created_at", "-id")
-            .values_list("task_name", "pk", "created_at", "status"))
+            .annotate(shown=SHOWN_STATUS)
+            .values_list("task_name", "pk", "created_at", "shown"))
     runs: dict[str, list[tuple]] = defaultdict(list)
     for name, *run in list(rows[:MAX_RUNS_PER_JOB * len(plans)])[::-1]:
         runs[name].append(tuple(run))
@@ -264,7 +269,7 @@ def _firing(due: datetime, run: tuple | None, tolerance: timedelta, now: datetim
         health = Health.FAILED
     else:  # READY, RUNNING, SUCCESSFUL, or SKIPPED by a kill switch: it fired
         health = Health.LATE if arrived - due > tolerance else Health.ON_TIME
-    return Firing(due, health, pk, str(State(status).label), arrived)
+    return Firing(due, health, pk, str(ShownStatus(status).label), arrived)
 
 
 def health_report(now: datetime | None = None) -> dict[str, Any]:
