@@ -101,6 +101,9 @@ DJANGO_STATUS = {
 # The exception class a cancelled run's error entry names (exceptions.TaskCancelled), so
 # Django's TaskResult.errors carries the reason.
 CANCELLED_ERROR = "gyrinx_tasks.exceptions.TaskCancelled"
+# The exception class of the error entry a RUNNING attempt staff gave up as lost gets (the
+# same class a delivery records for an attempt that did not finish within its ack deadline).
+ABANDONED_ERROR = "builtins.TimeoutError"
 
 
 def new_result_id() -> str:
@@ -537,6 +540,17 @@ class TaskExecution(models.Model):
         self.finished_at = timezone.now()
         self._log(State.READY, State.CANCELLED, reason)
 
+    @transition(field=status, source=State.RUNNING, target=State.FAILED)
+    def abandon(self, reason: str) -> None:
+        """RUNNING past its ack deadline → FAILED for good: staff gave the attempt up as
+        lost (its worker died) and retried the run as a new one (abandon.py). Its
+        redeliveries are acknowledged unrun; a late outcome of the attempt is only noted."""
+        self._add_error(ABANDONED_ERROR, reason)
+        self.gave_up = True
+        self.status_detail = reason
+        self.finished_at = timezone.now()
+        self._log(State.RUNNING, State.FAILED, reason)
+
     # --- Enqueue and retry transitions ---
     #
     # Each is one conditional UPDATE on the state the caller read (status, attempts and the
@@ -607,6 +621,28 @@ class TaskExecution(models.Model):
                   "status_detail": self.status_detail, "gave_up": self.gave_up}
         return self._apply(using, expect, change, (
             "status_detail", "gave_up", "finished_at", "timeline", "timeline_omitted"),
+            exclude=Exists(TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
+
+    def record_abandoned(self, using: str, reason: str) -> bool:
+        """RUNNING, attempt N, past its ack deadline → FAILED, ``gave_up`` (``abandon``):
+        staff gave the attempt up as lost and retried the run (abandon.abandon_run, in the
+        transaction that records the new run). Only if the row is as read: RUNNING, the same
+        attempt and the same timeline, as a delivery's claim and an outcome's write expect
+        too; and only if no retry of it may still run (or has run). So:
+
+        * a redelivery that started attempt N+1 first, or an outcome of attempt N written
+          first, makes this change no row (the caller refuses: the run changed);
+        * if this wins, the outcome's write of a worker that was only slow changes no row:
+          record.py notes it on the run and logs it, and the run stays FAILED; a later
+          redelivery finds the run settled and is acknowledged unrun.
+
+        The caller checks that the attempt is past its ack deadline (abandon_refusal); the
+        instance is changed only when it won."""
+        expect = {"status": State.RUNNING, "attempts": self.attempts,
+                  "timeline": self.timeline}
+        return self._apply(using, expect, lambda run: run.abandon(reason), (
+            "status", "gave_up", "errors", "errors_omitted", "status_detail", "finished_at",
+            "timeline", "timeline_omitted"),
             exclude=Exists(TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
 
     def record_cancelled(self, using: str, reason: str) -> bool:
