@@ -31,7 +31,6 @@ from datetime import datetime, timedelta
 from itertools import batched
 from typing import Any
 
-from django.db.models import QuerySet
 from django.tasks import task_backends
 from django.tasks.exceptions import InvalidTaskBackend
 from django.utils import timezone
@@ -56,13 +55,16 @@ from .retry import (
 )
 
 # Why nothing was done when the run changed between the page and the click.
-CHANGED = ("The run changed while it was being given up: a redelivery started it again, or "
-           "its attempt's outcome was recorded. Reload the page to see its state.")
+CHANGED = (
+    "The run changed while it was being given up: a redelivery started it again, or "
+    "its attempt's outcome was recorded. Reload the page to see its state."
+)
 
 # What a bulk "give up and retry" reads of each original: its transition, its message and
 # its refusal check.
-ABANDON_FIELDS = tuple(dict.fromkeys((*ORIGINAL_FIELDS, *PROGRESS_FIELDS, "task_path",
-                                      "created_at", "enqueued_at")))
+ABANDON_FIELDS = tuple(
+    dict.fromkeys((*ORIGINAL_FIELDS, *PROGRESS_FIELDS, "task_path", "created_at", "enqueued_at"))
+)
 
 
 def _who(user: Any) -> str:
@@ -89,9 +91,11 @@ def _backend_refusal(execution: TaskExecution, route: Any) -> str:
                 continue  # an alias no longer configured: the push endpoint still claims it
             backend = None
         if not isinstance(backend, PubSubBackend):
-            return (f"The {whose}'s backend {alias!r} is not a PubSubBackend: nothing "
-                    "redelivers this run through the push endpoint, so it cannot be given up "
-                    "and retried here.")
+            return (
+                f"The {whose}'s backend {alias!r} is not a PubSubBackend: nothing "
+                "redelivers this run through the push endpoint, so it cannot be given up "
+                "and retried here."
+            )
     return ""
 
 
@@ -101,50 +105,63 @@ def deadline_refusal(execution: TaskExecution, route: Any, now: datetime) -> str
     started = attempt_started(execution)
     if now - started > timedelta(seconds=deadline):
         return ""
-    return (f"Attempt {execution.attempts} started {_seconds(now - started)} ago, within its "
-            f"ack deadline ({deadline} s): it may really be running, and Pub/Sub is still "
-            "waiting for its answer. If it is still running at "
-            f"{format_when(started + timedelta(seconds=deadline), seconds=True)}, it can be "
-            "given up and retried.")
+    return (
+        f"Attempt {execution.attempts} started {_seconds(now - started)} ago, within its "
+        f"ack deadline ({deadline} s): it may really be running, and Pub/Sub is still "
+        "waiting for its answer. If it is still running at "
+        f"{format_when(started + timedelta(seconds=deadline), seconds=True)}, it can be "
+        "given up and retried."
+    )
 
 
-def abandon_refusal(execution: TaskExecution, now: datetime | None = None,
-                    routes: dict[str, tuple[Any, str]] | None = None,
-                    live_retry: bool = True) -> str:
+def abandon_refusal(
+    execution: TaskExecution,
+    now: datetime | None = None,
+    routes: dict[str, tuple[Any, str]] | None = None,
+    live_retry: bool = True,
+) -> str:
     """Why ``execution`` cannot be given up and retried now, or "" if it can.
 
     ``routes`` caches route_refusal() per task (a bulk action); ``live_retry=False`` skips
     the check for a retry that stands for the run (a bulk action's query excludes those)."""
     if execution.status != State.RUNNING:
-        return (f"The run is {State(execution.status).label.lower()}; only a RUNNING run "
-                "whose attempt is past its ack deadline can be given up and retried.")
+        return (
+            f"The run is {State(execution.status).label.lower()}; only a RUNNING run "
+            "whose attempt is past its ack deadline can be given up and retried."
+        )
     routes = {} if routes is None else routes
     if execution.task_name not in routes:
         routes[execution.task_name] = route_refusal(execution.task_name)
     route, reason = routes[execution.task_name]
     if reason:
         return reason
-    reason = (_backend_refusal(execution, route)
-              or deadline_refusal(execution, route, now or timezone.now()))
+    reason = _backend_refusal(execution, route) or deadline_refusal(
+        execution, route, now or timezone.now()
+    )
     if reason or not live_retry:
         return reason
     return live_retry_refusal(execution)
 
 
-def _mark_abandoned(original: TaskExecution, new_result_id: str, route: Any, user: Any,
-                    using: str) -> bool:
+def _mark_abandoned(
+    original: TaskExecution, new_result_id: str, route: Any, user: Any, using: str
+) -> bool:
     who = _who(user)
-    sentence = (f"Attempt {original.attempts} given up as lost" + (f" by {who}" if who else "")
-                + f": it ran longer than its ack deadline ({ack_deadline_for(route)} s) "
-                f"without recording an outcome. Retried as run {new_result_id}. Pub/Sub's "
-                "further deliveries of this run are acknowledged without running it; if its "
-                "worker was only slow and finishes, its outcome is noted here, not recorded "
-                "as the run's.")
+    sentence = (
+        f"Attempt {original.attempts} given up as lost"
+        + (f" by {who}" if who else "")
+        + f": it ran longer than its ack deadline ({ack_deadline_for(route)} s) "
+        f"without recording an outcome. Retried as run {new_result_id}. Pub/Sub's "
+        "further deliveries of this run are acknowledged without running it; if its "
+        "worker was only slow and finishes, its outcome is noted here, not recorded "
+        "as the run's."
+    )
     return original.record_abandoned(using, sentence)
 
 
-def _abandon(bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any,
-             report: RetryReport) -> list[Retried]:
+def _abandon(
+    bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any, report: RetryReport
+) -> list[Retried]:
     """Give up and retry each original (retry._retry_pubsub with record_abandoned), then
     send Django's task_finished for each original given up: it has ended, FAILED."""
     from .runner import announce_finished
@@ -173,16 +190,22 @@ def abandon_run(execution: TaskExecution, user: Any = None) -> TaskExecution:
         raise RetryRefused(CHANGED)
     new = TaskExecution.objects.get(pk=done[0].new_id)
     if not done[0].published:
-        state = ("FAILED" if new.status == State.FAILED else
-                 "READY, publish unconfirmed: it runs if Pub/Sub delivers it after all")
+        state = (
+            "FAILED"
+            if new.status == State.FAILED
+            else "READY, publish unconfirmed: it runs if Pub/Sub delivers it after all"
+        )
         raise RetryPublishFailed(
             f"The run was given up and its retry recorded as run {new.result_id}, but "
             f"publishing it failed ({new.errors[-1]['exception_class_path']}); that run is "
-            f"{state}.", new)
+            f"{state}.",
+            new,
+        )
     return new
 
 
 # --- A selection: the run list's bulk action -------------------------------------------------
+
 
 @dataclass(frozen=True)
 class AbandonSelection:
@@ -200,8 +223,7 @@ class AbandonSelection:
 
     @property
     def not_running(self) -> int:
-        return max(self.total - self.abandonable - self.within_deadline
-                   - self.already_retried, 0)
+        return max(self.total - self.abandonable - self.within_deadline - self.already_retried, 0)
 
 
 @dataclass
@@ -211,12 +233,13 @@ class AbandonReport(RetryReport):
     within_deadline: int = 0
 
 
-def _stuck(queryset: QuerySet, now: datetime) -> QuerySet:
+def _stuck(queryset: Any, now: datetime) -> Any:
     return queryset.filter(status=State.RUNNING).filter(stuck_filter(StuckKind.RUNNING, now))
 
 
-def count_abandon_selection(queryset: QuerySet, limit: int,
-                            now: datetime | None = None) -> AbandonSelection:
+def count_abandon_selection(
+    queryset: Any, limit: int, now: datetime | None = None
+) -> AbandonSelection:
     now = now or timezone.now()
     stuck = _stuck(queryset, now)
     running = queryset.filter(status=State.RUNNING)
@@ -224,15 +247,17 @@ def count_abandon_selection(queryset: QuerySet, limit: int,
         total=queryset[: limit + 1].count(),
         abandonable=stuck.without_live_retry()[: limit + 1].count(),
         within_deadline=running.exclude(pk__in=stuck.values("pk"))[: limit + 1].count(),
-        already_retried=stuck.with_live_retry().filter(has_live_retry=True)[
-            : limit + 1].count(),
+        already_retried=stuck.with_live_retry().filter(has_live_retry=True)[: limit + 1].count(),
         limit=limit,
     )
 
 
-def abandon_queryset(queryset: QuerySet, user: Any = None, limit: int | None = None,
-                     on_abandoned: Callable[[list[Retried]], None] | None = None
-                     ) -> AbandonReport:
+def abandon_queryset(
+    queryset: Any,
+    user: Any = None,
+    limit: int | None = None,
+    on_abandoned: Callable[[list[Retried]], None] | None = None,
+) -> AbandonReport:
     """Give up and retry every RUNNING run in ``queryset`` whose attempt is past its ack
     deadline (the stuck filter's "running past the ack deadline"), a chunk at a time; the
     others are counted and left alone. More than ``limit`` (default TASKS_ADMIN_RETRY_LIMIT)
@@ -244,16 +269,24 @@ def abandon_queryset(queryset: QuerySet, user: Any = None, limit: int | None = N
     now = timezone.now()
     selection = count_abandon_selection(queryset, limit, now)
     if selection.over_limit:
-        raise RetryLimitExceeded(limit_message(limit, "given up and retried",
-                                               "give up and retry"))
-    report = AbandonReport(not_retryable=selection.not_running,
-                           already_retried=selection.already_retried,
-                           within_deadline=selection.within_deadline)
+        raise RetryLimitExceeded(limit_message(limit, "given up and retried", "give up and retry"))
+    report = AbandonReport(
+        not_retryable=selection.not_running,
+        already_retried=selection.already_retried,
+        within_deadline=selection.within_deadline,
+    )
     # Only rows that existed when we started: the new runs are READY, never RUNNING, but a
     # bound keeps the walk to what was counted.
     top = TaskExecution.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
-    rows = (_stuck(queryset, now).without_live_retry().filter(pk__lte=top).order_by("pk")
-            .defer(None).only(*ABANDON_FIELDS).iterator(chunk_size=CHUNK_SIZE))
+    rows = (
+        _stuck(queryset, now)
+        .without_live_retry()
+        .filter(pk__lte=top)
+        .order_by("pk")
+        .defer(None)
+        .only(*ABANDON_FIELDS)
+        .iterator(chunk_size=CHUNK_SIZE)
+    )
     routes: dict[str, tuple[Any, str]] = {}
     for chunk in batched(rows, CHUNK_SIZE):
         bulk = []

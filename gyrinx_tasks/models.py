@@ -66,6 +66,11 @@ WILL_RETRY = (Q(status=State.FAILED, gave_up=False, attempts__gt=0, message_id__
 # FAILED for good: the rest of FAILED, written out so that no NOT over a NULL hides a row.
 FAILED_FOR_GOOD = Q(status=State.FAILED) & (Q(gave_up=True) | Q(attempts=0)
                                             | Q(message_id__isnull=True) | Q(message_id=""))
+# What the run list's recovery filters look at: failed for good, or rejected. A failed
+# attempt Pub/Sub delivers again (WILL_RETRY) may still succeed on its own, so it is not
+# "not yet recovered" until it gives up. The condition of the partial index that serves them
+# (gyrinx_exec_unrecovered), written the same way so the planner matches it.
+NEEDS_RECOVERY_Q = Q(status__in=NEEDS_RECOVERY) & (Q(status=State.REJECTED) | FAILED_FOR_GOOD)
 
 
 def shown_status_q(*values: str) -> Q:
@@ -162,11 +167,13 @@ class TaskExecutionQuerySet(models.QuerySet):
         found: Any = first
         for exists in others:
             found = found | exists
-        return self.filter(status__in=NEEDS_RECOVERY).filter(found)
+        return self.filter(NEEDS_RECOVERY_Q).filter(found)
 
     def not_recovered(self):
-        """Failed or rejected runs that no successful retry has made good yet."""
-        runs = self.filter(status__in=NEEDS_RECOVERY)
+        """Runs that failed for good, or were rejected, that no successful retry has made
+        good yet. A failed attempt Pub/Sub delivers again (WILL_RETRY) is not one yet: it may
+        still succeed on its own (NEEDS_RECOVERY_Q)."""
+        runs = self.filter(NEEDS_RECOVERY_Q)
         # One NOT EXISTS each, side by side, so that each can become an anti-join.
         for exists in _recoveries():
             runs = runs.filter(~exists)
@@ -370,9 +377,10 @@ class TaskExecution(models.Model):
                          name="gyrinx_exec_error_class"),
             # The run list's "not yet recovered" filter: failed and rejected runs, newest
             # first, in one ordered scan (two states cannot share the status index's order).
-            # retry_of is in it too, so counting the matches needs no visit to the rows.
+            # retry_of is in it too, so counting the matches needs no visit to the rows. Runs
+            # failing with a retry to come are left out (NEEDS_RECOVERY_Q).
             models.Index(fields=["-created_at", "-id", "retry_of"],
-                         condition=models.Q(status__in=NEEDS_RECOVERY),
+                         condition=NEEDS_RECOVERY_Q,
                          name="gyrinx_exec_unrecovered"),
             # The successful retries, by the run they retry: what "recovered" looks up.
             models.Index(fields=["retry_of"],

@@ -49,8 +49,12 @@ def running_echo(started_ago=timedelta(minutes=10), attempts=1, arg="hi"):
     """An echo run RUNNING at ``attempts``, its attempt started ``started_ago`` (echo's ack
     deadline is TaskRoute's default, 300 s), with the message id of its delivery."""
     now = timezone.now()
-    run = TaskExecution(task_name="echo", task_path="tests.tasks.echo", args=[arg],
-                        enqueued_at=now - started_ago - timedelta(seconds=1))
+    run = TaskExecution(
+        task_name="echo",
+        task_path="tests.tasks.echo",
+        args=[arg],
+        enqueued_at=now - started_ago - timedelta(seconds=1),
+    )
     run.task_id = run.result_id
     run._log("", State.READY, "enqueued")
     run.save()
@@ -60,17 +64,26 @@ def running_echo(started_ago=timedelta(minutes=10), attempts=1, arg="hi"):
     TaskExecution.objects.write_transition(run)
     # Backdate the attempt as if it had started ``started_ago``.
     TaskExecution.objects.filter(pk=run.pk).update(
-        attempts=attempts, last_attempted_at=now - started_ago, started_at=now - started_ago,
-        created_at=now - started_ago - timedelta(seconds=1))
+        attempts=attempts,
+        last_attempted_at=now - started_ago,
+        started_at=now - started_ago,
+        created_at=now - started_ago - timedelta(seconds=1),
+    )
     return TaskExecution.objects.get(pk=run.pk)
 
 
 def message_of(run, delivery_attempt=2) -> bytes:
     """The push body of a redelivery of ``run``'s message."""
-    payload = {"task_id": run.result_id, "task_name": run.task_name, "args": run.args,
-               "kwargs": run.kwargs, "enqueued_at": run.enqueued_at.isoformat()}
-    return envelope(payload, message_id=run.message_id, delivery_attempt=delivery_attempt,
-                    attributes=RECORDED)
+    payload = {
+        "task_id": run.result_id,
+        "task_name": run.task_name,
+        "args": run.args,
+        "kwargs": run.kwargs,
+        "enqueued_at": run.enqueued_at.isoformat(),
+    }
+    return envelope(
+        payload, message_id=run.message_id, delivery_attempt=delivery_attempt, attributes=RECORDED
+    )
 
 
 def change_url(run):
@@ -83,8 +96,14 @@ def abandon_url(run):
 
 def late_success(worker_copy):
     """What the worker that started ``worker_copy`` writes when its task returns late."""
-    return record_outcome(worker_copy, get_route("echo"), OutcomeKind.RAN,
-                          lambda run: run.succeed({"late": True}), "succeeded", "done")
+    return record_outcome(
+        worker_copy,
+        get_route("echo"),
+        OutcomeKind.RAN,
+        lambda run: run.succeed({"late": True}),
+        "succeeded",
+        "done",
+    )
 
 
 # --- The transition and what comes after it --------------------------------------------------
@@ -107,12 +126,12 @@ def test_a_run_past_its_ack_deadline_is_given_up_and_retried_as_a_new_run(fake_p
     stuck.refresh_from_db()
     assert (stuck.status, stuck.gave_up, stuck.attempts) == (State.FAILED, True, 1)
     assert stuck.shown_status == "FAILED"  # failed for good, not "will retry"
-    assert stuck.status_detail.startswith("Attempt 1 given up as lost by ops: it ran longer "
-                                          "than its ack deadline (300 s)")
+    assert stuck.status_detail.startswith(
+        "Attempt 1 given up as lost by ops: it ran longer than its ack deadline (300 s)"
+    )
     assert f"Retried as run {new.result_id}." in stuck.status_detail
     assert stuck.errors[-1]["exception_class_path"] == ABANDONED_ERROR
-    assert (stuck.timeline[-1]["from"], stuck.timeline[-1]["to"]) == (State.RUNNING,
-                                                                      State.FAILED)
+    assert (stuck.timeline[-1]["from"], stuck.timeline[-1]["to"]) == (State.RUNNING, State.FAILED)
     # It has ended: Django's task_finished is sent for it, once, FAILED.
     assert seen == ["FAILED"]
     # No longer stuck.
@@ -124,8 +143,11 @@ def test_within_its_ack_deadline_the_run_may_really_be_running_and_is_refused(fa
     alive = running_echo(started_ago=timedelta(seconds=100))
     with pytest.raises(RetryRefused) as refused:
         abandon.abandon_run(alive)
-    assert re.match(r"Attempt 1 started 10\d s ago, within its ack deadline \(300 s\): it may "
-                    "really be running", str(refused.value))
+    assert re.match(
+        r"Attempt 1 started 10\d s ago, within its ack deadline \(300 s\): it may "
+        "really be running",
+        str(refused.value),
+    )
     assert "it can be given up and retried" in str(refused.value)
     assert TaskExecution.objects.get(pk=alive.pk).status == State.RUNNING
     assert not TaskExecution.objects.filter(retry_of=alive).exists()
@@ -151,7 +173,8 @@ def test_only_running_runs_and_not_one_a_retry_already_stands_for(fake_publisher
 
 @pytest.mark.django_db
 def test_the_redelivery_of_the_original_after_recovery_is_acknowledged_unrun(
-        client, calls, fake_publisher):
+    client, calls, fake_publisher
+):
     stuck = running_echo(arg="original")
     new = abandon.abandon_run(stuck)
 
@@ -172,7 +195,8 @@ def test_the_redelivery_of_the_original_after_recovery_is_acknowledged_unrun(
 
 @pytest.mark.django_db
 def test_a_worker_that_was_only_slow_finishes_late_and_its_outcome_is_only_noted(
-        fake_publisher, caplog):
+    fake_publisher, caplog
+):
     stuck = running_echo()
     worker_copy = TaskExecution.objects.get(pk=stuck.pk).remember_progress()
     new = abandon.abandon_run(stuck)
@@ -185,16 +209,22 @@ def test_a_worker_that_was_only_slow_finishes_late_and_its_outcome_is_only_noted
     after = TaskExecution.objects.get(pk=stuck.pk)
     assert (after.status, after.gave_up, after.return_value) == (State.FAILED, True, None)
     note = after.timeline[-1]["note"]
-    assert note.startswith("attempt 1 succeeded after it was superseded (the run was settled "
-                           "meanwhile, now FAILED, attempt 1: Attempt 1 given up as lost")
+    assert note.startswith(
+        "attempt 1 succeeded after it was superseded (the run was settled "
+        "meanwhile, now FAILED, attempt 1: Attempt 1 given up as lost"
+    )
     assert f"Retried as run {new.result_id}" in note
-    assert any("after the run was settled without it" in r.getMessage()
-               for r in caplog.records if r.levelno == logging.WARNING)
+    assert any(
+        "after the run was settled without it" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
 
 
 @pytest.mark.django_db
 def test_a_redelivery_that_started_the_run_again_first_makes_the_recovery_refuse(
-        client, calls, fake_publisher):
+    client, calls, fake_publisher
+):
     stuck = running_echo()
     page_copy = TaskExecution.objects.get(pk=stuck.pk)  # what the page read
     assert push(client, message_of(stuck)).json()["outcome"] == "ran"  # attempt 2 ran
@@ -242,11 +272,11 @@ def test_recovery_and_a_late_outcome_at_the_same_moment_exactly_one_wins(fake_pu
         if isinstance(recovered, TaskExecution):
             wins["recovery"] += 1
             assert outcome.kind == OutcomeKind.SUPERSEDED
-            assert (final.status, final.gave_up, final.return_value) == (State.FAILED, True,
-                                                                        None)
+            assert (final.status, final.gave_up, final.return_value) == (State.FAILED, True, None)
             assert [r.pk for r in retries] == [recovered.pk]
-            assert final.timeline[-1]["note"].startswith("attempt 1 succeeded after it was "
-                                                         "superseded")
+            assert final.timeline[-1]["note"].startswith(
+                "attempt 1 succeeded after it was superseded"
+            )
         else:
             wins["outcome"] += 1
             assert isinstance(recovered, RetryRefused), recovered
@@ -260,7 +290,8 @@ def test_recovery_and_a_late_outcome_at_the_same_moment_exactly_one_wins(fake_pu
 
 @pytest.mark.django_db(transaction=True)
 def test_recovery_and_a_redelivery_at_the_same_moment_run_the_task_once_more_at_most(
-        calls, fake_publisher):
+    calls, fake_publisher
+):
     """The recovery against a redelivery of the stuck run, let go at once: either the
     redelivery starts attempt 2 and runs the task (the recovery is refused, nothing retried),
     or the recovery wins and the redelivery is acknowledged unrun (one retry, to run once)."""
@@ -310,15 +341,23 @@ HTMX = {"HX-Request": "true"}
 
 @pytest.mark.django_db
 def test_without_the_retry_permission_no_panel_no_action_and_posts_are_refused(
-        client, fake_publisher):
+    client, fake_publisher
+):
     client.force_login(staff_user("viewer", "view_taskexecution", "cancel_taskexecution"))
     stuck = running_echo()
     assert "gyrinx-abandon" not in client.get(change_url(stuck)).content.decode()
     assert "abandon_selected" not in client.get(reverse(RUNS)).content.decode()
     assert client.get(abandon_url(stuck)).status_code == 403
     assert client.post(abandon_url(stuck), {"confirm": "yes"}, headers=HTMX).status_code == 403
-    response = client.post(reverse(RUNS), {"action": "abandon_selected", "index": "0",
-                                           "_selected_action": [stuck.pk], "confirm": "yes"})
+    response = client.post(
+        reverse(RUNS),
+        {
+            "action": "abandon_selected",
+            "index": "0",
+            "_selected_action": [stuck.pk],
+            "confirm": "yes",
+        },
+    )
     assert response.status_code == 403
     assert TaskExecution.objects.get(pk=stuck.pk).status == State.RUNNING
     assert fake_publisher.published == [] and not LogEntry.objects.exists()
@@ -326,7 +365,8 @@ def test_without_the_retry_permission_no_panel_no_action_and_posts_are_refused(
 
 @pytest.mark.django_db
 def test_the_run_page_asks_first_then_gives_up_and_retries_in_place_and_audits(
-        operator, fake_publisher):
+    operator, fake_publisher
+):
     stuck = running_echo()
     page = operator.get(change_url(stuck)).content.decode()
     assert "gyrinx-abandon-button" in page and "Give up and retry" in page
@@ -346,8 +386,10 @@ def test_the_run_page_asks_first_then_gives_up_and_retries_in_place_and_audits(
     assert TaskExecution.objects.get(pk=stuck.pk).status == State.FAILED
     [entry] = LogEntry.objects.all()
     assert entry.object_id == str(stuck.pk)
-    assert entry.change_message == (f"Gave up the running attempt as lost (past its ack "
-                                    f"deadline). Retried as run {new.pk} ({new.result_id}).")
+    assert entry.change_message == (
+        f"Gave up the running attempt as lost (past its ack "
+        f"deadline). Retried as run {new.pk} ({new.result_id})."
+    )
 
     # Clicked again from a stale page: refused with the sentence, nothing more done.
     again = operator.post(abandon_url(stuck), {"confirm": "yes"}, headers=HTMX)
@@ -356,8 +398,7 @@ def test_the_run_page_asks_first_then_gives_up_and_retries_in_place_and_audits(
 
 
 @pytest.mark.django_db
-def test_without_htmx_the_confirmation_is_a_page_and_the_post_redirects(
-        operator, fake_publisher):
+def test_without_htmx_the_confirmation_is_a_page_and_the_post_redirects(operator, fake_publisher):
     stuck = running_echo()
     page = operator.get(abandon_url(stuck))
     html = page.content.decode()
@@ -374,8 +415,7 @@ def test_without_htmx_the_confirmation_is_a_page_and_the_post_redirects(
 
 
 @pytest.mark.django_db
-def test_a_running_run_within_its_deadline_says_when_it_can_be_given_up(
-        operator, fake_publisher):
+def test_a_running_run_within_its_deadline_says_when_it_can_be_given_up(operator, fake_publisher):
     alive = running_echo(started_ago=timedelta(minutes=1))
     page = operator.get(change_url(alive)).content.decode()
     assert "gyrinx-abandon-refused" in page and "gyrinx-abandon-button" not in page
@@ -400,14 +440,19 @@ def test_ended_runs_show_no_give_up_panel(operator):
 
 
 def bulk(client, runs, query="?stuck=running", **extra):
-    return client.post(reverse(RUNS) + query, {
-        "action": "abandon_selected", "index": "0",
-        "_selected_action": [str(run.pk) for run in runs], **extra})
+    return client.post(
+        reverse(RUNS) + query,
+        {
+            "action": "abandon_selected",
+            "index": "0",
+            "_selected_action": [str(run.pk) for run in runs],
+            **extra,
+        },
+    )
 
 
 @pytest.mark.django_db
-def test_the_bulk_action_asks_first_then_gives_up_the_stuck_ones_only(
-        operator, fake_publisher):
+def test_the_bulk_action_asks_first_then_gives_up_the_stuck_ones_only(operator, fake_publisher):
     stuck = [running_echo(arg=f"s{i}") for i in range(2)]
     alive = running_echo(started_ago=timedelta(minutes=1), arg="alive")
     asked = bulk(operator, [*stuck, alive], query="")
@@ -415,8 +460,7 @@ def test_the_bulk_action_asks_first_then_gives_up_the_stuck_ones_only(
     assert asked.status_code == 200
     assert "Runs selected: 3." in html
     assert "to be given up as lost and retried as new runs: 2." in html
-    assert "Running within their ack deadline, left alone (they may really be running): 1." \
-        in html
+    assert "Running within their ack deadline, left alone (they may really be running): 1." in html
     assert "it may still finish its task too: that task then runs twice" in html
     assert not TaskExecution.objects.filter(trigger=Trigger.RETRY).exists()
 
@@ -424,16 +468,22 @@ def test_the_bulk_action_asks_first_then_gives_up_the_stuck_ones_only(
     assert response.status_code == 302
     texts = [str(m) for m in operator.get(response["Location"]).context["messages"]]
     assert texts[0].startswith("Gave up 2 stuck runs and retried them as new runs")
-    assert texts[1] == ("1 selected runs are running within their ack deadline and were left "
-                        "alone: they may really be running.")
+    assert texts[1] == (
+        "1 selected runs are running within their ack deadline and were left "
+        "alone: they may really be running."
+    )
     for run in stuck:
         run.refresh_from_db()
         assert (run.status, run.gave_up) == (State.FAILED, True)
         assert TaskExecution.objects.filter(retry_of=run).count() == 1
     assert TaskExecution.objects.get(pk=alive.pk).status == State.RUNNING
     assert len(fake_publisher.published) == 2
-    assert LogEntry.objects.filter(
-        change_message__startswith="Gave up the running attempt as lost").count() == 2
+    assert (
+        LogEntry.objects.filter(
+            change_message__startswith="Gave up the running attempt as lost"
+        ).count()
+        == 2
+    )
 
 
 @pytest.mark.django_db

@@ -711,7 +711,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
         return HttpResponseRedirect(_change_url((new or run).pk))
 
     @admin.action(permissions=["retry"],
-                  description=_("Give up selected stuck RUNNING runs and retry them"))
+                  description=_("Give up and retry selected stuck runs"))
     def abandon_selected(self, request, queryset):
         """The bulk form of the run page's "Give up and retry": always asks first (the task
         may run twice if a worker is still alive), with the counts and the cap."""
