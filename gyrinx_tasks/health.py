@@ -6,6 +6,7 @@ task's own limit:
 * ``running``: RUNNING, and its last attempt started longer ago than the route's
   ``ack_deadline``. Pub/Sub has stopped waiting for that attempt's answer, so its worker died
   (or overran); a redelivery starts the run again, and if none comes the message is gone.
+  "Give up and retry" (abandon.py) recovers it at once.
 * ``unconfirmed``: READY with a publish that was never confirmed
   (``models.PUBLISH_UNCONFIRMED``), enqueued longer ago than the ack deadline. "Publish again"
   on the run's page recovers it (retry.republish_run).
@@ -83,9 +84,11 @@ STUCK_LABELS = {
 }
 STUCK_RECOVERY = {
     StuckKind.RUNNING: _(
-        "Its worker died or overran: Pub/Sub redelivers the message after the ack deadline "
-        "and the run starts again. If it stays here, the message is gone (retention ended, "
-        "or it was dead-lettered): check the subscription and enqueue the task again."),
+        "Its worker died or overran: Pub/Sub redelivers the message and the run starts "
+        "again. To recover now (or if it stays here: the message is gone, retention ended or "
+        "dead-lettered), use Give up and retry on the run's page, or the action on a "
+        "selection: the run is settled as failed and a new run is enqueued. A worker still "
+        "alive may finish too, so the task can run twice."),
     StuckKind.UNCONFIRMED: _(
         "Pub/Sub may never have received the message: open the run and use Publish again "
         "(it runs once even if the first message arrives too)."),

@@ -66,6 +66,11 @@ WILL_RETRY = (Q(status=State.FAILED, gave_up=False, attempts__gt=0, message_id__
 # FAILED for good: the rest of FAILED, written out so that no NOT over a NULL hides a row.
 FAILED_FOR_GOOD = Q(status=State.FAILED) & (Q(gave_up=True) | Q(attempts=0)
                                             | Q(message_id__isnull=True) | Q(message_id=""))
+# What the run list's recovery filters look at: failed for good, or rejected. A failed
+# attempt Pub/Sub delivers again (WILL_RETRY) may still succeed on its own, so it is not
+# "not yet recovered" until it gives up. The condition of the partial index that serves them
+# (gyrinx_exec_unrecovered), written the same way so the planner matches it.
+NEEDS_RECOVERY_Q = Q(status__in=NEEDS_RECOVERY) & (Q(status=State.REJECTED) | FAILED_FOR_GOOD)
 
 
 def shown_status_q(*values: str) -> Q:
@@ -101,6 +106,9 @@ DJANGO_STATUS = {
 # The exception class a cancelled run's error entry names (exceptions.TaskCancelled), so
 # Django's TaskResult.errors carries the reason.
 CANCELLED_ERROR = "gyrinx_tasks.exceptions.TaskCancelled"
+# The exception class of the error entry a RUNNING attempt staff gave up as lost gets (the
+# same class a delivery records for an attempt that did not finish within its ack deadline).
+ABANDONED_ERROR = "builtins.TimeoutError"
 
 
 def new_result_id() -> str:
@@ -159,11 +167,13 @@ class TaskExecutionQuerySet(models.QuerySet):
         found: Any = first
         for exists in others:
             found = found | exists
-        return self.filter(status__in=NEEDS_RECOVERY).filter(found)
+        return self.filter(NEEDS_RECOVERY_Q).filter(found)
 
     def not_recovered(self):
-        """Failed or rejected runs that no successful retry has made good yet."""
-        runs = self.filter(status__in=NEEDS_RECOVERY)
+        """Runs that failed for good, or were rejected, that no successful retry has made
+        good yet. A failed attempt Pub/Sub delivers again (WILL_RETRY) is not one yet: it may
+        still succeed on its own (NEEDS_RECOVERY_Q)."""
+        runs = self.filter(NEEDS_RECOVERY_Q)
         # One NOT EXISTS each, side by side, so that each can become an anti-join.
         for exists in _recoveries():
             runs = runs.filter(~exists)
@@ -367,9 +377,10 @@ class TaskExecution(models.Model):
                          name="gyrinx_exec_error_class"),
             # The run list's "not yet recovered" filter: failed and rejected runs, newest
             # first, in one ordered scan (two states cannot share the status index's order).
-            # retry_of is in it too, so counting the matches needs no visit to the rows.
+            # retry_of is in it too, so counting the matches needs no visit to the rows. Runs
+            # failing with a retry to come are left out (NEEDS_RECOVERY_Q).
             models.Index(fields=["-created_at", "-id", "retry_of"],
-                         condition=models.Q(status__in=NEEDS_RECOVERY),
+                         condition=NEEDS_RECOVERY_Q,
                          name="gyrinx_exec_unrecovered"),
             # The successful retries, by the run they retry: what "recovered" looks up.
             models.Index(fields=["retry_of"],
@@ -537,6 +548,17 @@ class TaskExecution(models.Model):
         self.finished_at = timezone.now()
         self._log(State.READY, State.CANCELLED, reason)
 
+    @transition(field=status, source=State.RUNNING, target=State.FAILED)
+    def abandon(self, reason: str) -> None:
+        """RUNNING past its ack deadline → FAILED for good: staff gave the attempt up as
+        lost (its worker died) and retried the run as a new one (abandon.py). Its
+        redeliveries are acknowledged unrun; a late outcome of the attempt is only noted."""
+        self._add_error(ABANDONED_ERROR, reason)
+        self.gave_up = True
+        self.status_detail = reason
+        self.finished_at = timezone.now()
+        self._log(State.RUNNING, State.FAILED, reason)
+
     # --- Enqueue and retry transitions ---
     #
     # Each is one conditional UPDATE on the state the caller read (status, attempts and the
@@ -607,6 +629,28 @@ class TaskExecution(models.Model):
                   "status_detail": self.status_detail, "gave_up": self.gave_up}
         return self._apply(using, expect, change, (
             "status_detail", "gave_up", "finished_at", "timeline", "timeline_omitted"),
+            exclude=Exists(TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
+
+    def record_abandoned(self, using: str, reason: str) -> bool:
+        """RUNNING, attempt N, past its ack deadline → FAILED, ``gave_up`` (``abandon``):
+        staff gave the attempt up as lost and retried the run (abandon.abandon_run, in the
+        transaction that records the new run). Only if the row is as read: RUNNING, the same
+        attempt and the same timeline, as a delivery's claim and an outcome's write expect
+        too; and only if no retry of it may still run (or has run). So:
+
+        * a redelivery that started attempt N+1 first, or an outcome of attempt N written
+          first, makes this change no row (the caller refuses: the run changed);
+        * if this wins, the outcome's write of a worker that was only slow changes no row:
+          record.py notes it on the run and logs it, and the run stays FAILED; a later
+          redelivery finds the run settled and is acknowledged unrun.
+
+        The caller checks that the attempt is past its ack deadline (abandon_refusal); the
+        instance is changed only when it won."""
+        expect = {"status": State.RUNNING, "attempts": self.attempts,
+                  "timeline": self.timeline}
+        return self._apply(using, expect, lambda run: run.abandon(reason), (
+            "status", "gave_up", "errors", "errors_omitted", "status_detail", "finished_at",
+            "timeline", "timeline_omitted"),
             exclude=Exists(TaskExecution.objects.filter(LIVE_RETRY, retry_of=OuterRef("pk"))))
 
     def record_cancelled(self, using: str, reason: str) -> bool:

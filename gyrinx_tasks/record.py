@@ -91,11 +91,20 @@ def _finish(execution: TaskExecution, db: str, apply: Callable[[TaskExecution], 
             apply(current)
             won = runs.write_transition(current)
             return current, won
-        current.note(f"attempt {attempt} {what} after it was superseded (the run is now "
-                     f"{current.status}, attempt {current.attempts}); its outcome is not the "
-                     "run's")
+        current.note(f"attempt {attempt} {what} after it was superseded "
+                     f"({superseded_by(current, attempt)}); its outcome is not the run's")
         runs.write_transition(current)
         return current, False
+
+
+def superseded_by(current: TaskExecution, attempt: int) -> str:
+    """What made ``attempt``'s outcome not the run's, as the run now holds it."""
+    if current.attempts == attempt and current.status != State.RUNNING:
+        # Not started again: settled while the attempt ran, e.g. given up as lost by staff
+        # and retried (abandon.py); the detail says by whom and as which run.
+        return (f"the run was settled meanwhile, now {current.status}, attempt "
+                f"{current.attempts}: {current.status_detail}")
+    return f"the run is now {current.status}, attempt {current.attempts}"
 
 
 def record_outcome(execution: TaskExecution, route: Any, kind: OutcomeKind,
@@ -136,6 +145,16 @@ def record_outcome(execution: TaskExecution, route: Any, kind: OutcomeKind,
             f"records the outcome if it reaches this instance, else the task runs again after "
             f"the ack deadline ({route.ack_deadline} s)."))
     if not won:
+        if current.attempts == attempt and current.status != State.RUNNING:
+            # Given up as lost while it ran (abandon.py): the task may have run twice, once
+            # here and once as the retry. Said at WARNING, so it is seen.
+            logger.warning("Task %s (%s) attempt %s %s after the run was settled without it "
+                           "(%s): its outcome is only noted on the run", route.name,
+                           execution.result_id, attempt, what, current.status_detail)
+            return Outcome(OutcomeKind.SUPERSEDED, current, (
+                f"Attempt {attempt} {what}, but the run was settled meanwhile (now "
+                f"{current.status}: {current.status_detail}); this outcome is only noted in "
+                "its timeline."))
         return Outcome(OutcomeKind.SUPERSEDED, current, (
             f"Attempt {attempt} {what}, but the run was started again meanwhile (attempt "
             f"{current.attempts}, now {current.status}); the newer attempt's record stands and "

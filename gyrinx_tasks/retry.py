@@ -304,8 +304,21 @@ def _retry_one(route: Any, original: TaskExecution, label: str, user: Any,
     return Retried(original.pk, label, new[0], new[1], published)
 
 
+def _mark_retried(original: TaskExecution, new_result_id: str, route: Any, user: Any,
+                  using: str) -> bool:
+    """A retry's transition of its original (record_retried); whether it won."""
+    settle = original.redelivered_by_pubsub
+    return original.record_retried(using, _retried_sentence(new_result_id, user, settle),
+                                   settle)
+
+
+# How an original is marked as it is retried: (original, new result id, route, user, using)
+# → whether its conditional transition won. abandon.py passes its own (record_abandoned).
+Mark = Callable[[TaskExecution, str, Any, Any, str], bool]
+
+
 def _retry_pubsub(bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any,
-                  report: RetryReport) -> list[Retried]:
+                  report: RetryReport, mark: Mark = _mark_retried) -> list[Retried]:
     """Mark each original and record its new run in one transaction, then publish the new
     runs' messages as enqueue_many() does (backend.publish_executions): requests of up to
     1,000 messages, all in flight, then awaited; a failed publish marks exactly its run."""
@@ -320,9 +333,7 @@ def _retry_pubsub(bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any,
                 trigger=Trigger.RETRY, retry_of_id=original.pk,
             )
             execution.task_id = execution.result_id
-            settle = original.redelivered_by_pubsub
-            if not original.record_retried(using, _retried_sentence(
-                    execution.result_id, user, settle), settle):
+            if not mark(original, execution.result_id, route, user, using):
                 report.changed += 1  # a delivery, or another retry, changed it meanwhile
                 continue
             execution._log("", State.READY, _note(original.result_id, user))

@@ -130,8 +130,9 @@ def test_run_list_search_columns_recovery_filter_and_chip(admin_page, live_serve
         assert "Successful" in recovered.locator(".gyrinx-retried").inner_text()
         page.locator("#changelist-filter a", has_text="Not yet recovered").click()
         page.wait_for_url("**recovery=pending**")
-        assert sorted(page.locator("#result_list tbody th a").all_inner_texts()) == sorted(
-            r.result_id[:8] for r in (incident["pending"], incident["failed_retry"]))
+        # The failing one is not there yet: Pub/Sub delivers it again, it may still succeed.
+        assert page.locator("#result_list tbody th a").all_inner_texts() == [
+            incident["pending"].result_id[:8]]
         assert page.locator(".gyrinx-chip").count() == 1  # the window is still applied
 
     views(page, url, "runs-find", check)

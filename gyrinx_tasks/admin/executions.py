@@ -21,6 +21,14 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from .. import spans
+from ..abandon import (
+    AbandonReport,
+    abandon_queryset,
+    abandon_refusal,
+    abandon_run,
+    attempt_started,
+    count_abandon_selection,
+)
 from ..cancellation import (
     Cancelled,
     CancelReport,
@@ -344,11 +352,12 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
                                                                      request.user)))
             context.update(self.retry_context(request, obj))
             context.update(self.cancel_context(request, obj))
+            context.update(self.abandon_context(request, obj))
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- Retry: the button on a run's page, and the bulk action -------------------------------
 
-    actions = ["retry_selected", "cancel_selected", "republish_selected"]
+    actions = ["retry_selected", "cancel_selected", "republish_selected", "abandon_selected"]
 
     def has_retry_permission(self, request) -> bool:
         return has_model_permission(request, self.opts, "retry_taskexecution")
@@ -364,7 +373,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
                      self.admin_site.admin_view(self.retry_panel_view), name=f"{name}_panel")
         cancel = path("<int:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view),
                       name=f"{self.opts.app_label}_{self.opts.model_name}_cancel")
-        return [retry, republish, panel, cancel, *super().get_urls()]
+        abandon = path("<int:object_id>/abandon/",
+                       self.admin_site.admin_view(self.abandon_view),
+                       name=f"{self.opts.app_label}_{self.opts.model_name}_abandon")
+        return [retry, republish, panel, cancel, abandon, *super().get_urls()]
 
     def retry_context(self, request, obj, new=None, error: str = "",
                       republished: bool = False) -> dict[str, Any]:
@@ -634,7 +646,119 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
             self.message_user(request, text, level)
         return None
 
+    # --- Give up and retry: a RUNNING run past its ack deadline (abandon.py) ------------------
+    # The retry permission: what it does is a retry (a new run of the task), and the original
+    # is settled as a retry settles a run Pub/Sub still redelivers.
 
+    def abandon_context(self, request, obj, confirming: bool = False, new=None,
+                        error: str = "") -> dict[str, Any]:
+        """What the panel (taskexecution/_abandon.html) shows for ``obj``: only for a RUNNING
+        run (or the one just given up), only with the retry permission."""
+        allowed = self.has_retry_permission(request)
+        shown = allowed and (obj.status == State.RUNNING or new is not None or bool(error))
+        reason = abandon_refusal(obj) if shown and obj.status == State.RUNNING else ""
+        started = attempt_started(obj) if obj.status == State.RUNNING else None
+        return {
+            "abandon_shown": shown,
+            "can_abandon": shown and obj.status == State.RUNNING and not reason,
+            "abandon_refusal": reason,
+            "abandon_confirming": confirming and not reason,
+            "abandon_started": started,
+            "abandon_new": new,
+            "abandon_error": error,
+            "abandon_url": reverse(f"admin:{self.opts.app_label}_{self.opts.model_name}_abandon",
+                                   args=[obj.pk]),
+        }
+
+    def abandon_view(self, request, object_id):
+        """GET: the confirmation (HTMX: the panel in its place; otherwise a page). POST with
+        confirm=yes: give the attempt up and retry the run; HTMX gets the panel back, a plain
+        POST is redirected to the new run (or to the run, with the reason it was refused)."""
+        require(self.has_retry_permission(request))
+        if request.method not in ("GET", "HEAD", "POST"):
+            return HttpResponseNotAllowed(["GET", "HEAD", "POST"])
+        run = get_object_or_404(TaskExecution, pk=object_id)
+        if request.method != "POST" or request.POST.get("confirm") != "yes":
+            context = {**self.abandon_context(request, run, confirming=True),
+                       "original": run, "opts": self.opts}
+            if request.htmx:
+                return TemplateResponse(request, ABANDON_PANEL, context)
+            return TemplateResponse(request, ABANDON_PAGE, {**page_context(
+                self, request, str(_("Give up and retry")), change_url=_change_url(run.pk)),
+                **context})
+        new, error = None, ""
+        try:
+            new = abandon_run(run, request.user)
+        except RetryPublishFailed as exc:
+            new, error = exc.execution, str(exc)
+        except RetryError as exc:
+            error = str(exc)
+        if new is not None:
+            audit(request, run, abandoned_message(new.pk, new.result_id, not error,
+                                                  bool(error) and new.status == State.READY))
+        run.refresh_from_db()
+        if request.htmx:
+            context = {**self.abandon_context(request, run, new=new, error=error),
+                       "original": run, "opts": self.opts}
+            return TemplateResponse(request, ABANDON_PANEL, context)
+        if error:
+            self.message_user(request, error, messages.ERROR)
+        if new is not None and not error:
+            self.message_user(request, format_html(
+                'Gave up run <a href="{}">{}</a> of {} as lost and retried it: this is the new '
+                "run.", _change_url(run.pk), run.result_id[:8], run.task_name),
+                messages.SUCCESS)
+        return HttpResponseRedirect(_change_url((new or run).pk))
+
+    @admin.action(permissions=["retry"],
+                  description=_("Give up and retry selected stuck runs"))
+    def abandon_selected(self, request, queryset):
+        """The bulk form of the run page's "Give up and retry": always asks first (the task
+        may run twice if a worker is still alive), with the counts and the cap."""
+        require(self.has_retry_permission(request))
+        limit = tasks_settings.TASKS_ADMIN_RETRY_LIMIT
+        if request.POST.get("confirm") != "yes":
+            selection = count_abandon_selection(queryset, limit)
+            return TemplateResponse(request, ABANDON_CONFIRM, page_context(
+                self, request, str(_("Give up and retry stuck runs")),
+                action="abandon_selected",
+                selection=selection,
+                across=request.POST.get("select_across") in ("1", "True"),
+                selected=request.POST.getlist(ACTION_CHECKBOX_NAME),
+                filters=[(key, value) for key, value in request.GET.items()
+                         if key not in ("p", "o")],
+                changelist_url=request.get_full_path(),
+                total_label=capped_count(selection.total, limit),
+                abandonable_label=capped_count(selection.abandonable, limit),
+                within_label=capped_count(selection.within_deadline, limit),
+                already_label=capped_count(selection.already_retried, limit),
+                limit_label=f"{limit:,}",
+                limit_message=limit_message(limit, "given up and retried",
+                                            "give up and retry"),
+            ))
+        new_ids: list[int] = []
+
+        def abandoned(done: list[Retried]) -> None:
+            new_ids.extend(item.new_id for item in done if item.new_id)
+            self._log_changes(request, [
+                (item.original_id, item.original_repr,
+                 abandoned_message(item.new_id, item.new_result_id, item.published,
+                                   item.unconfirmed))
+                for item in done])
+
+        try:
+            report = abandon_queryset(queryset, request.user, limit, on_abandoned=abandoned)
+        except RetryLimitExceeded as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        for level, text in abandon_messages(report, limit, new_runs_link(new_ids)):
+            self.message_user(request, text, level)
+        return None
+
+
+ABANDON_PANEL = "admin/gyrinx_tasks/taskexecution/_abandon.html"
+ABANDON_PAGE = "admin/gyrinx_tasks/taskexecution/abandon_page.html"
+ABANDON_CONFIRM = "admin/gyrinx_tasks/taskexecution/abandon_confirm.html"
 CANCEL_PANEL = "admin/gyrinx_tasks/taskexecution/_cancel.html"
 CANCEL_CONFIRM = "admin/gyrinx_tasks/taskexecution/cancel_confirm.html"
 CANCELLED_MESSAGE = "Cancelled before it started: the task will not run."
@@ -655,6 +779,50 @@ def retried_message(new_id: int, new_result_id: str, published: bool,
     elif not published:
         message += " Publishing it failed; the new run is FAILED."
     return message
+
+
+def abandoned_message(new_id: int, new_result_id: str, published: bool,
+                      unconfirmed: bool = False) -> str:
+    """The audit entry of a run given up as lost and retried (abandon.py)."""
+    return ("Gave up the running attempt as lost (past its ack deadline). "
+            + retried_message(new_id, new_result_id, published, unconfirmed))
+
+
+def abandon_messages(report: AbandonReport, limit: int,
+                     link: str = "") -> list[tuple[int, str]]:
+    """The bulk "give up and retry"'s outcome as admin messages."""
+    made = report.retried + report.publish_failed
+    done = ("Gave up 1 stuck run and retried it as a new run" if made == 1 else
+            f"Gave up {made:,} stuck runs and retried them as new runs")
+    out: list[tuple[int, str]] = [(
+        messages.SUCCESS if made else messages.WARNING,
+        format_html('{}: <a href="{}">{}</a>.', done, link,
+                    "see it" if made == 1 else f"see the {made:,} new runs")
+        if link and made else f"{done}.")]
+    if report.within_deadline:
+        count = capped_count(report.within_deadline, limit).capitalize()
+        out.append((messages.INFO, f"{count} selected runs are running within their ack "
+                                   "deadline and were left alone: they may really be "
+                                   "running."))
+    if report.already_retried:
+        count = capped_count(report.already_retried, limit).capitalize()
+        out.append((messages.INFO, f"{count} selected runs were skipped because a retry of "
+                                   "each is waiting, running or succeeded."))
+    if report.changed:
+        out.append((messages.WARNING, f"{report.changed:,} runs changed while they were being "
+                                      "given up (a redelivery started them again, or their "
+                                      "outcome was recorded) and were left alone."))
+    if report.not_retryable:
+        count = capped_count(report.not_retryable, limit).capitalize()
+        out.append((messages.INFO, f"{count} selected runs were not running and were left "
+                                   "alone."))
+    for reason, refused in report.refused.items():
+        out.append((messages.WARNING, f"{refused:,} not given up: {reason}"))
+    if report.publish_failed:
+        out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
+                                    "retries; those new runs are recorded as FAILED, or stay "
+                                    "READY where Pub/Sub may have their message after all."))
+    return out
 
 
 def capped_count(count: int, limit: int) -> str:
