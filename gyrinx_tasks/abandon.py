@@ -162,16 +162,9 @@ def _mark_abandoned(
 def _abandon(
     bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any, report: RetryReport
 ) -> list[Retried]:
-    """Give up and retry each original (retry._retry_pubsub with record_abandoned), then
-    send Django's task_finished for each original given up: it has ended, FAILED."""
-    from .runner import announce_finished
-
-    done = _retry_pubsub(bulk, user, report, mark=_mark_abandoned)
-    originals = {original.pk: (original, route) for original, route, _b, _l in bulk}
-    for item in done:
-        original, route = originals[item.original_id]
-        announce_finished(original, route.task)
-    return done
+    """Give up and retry each original: retry._retry_pubsub with record_abandoned (which
+    also sends Django's task_finished for each original given up: it has ended, FAILED)."""
+    return _retry_pubsub(bulk, user, report, mark=_mark_abandoned)
 
 
 def abandon_run(execution: TaskExecution, user: Any = None) -> TaskExecution:

@@ -280,6 +280,7 @@ def _retry_one(route: Any, original: TaskExecution, label: str, user: Any,
     in the transaction that marks the original: a refused enqueue leaves it unmarked."""
     using = router.db_for_write(TaskExecution)
     published = True
+    was_live = not original.gave_up
     try:
         with transaction.atomic(using=using):
             if not original.record_retried(using, _retried_sentence(
@@ -295,6 +296,8 @@ def _retry_one(route: Any, original: TaskExecution, label: str, user: Any,
     except InvalidTask as exc:
         report.refused[str(exc)] += 1
         return None
+    if was_live and original.gave_up:
+        _announce_ended([(original, route)])
     new = TaskExecution.objects.filter(retry_of_id=original.pk).order_by("-pk").values_list(
         "pk", "result_id").first() or (0, "")
     if published:
@@ -325,6 +328,7 @@ def _retry_pubsub(bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any,
     now = timezone.now()
     using = router.db_for_write(TaskExecution)
     made: list[tuple[TaskExecution, Any, Any, str]] = []
+    ended: list[tuple[TaskExecution, Any]] = []
     with transaction.atomic(using=using):
         for original, route, backend, label in bulk:
             execution = TaskExecution(
@@ -333,15 +337,36 @@ def _retry_pubsub(bulk: list[tuple[TaskExecution, Any, Any, str]], user: Any,
                 trigger=Trigger.RETRY, retry_of_id=original.pk,
             )
             execution.task_id = execution.result_id
+            was_live = not original.gave_up
             if not mark(original, execution.result_id, route, user, using):
                 report.changed += 1  # a delivery, or another retry, changed it meanwhile
                 continue
+            if was_live and original.gave_up:
+                ended.append((original, route))
             execution._log("", State.READY, _note(original.result_id, user))
             made.append((execution, route, backend, label))
         # The rows exist before the publish, like an enqueue's: the delivery must wait for
         # them rather than create one (runner._claim).
         TaskExecution.objects.using(using).bulk_create([item[0] for item in made])
-    return _publish_chunk(made, report)
+    done = _publish_chunk(made, report)
+    _announce_ended(ended)
+    return done
+
+
+def _announce_ended(ended: list[tuple[TaskExecution, Any]]) -> None:
+    """Django's task_finished for each original whose retry ended its life: it was still
+    redelivered by Pub/Sub (failing, will retry; or RUNNING, given up as lost) and is now
+    FAILED for good. An original that had already ended sent it then."""
+    from .runner import announce_finished
+
+    if not ended:
+        return
+    # A bulk retry read only what its transitions need (ORIGINAL_FIELDS); the result Django's
+    # signal carries needs the whole row, read here in one query rather than one per field.
+    rows = TaskExecution.objects.using(router.db_for_write(TaskExecution)).in_bulk(
+        [original.pk for original, _route in ended])
+    for original, route in ended:
+        announce_finished(rows.get(original.pk, original), route.task)
 
 
 def _pending(execution: TaskExecution, route: Any) -> Pending:

@@ -20,7 +20,7 @@ from gyrinx_tasks.retry import (
     retry_run,
 )
 from tests import tasks as sample
-from tests.helpers import FakePublisher, make_run, use_publisher
+from tests.helpers import FakePublisher, finished_statuses, make_run, use_publisher
 
 pytestmark = pytest.mark.django_db
 
@@ -170,6 +170,30 @@ def test_retrying_a_run_pubsub_still_redelivers_settles_it(fake_publisher):
     assert "further deliveries of this run are acknowledged without running it" in (
         redelivered.status_detail)
     assert not rejected.gave_up and "further deliveries" not in rejected.status_detail
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
+def test_a_retry_that_settles_its_original_sends_its_task_finished_once(fake_publisher, bulk):
+    # Django's contract: task_finished once per run, when it ends. A run failing an attempt
+    # that Pub/Sub redelivers has not ended (none was sent); settling it by a retry ends it.
+    # A rejected or given-up run ended before, and sent it then.
+    redelivered = make_run("add", State.FAILED, args=[1, 2], attempts=1, message_id="m-1")
+    rejected = make_run("add", State.REJECTED, args=[1, 2])
+    given_up = make_run("add", State.FAILED, args=[1, 2], gave_up=True)
+    seen, disconnect = finished_statuses()
+    try:
+        if bulk:
+            retry_queryset(TaskExecution.objects.filter(pk__in=[
+                redelivered.pk, rejected.pk, given_up.pk]))
+        else:
+            for run in (redelivered, rejected, given_up):
+                retry_run(run)
+    finally:
+        disconnect()
+
+    assert seen == ["FAILED"]  # the settled original, once; the new runs have not run
+    redelivered.refresh_from_db()
+    assert redelivered.gave_up
 
 
 def test_a_run_recorded_by_its_delivery_cannot_be_published_again(fake_publisher):
