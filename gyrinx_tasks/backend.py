@@ -2,6 +2,7 @@
 
 import logging
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -9,8 +10,10 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
-from django.db import connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db.models import signals
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
@@ -33,12 +36,14 @@ from .messages import (
     SUSPECT_ESCAPE,
     build_message,
     check_publish_size,
+    encode_json,
     encode_message,
+    encode_task_message,
     trace_attributes,
 )
 from .push import text_problem
 from .registry import get_route
-from .results import result_from_execution
+from .results import new_result, result_from_execution
 from .statements import insert_run
 from .task_class import PubSubTask
 
@@ -55,6 +60,8 @@ CHUNK_SIZE = 1000
 # Messages published together (their requests all in flight) before waiting.
 PUBLISH_WINDOW = 10_000
 PENDING_ATTR = "gyrinx_tasks_pending"  # runs a connection publishes when it commits
+# Enqueues in one transaction after which the queue drops hooks that rolled back.
+PRUNE_EVERY = 10_000
 
 
 @dataclass(frozen=True)
@@ -99,18 +106,52 @@ def publish_unconfirmed(exc: BaseException) -> bool:
                             *clients.TRANSIENT))
 
 
-@dataclass
 class Pending:
-    """A run on its way: the unsaved or saved row, its route, task and message bytes."""
+    """A run on its way: the unsaved or saved row, its route, task and message bytes.
 
-    execution: Any
-    route: Any
-    task: Any
-    data: bytes
-    attributes: dict[str, str]
-    result: TaskResult | None = None
-    # Its columns but RUN_VARYING are those of every run with this key (statements.insert_run)
-    shared: tuple | None = None
+    ``execution`` may be built only when it is asked for (``build``): a run enqueued with
+    publish_on_commit is written from its column values, and its model instance is needed
+    only if its publish fails (_enqueue_on_commit).
+    """
+
+    __slots__ = ("_build", "_execution", "alias", "attributes", "data", "result", "result_id",
+                 "route", "shared", "task")
+
+    def __init__(self, execution: Any, route: Any, task: Any, data: bytes,
+                 attributes: dict[str, str], result: TaskResult | None = None,
+                 shared: tuple | None = None, *, build: Callable[[], Any] | None = None,
+                 result_id: str = "", alias: str = "") -> None:
+        self._execution, self._build = execution, build
+        self.route, self.task, self.data, self.attributes = route, task, data, attributes
+        self.result = result
+        # Its columns but RUN_VARYING are those of every run with this key
+        # (statements.insert_run).
+        self.shared = shared
+        self.result_id = result_id or execution.result_id
+        self.alias = alias or execution.backend
+
+    @property
+    def execution(self) -> Any:
+        if self._execution is None:
+            assert self._build is not None
+            self._execution = self._build()
+        return self._execution
+
+    def published(self, message_id: str) -> None:
+        if self._execution is not None:  # not written: the delivery records it
+            self._execution.message_id = message_id
+
+
+class _CommitHook:
+    """The on_commit callback of one enqueue: publishes the connection's pending runs."""
+
+    __slots__ = ("__weakref__", "backend", "pendings", "using")
+
+    def __init__(self, backend: "PubSubBackend", using: str, pendings: list[Pending]) -> None:
+        self.backend, self.using, self.pendings = backend, using, pendings
+
+    def __call__(self) -> None:
+        self.backend._flush_pending(self.using)
 
 
 # The columns that differ between runs enqueued the same way (same task, backend, queue and
@@ -135,26 +176,53 @@ class RunTemplate:
         return cls(names, values, {name: names.index(name) for name in RUN_VARYING},
                    [i for i, value in enumerate(values) if isinstance(value, (list, dict))])
 
-    def run(self, now: Any, args: Any, kwargs: Any) -> Any:
+    def run(self, now: Any, args: Any, kwargs: Any, result_id: str = "",
+            timeline: list | None = None, using: str | None = None) -> Any:
+        """A new run with these values (unsaved; or, with ``using``, as written there)."""
         from .models import TaskExecution, new_result_id
 
         values = list(self.values)
         for index in self.mutable:
             values[index] = type(values[index])(values[index])
-        result_id = new_result_id()
+        result_id = result_id or new_result_id()
         varying = self.varying
         values[varying["result_id"]] = values[varying["task_id"]] = result_id
         values[varying["args"]], values[varying["kwargs"]] = args, kwargs
         values[varying["created_at"]] = values[varying["enqueued_at"]] = now
-        values[varying["timeline"]] = []
-        execution = TaskExecution.from_db(None, self.names, values)
-        execution._state.adding = True  # not saved yet
+        values[varying["timeline"]] = list(timeline or [])
+        execution = TaskExecution.from_db(using, self.names, values)
+        execution._state.adding = using is None  # not saved yet
+        if using is not None:
+            execution.remember_progress()  # the state its transitions expect
         return execution
 
 
 # By (task name, path, backend alias, queue name, trigger, retry_of_id): at most one per
 # routed task, backend, queue and trigger (retries, each with its own key, are not kept).
 _templates: dict[tuple, RunTemplate] = {}
+
+# Values normalize_json returns as they are.
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
+def _json_value(value: list | dict) -> Any:
+    """normalize_json(value), without its walk for a flat list, or a dict with text keys, of
+    plain values."""
+    if type(value) is dict:
+        if all(type(key) is str for key in value) and all(
+                type(item) in _PLAIN for item in value.values()):
+            return value
+    elif all(type(item) in _PLAIN for item in value):
+        return value
+    return normalize_json(value)
+
+
+def _model_signals() -> bool:
+    """Whether pre_save or post_save has receivers for TaskExecution."""
+    from .models import TaskExecution
+
+    return (signals.pre_save.has_listeners(TaskExecution)
+            or signals.post_save.has_listeners(TaskExecution))
 
 
 def _backend(alias: str) -> "PubSubBackend":
@@ -282,11 +350,20 @@ class PubSubBackend(BaseTaskBackend):
         # Refused before anything is published or recorded: values JSON (or the database)
         # cannot carry would publish a message whose row then fails to insert, or a row
         # whose delivery can never run. The message's own encoding finds them: NaN and
-        # Infinity fail it, and NUL or a lone surrogate can only appear as a \u escape.
+        # Infinity fail it (ValueError), and NUL or a lone surrogate can only appear as a
+        # \u escape (_check_data).
         try:
             data = encode_message(message)
         except ValueError:
             data = b""
+        self._check_data(route, data, args, kwargs, attributes)
+        execution._log("", execution.status, (context and context.note) or "enqueued")
+        return Pending(execution, route, task, data, attributes, shared=shared)
+
+    def _check_data(self, route: Any, data: bytes, args: Any, kwargs: Any,
+                    attributes: dict[str, str]) -> None:
+        """Raise InvalidTaskArguments or MessageTooLarge for a message that could never run
+        (``data`` empty: its encoding failed)."""
         if not data or SUSPECT_ESCAPE.search(data):
             problem = text_problem({"args": args, "kwargs": kwargs})
             if problem:
@@ -296,8 +373,6 @@ class PubSubBackend(BaseTaskBackend):
                     "unpaired surrogates.")
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
         check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
-        execution._log("", execution.status, (context and context.note) or "enqueued")
-        return Pending(execution, route, task, data, attributes, shared=shared)
 
     def _new_run(self, task: Any, route: Any, args: Any, kwargs: Any, now: Any,
                  context: EnqueueContext | None) -> tuple[Any, tuple | None]:
@@ -330,12 +405,20 @@ class PubSubBackend(BaseTaskBackend):
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
         route = self._route_for(task)
+        if traces.tracer() is None:
+            # No span to make: the message carries the caller's trace as it is
+            # (trace_attributes), as it would inside publish_span.
+            return self._enqueue(task, route, args, kwargs)
         with traces.publish_span(route.name, self.topic_path(route.topic_name)):
             return self._enqueue(task, route, args, kwargs)
 
     def _enqueue(self, task: Any, route: Any, args: Any, kwargs: Any) -> TaskResult:
-        pending = self._prepare(task, route, args, kwargs, timezone.now(),
-                                current_enqueue_context())
+        context = current_enqueue_context()
+        if self.publish_on_commit:
+            result = self._enqueue_on_commit(task, route, args, kwargs, context)
+            if result is not None:
+                return result
+        pending = self._prepare(task, route, args, kwargs, timezone.now(), context)
         using = router.db_for_write(type(pending.execution), instance=pending.execution)
         if self.publish_on_commit and connections[using].in_atomic_block:
             insert_run(using, pending.execution, pending.shared, RUN_VARYING)
@@ -355,6 +438,66 @@ class PubSubBackend(BaseTaskBackend):
         pending.result = self.result_from_execution(pending.execution, task=task)
         self._publish_execution(pending, wait)
         return pending.result
+
+    def _enqueue_on_commit(self, task: Any, route: Any, args: Any, kwargs: Any,
+                           context: EnqueueContext | None) -> TaskResult | None:
+        """enqueue() inside a transaction with publish_on_commit, written from the run's
+        column values; None (nothing done) where the general path is needed.
+
+        Many enqueues in one transaction are this option's purpose, and there the run's
+        model instance, its TaskResult built from it, and the INSERT's RETURNING were most
+        of the Python time per call (docs/performance.md). So the row is inserted from the
+        values that differ between runs (statements.insert_shared, with the statement and
+        the other columns' values the first such run cached on the connection), the
+        TaskResult is made from the same values, and the instance is built only if its
+        publish fails (Pending.execution). Not taken: for a retry (its own key), while model
+        signals on TaskExecution have receivers (they need the instance), with database
+        routers (they may route by the instance), and outside a transaction.
+        """
+        from .models import State, Trigger, new_result_id
+        from .statements import insert_shared
+
+        if (context is not None and context.retry_of_id is not None) or _model_signals():
+            return None
+        if settings.DATABASE_ROUTERS:
+            return None
+        using = DEFAULT_DB_ALIAS  # what the router answers when no router is configured
+        connection = connections[using]
+        if not connection.in_atomic_block:
+            return None
+        key = (route.name, route.path, self.alias, task.queue_name,
+               context.trigger if context else Trigger.ENQUEUE, None)
+        template = _templates.get(key)
+        if template is None:
+            return None  # the first run of this kind makes the template
+        now = timezone.now()
+        args, kwargs = _json_value(list(args)), _json_value(dict(kwargs))
+        result_id = new_result_id()
+        attributes = {"trigger": context.trigger} if context else {}
+        attributes[RECORDED_ATTRIBUTE] = "1"
+        attributes.update(trace_attributes())
+        # Each value is encoded once, for the message and (on PostgreSQL) the row.
+        try:
+            args_json, kwargs_json = encode_json(args), encode_json(kwargs)
+        except ValueError:
+            data = b""
+        else:
+            data = encode_task_message(result_id, route.name, args_json, kwargs_json, now)
+        self._check_data(route, data, args, kwargs, attributes)
+        timeline = [{"at": now.isoformat(), "from": "", "to": State.READY,
+                     "note": (context and context.note) or "enqueued"}]
+        if not insert_shared(using, key, {
+                "result_id": result_id, "task_id": result_id, "args": args, "kwargs": kwargs,
+                "created_at": now, "enqueued_at": now, "timeline": timeline},
+                {"args": args_json, "kwargs": kwargs_json, "timeline": encode_json(timeline)}):
+            return None  # this connection has not cached the statement yet
+        result = new_result(task, result_id, now, args, kwargs, self.alias)
+        pending = Pending(None, route, task, data, attributes, result, key,
+                          build=partial(template.run, now, args, kwargs, result_id, timeline,
+                                        using),
+                          result_id=result_id, alias=self.alias)
+        self._publish_on_commit(using, [pending])
+        return result
 
     def enqueue_many(self, task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
         """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``: the rows inserted in one
@@ -474,7 +617,7 @@ class PubSubBackend(BaseTaskBackend):
                         elif pending.result is not None:
                             task_enqueued.send(type(self), task_result=pending.result)
                     else:
-                        pending.execution.message_id = outcome
+                        pending.published(outcome)
                         if pending.result is not None:
                             task_enqueued.send(type(self), task_result=pending.result)
         return failed
@@ -484,7 +627,7 @@ class PubSubBackend(BaseTaskBackend):
             raise TaskPublishError(self._failure_message(failed))
 
     def _failure_message(self, failed: list["Pending"]) -> str:
-        ids = ", ".join(p.execution.result_id for p in failed[:5])
+        ids = ", ".join(p.result_id for p in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         first = failed[0]
         error = first.execution.errors[-1]["exception_class_path"]
@@ -500,9 +643,12 @@ class PubSubBackend(BaseTaskBackend):
         """Publish these runs when the transaction commits, together with every other run
         enqueued in it: the first commit hook to run publishes them all and waits once.
 
-        Each enqueue registers its own hook so Django drops it with a rolled-back savepoint;
-        the flush still publishes only runs whose rows committed (one query per chunk), which
-        also discards runs left over from a transaction that rolled back.
+        Each enqueue registers its own hook (a _CommitHook holding its runs), so Django drops
+        it with a rolled-back savepoint or transaction, as on_commit() documents. The queue
+        on the connection holds only weak references to the hooks: a dropped hook is gone
+        by the time the transaction commits (CPython frees it when Django lets go of it), so
+        the flush publishes exactly the runs whose hooks Django kept, with no query to find
+        which rows committed.
         """
         connection = connections[using]
         # Kept on the connection: Django gives each thread (and async context) its own.
@@ -510,31 +656,31 @@ class PubSubBackend(BaseTaskBackend):
         if queue is None:
             queue = []
             setattr(connection, PENDING_ATTR, queue)
-        queue.extend(pendings)
+        elif len(queue) % PRUNE_EVERY == 0 and queue:
+            # Hooks of transactions that rolled back, never flushed: let them go.
+            queue[:] = [ref for ref in queue if ref() is not None]
+        hook = _CommitHook(self, using, pendings)
+        queue.append(weakref.ref(hook))
         # robust: the transaction has committed, so nothing here may fail the caller (its
         # request would answer 500 after its work was done) or stop the on_commit callbacks
         # registered after this one (an e-mail confirming the order). A failed publish is
         # recorded on its runs and logged instead (_flush_pending).
-        transaction.on_commit(partial(self._flush_pending, using), using=using, robust=True)
+        transaction.on_commit(hook, using=using, robust=True)
 
     def _flush_pending(self, using: str) -> None:
-        from .models import TaskExecution
-
         connection = connections[using]
         queue = getattr(connection, PENDING_ATTR, None) or []
         if not queue:
             return  # an earlier hook of this commit published them
         setattr(connection, PENDING_ATTR, [])
-        committed: set[str] = set()
-        for start in range(0, len(queue), CHUNK_SIZE):
-            ids = [p.execution.result_id for p in queue[start:start + CHUNK_SIZE]]
-            committed.update(TaskExecution.objects.using(using).filter(
-                result_id__in=ids).order_by().values_list("result_id", flat=True))
         # Runs of other PubSubBackend aliases publish through their own backend.
         by_backend: dict[str, list[Pending]] = {}
-        for pending in queue:
-            if pending.execution.result_id in committed:
-                by_backend.setdefault(pending.execution.backend, []).append(pending)
+        for ref in queue:
+            hook = ref()
+            if hook is None:
+                continue  # dropped with a rolled-back savepoint or transaction
+            for pending in hook.pendings:
+                by_backend.setdefault(pending.alias, []).append(pending)
         failed = []
         for alias, runs in by_backend.items():
             backend = self if alias == self.alias else _backend(alias)

@@ -57,6 +57,21 @@ def encode_message(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
 
+def encode_json(value: Any) -> str:
+    """A value as it appears inside an encoded message (compact, ASCII). ValueError for NaN
+    or Infinity."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def encode_task_message(task_id: str, task_name: str, args_json: str, kwargs_json: str,
+                        enqueued_at: Any) -> bytes:
+    """encode_message(build_message(task_id, task_name, args, kwargs, enqueued_at)), from
+    the arguments' encode_json() text: the same bytes, without encoding them again."""
+    return (f'{{"task_id":{json.dumps(task_id)},"task_name":{json.dumps(task_name)},'
+            f'"args":{args_json},"kwargs":{kwargs_json},'
+            f'"enqueued_at":{json.dumps(enqueued_at.isoformat())}}}').encode()
+
+
 # In the message's JSON (ASCII, every other character escaped), a NUL or a lone surrogate can
 # only be one of these escapes; a match (also a paired surrogate, or an escaped backslash
 # before "u0000") only costs the full check.

@@ -294,6 +294,50 @@ def insert_run(using: str, execution: Any, shared: Any = None,
     _post_save(execution, using, None, created=True)
 
 
+def insert_shared(using: str, shared: Any, values: dict[str, Any],
+                  encoded: dict[str, str] | None = None) -> bool:
+    """INSERT a new run of the kind ``shared`` from only its varying columns' ``values``
+    (by attname), with the statement and shared values insert_run cached for ``shared`` on
+    this connection; False, writing nothing, when there is none (another database, or the
+    kind's first run on this connection: use insert_run).
+
+    ``encoded``: JSON columns' values already encoded as JSON text, sent as they are on
+    PostgreSQL with psycopg 3 (the server parses them into jsonb, the value the field's own
+    encoding gives) instead of encoding them again; elsewhere the field prepares ``values``.
+    Sends no model signals and reads no primary key back: for callers that checked that no
+    receiver listens and that need no key.
+    """
+    cache = _cache(using)
+    found = cache.get(("insert", shared)) if cache is not None else None
+    if found is None:
+        return False
+    assert cache is not None
+    connection = connections[using]
+    plan = cache.get(("insert-shared", shared))
+    if plan is None:
+        sql, shared_params, changing = found
+        meta = _runs()._meta
+        assert meta.pk is not None and meta.pk.column is not None
+        returning = f" RETURNING {connection.ops.quote_name(meta.pk.column)}"
+        assert sql.endswith(returning), sql
+        text = connection.vendor == "postgresql" and _psycopg3()
+        plan = cache[("insert-shared", shared)] = (
+            sql[:-len(returning)], shared_params,
+            [(index, field, text and field.get_internal_type() == "JSONField")
+             for index, field in changing])
+    sql, shared_params, changing = plan
+    params = list(shared_params)
+    for index, field, as_text in changing:
+        name = field.attname
+        if as_text and encoded and name in encoded:
+            params[index] = encoded[name]
+        else:
+            params[index] = field.get_db_prep_save(values[name], connection)
+    with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    return True
+
+
 def _insert_sql(connection: Any, fields: list[Any], values: list[str]) -> str:
     meta = _runs()._meta
     assert meta.pk is not None and meta.pk.column is not None
