@@ -2,12 +2,13 @@
 
 import logging
 import traceback
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 from typing import Any
 
 from django.conf import settings
@@ -44,7 +45,7 @@ from .messages import (
 from .push import text_problem
 from .registry import get_route
 from .results import new_result, result_from_execution
-from .statements import insert_run
+from .statements import insert_run, insert_shared
 from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -219,10 +220,15 @@ def _json_value(value: list | dict) -> Any:
 
 def _model_signals() -> bool:
     """Whether pre_save or post_save has receivers for TaskExecution."""
+    model = _runs_model()
+    return signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model)
+
+
+@cache
+def _runs_model() -> Any:
     from .models import TaskExecution
 
-    return (signals.pre_save.has_listeners(TaskExecution)
-            or signals.post_save.has_listeners(TaskExecution))
+    return TaskExecution
 
 
 def _backend(alias: str) -> "PubSubBackend":
@@ -454,25 +460,22 @@ class PubSubBackend(BaseTaskBackend):
         signals on TaskExecution have receivers (they need the instance), with database
         routers (they may route by the instance), and outside a transaction.
         """
-        from .models import State, Trigger, new_result_id
-        from .statements import insert_shared
-
         if (context is not None and context.retry_of_id is not None) or _model_signals():
             return None
         if settings.DATABASE_ROUTERS:
             return None
-        using = DEFAULT_DB_ALIAS  # what the router answers when no router is configured
-        connection = connections[using]
+        # What the router answers when no router is configured.
+        connection = connections[DEFAULT_DB_ALIAS]
         if not connection.in_atomic_block:
             return None
         key = (route.name, route.path, self.alias, task.queue_name,
-               context.trigger if context else Trigger.ENQUEUE, None)
+               context.trigger if context else "enqueue", None)
         template = _templates.get(key)
         if template is None:
             return None  # the first run of this kind makes the template
         now = timezone.now()
         args, kwargs = _json_value(list(args)), _json_value(dict(kwargs))
-        result_id = new_result_id()
+        result_id = str(uuid.uuid4())  # models.new_result_id
         attributes = {"trigger": context.trigger} if context else {}
         attributes[RECORDED_ATTRIBUTE] = "1"
         attributes.update(trace_attributes())
@@ -484,19 +487,21 @@ class PubSubBackend(BaseTaskBackend):
         else:
             data = encode_task_message(result_id, route.name, args_json, kwargs_json, now)
         self._check_data(route, data, args, kwargs, attributes)
-        timeline = [{"at": now.isoformat(), "from": "", "to": State.READY,
+        if not data:
+            return None
+        timeline = [{"at": now.isoformat(), "from": "", "to": "READY",
                      "note": (context and context.note) or "enqueued"}]
-        if not insert_shared(using, key, {
+        if not insert_shared(connection, key, {
                 "result_id": result_id, "task_id": result_id, "args": args, "kwargs": kwargs,
                 "created_at": now, "enqueued_at": now, "timeline": timeline},
                 {"args": args_json, "kwargs": kwargs_json, "timeline": encode_json(timeline)}):
-            return None  # this connection has not cached the statement yet
+            return None  # this connection has not written a run of this kind yet
         result = new_result(task, result_id, now, args, kwargs, self.alias)
         pending = Pending(None, route, task, data, attributes, result, key,
                           build=partial(template.run, now, args, kwargs, result_id, timeline,
-                                        using),
+                                        DEFAULT_DB_ALIAS),
                           result_id=result_id, alias=self.alias)
-        self._publish_on_commit(using, [pending])
+        self._publish_on_commit(DEFAULT_DB_ALIAS, [pending], connection)
         return result
 
     def enqueue_many(self, task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
@@ -639,7 +644,8 @@ class PubSubBackend(BaseTaskBackend):
                 f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
                 f"{state}: {ids}{more}.")
 
-    def _publish_on_commit(self, using: str, pendings: list["Pending"]) -> None:
+    def _publish_on_commit(self, using: str, pendings: list["Pending"],
+                           connection: Any = None) -> None:
         """Publish these runs when the transaction commits, together with every other run
         enqueued in it: the first commit hook to run publishes them all and waits once.
 
@@ -650,7 +656,7 @@ class PubSubBackend(BaseTaskBackend):
         the flush publishes exactly the runs whose hooks Django kept, with no query to find
         which rows committed.
         """
-        connection = connections[using]
+        connection = connection or connections[using]
         # Kept on the connection: Django gives each thread (and async context) its own.
         queue = getattr(connection, PENDING_ATTR, None)
         if queue is None:
