@@ -61,6 +61,8 @@ CHUNK_SIZE = 1000
 # Messages published together (their requests all in flight) before waiting.
 PUBLISH_WINDOW = 10_000
 PENDING_ATTR = "gyrinx_tasks_pending"  # runs a connection publishes when it commits
+# Tasks a backend remembers as validated (PubSubBackend.validate_task).
+VALIDATED_KEPT = 256
 # Enqueues in one transaction after which the queue drops hooks that rolled back.
 PRUNE_EVERY = 10_000
 
@@ -407,6 +409,17 @@ class PubSubBackend(BaseTaskBackend):
             _templates[key] = RunTemplate.of(execution)
             return execution, key
         return template.run(now, args, kwargs), key
+
+    def validate_task(self, task: Any) -> None:
+        # Tasks are immutable and enqueued over and over: each is validated once (kept by
+        # identity, a few hundred at most).
+        validated = self.__dict__.setdefault("_validated", {})
+        if validated.get(id(task)) is task:
+            return
+        super().validate_task(task)
+        if len(validated) >= VALIDATED_KEPT:
+            validated.clear()
+        validated[id(task)] = task
 
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)

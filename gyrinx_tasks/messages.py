@@ -67,9 +67,16 @@ def encode_task_message(task_id: str, task_name: str, args_json: str, kwargs_jso
                         enqueued_at: Any) -> bytes:
     """encode_message(build_message(task_id, task_name, args, kwargs, enqueued_at)), from
     the arguments' encode_json() text: the same bytes, without encoding them again."""
-    return (f'{{"task_id":{json.dumps(task_id)},"task_name":{json.dumps(task_name)},'
+    return (f'{{"task_id":{_quoted(task_id)},"task_name":{_quoted(task_name)},'
             f'"args":{args_json},"kwargs":{kwargs_json},'
-            f'"enqueued_at":{json.dumps(enqueued_at.isoformat())}}}').encode()
+            f'"enqueued_at":{_quoted(enqueued_at.isoformat())}}}').encode()
+
+
+def _quoted(text: str) -> str:
+    """json.dumps(text): quoted as it is when nothing in it needs an escape."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
 
 
 # In the message's JSON (ASCII, every other character escaped), a NUL or a lone surrogate can

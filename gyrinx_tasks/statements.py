@@ -326,9 +326,13 @@ def insert_shared(connection: Any, shared: Any, values: dict[str, Any],
             params[index] = encoded[name]
         else:
             params[index] = field.get_db_prep_save(values[name], connection)
-    with transaction.mark_for_rollback_on_error(connection.alias), \
-            connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+    except Exception:
+        # Only when it fails, so that a run that inserts pays nothing for it.
+        with transaction.mark_for_rollback_on_error(connection.alias):
+            raise
     return True
 
 

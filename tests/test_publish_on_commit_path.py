@@ -202,3 +202,23 @@ def test_with_a_model_signal_receiver_each_run_is_saved_as_a_model(publisher, wr
     assert written == []
     assert saved == [(result.id, True, True)]
     assert [m["task_id"] for _, m, _ in publisher.published[1:]] == [result.id]
+
+
+def test_an_insert_that_fails_marks_the_transaction_for_rollback(publisher, written):
+    from django.db import IntegrityError, connections
+
+    marked = []
+    with transaction.atomic():
+        result = tasks.add.enqueue(1, 2)
+        key = ("add", "tests.tasks.add", "default", "default", "enqueue", None)
+        now = backend_module.timezone.now()
+        values = {"result_id": result.id, "task_id": result.id, "args": [1, 2], "kwargs": {},
+                  "created_at": now, "enqueued_at": now, "timeline": []}
+        with pytest.raises(IntegrityError), transaction.atomic():
+            try:  # the result id is taken
+                backend_module.insert_shared(connections["default"], key, values)
+            finally:
+                marked.append(transaction.get_rollback())
+    assert marked == [True]
+    assert written == [result.id]
+    assert TaskExecution.objects.filter(result_id=result.id).count() == 1
