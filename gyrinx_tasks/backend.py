@@ -494,7 +494,8 @@ class PubSubBackend(BaseTaskBackend):
         attributes.update(trace_attributes())
         # Each value is encoded once, for the message and (on PostgreSQL) the row.
         try:
-            args_json, kwargs_json = encode_json(args), encode_json(kwargs)
+            args_json = encode_json(args)
+            kwargs_json = encode_json(kwargs) if kwargs else "{}"
         except ValueError:
             data = b""
         else:
