@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache, cached_property, partial
+from functools import cache, cached_property
 from typing import Any
 
 from django.conf import settings
@@ -112,37 +112,74 @@ def publish_unconfirmed(exc: BaseException) -> bool:
 class Pending:
     """A run on its way: the unsaved or saved row, its route, task and message bytes.
 
-    ``execution`` may be built only when it is asked for (``build``): a run enqueued with
-    publish_on_commit is written from its column values, and its model instance is needed
-    only if its publish fails (_enqueue_on_commit).
+    A run enqueued with publish_on_commit is written from its column values
+    (_enqueue_on_commit, made with ``unbuilt``): its model instance is built only if it is
+    asked for (its publish failed), and the run is its own commit hook. Such a run holds as
+    few objects as it can: thousands are kept until their transaction commits, and every
+    object kept makes Python's garbage collector slower meanwhile.
     """
 
-    __slots__ = ("_build", "_execution", "alias", "attributes", "data", "result", "result_id",
-                 "route", "shared", "task")
+    __slots__ = ("__weakref__", "_execution", "_note", "_template", "alias", "attributes",
+                 "backend", "data", "enqueued_at", "result", "result_id", "route", "shared",
+                 "task", "using")
+    # Set only by unbuilt():
+    _template: "RunTemplate"
+    _note: str
+    backend: "PubSubBackend"
+    enqueued_at: Any
+    using: str
 
     def __init__(self, execution: Any, route: Any, task: Any, data: bytes,
                  attributes: dict[str, str], result: TaskResult | None = None,
-                 shared: tuple | None = None, *, build: Callable[[], Any] | None = None,
-                 result_id: str = "", alias: str = "") -> None:
-        self._execution, self._build = execution, build
+                 shared: tuple | None = None) -> None:
+        self._execution = execution
         self.route, self.task, self.data, self.attributes = route, task, data, attributes
         self.result = result
         # Its columns but RUN_VARYING are those of every run with this key
         # (statements.insert_run).
         self.shared = shared
-        self.result_id = result_id or execution.result_id
-        self.alias = alias or execution.backend
+        self.result_id, self.alias = execution.result_id, execution.backend
+
+    @classmethod
+    def unbuilt(cls, template: "RunTemplate", backend: "PubSubBackend", using: str, route: Any,
+                task: Any, data: bytes, attributes: dict[str, str], result: TaskResult,
+                shared: tuple, note: str) -> "Pending":
+        """A run written on ``using`` from ``template`` and its TaskResult's values."""
+        pending = cls.__new__(cls)
+        pending._execution, pending._template, pending._note = None, template, note
+        pending.route, pending.task, pending.data = route, task, data
+        pending.attributes, pending.result, pending.shared = attributes, result, shared
+        pending.result_id, pending.alias, pending.enqueued_at = (
+            result.id, backend.alias, result.enqueued_at)
+        pending.backend, pending.using = backend, using
+        return pending
 
     @property
     def execution(self) -> Any:
         if self._execution is None:
-            assert self._build is not None
-            self._execution = self._build()
+            result = self.result
+            assert result is not None
+            self._execution = self._template.run(
+                self.enqueued_at, result.args, result.kwargs, self.result_id,
+                first_timeline(self.enqueued_at, self._note), self.using)
         return self._execution
 
     def published(self, message_id: str) -> None:
         if self._execution is not None:  # not written: the delivery records it
             self._execution.message_id = message_id
+
+    # As its own commit hook (see PubSubBackend._publish_on_commit).
+    @property
+    def pendings(self) -> list["Pending"]:
+        return [self]
+
+    def __call__(self) -> None:
+        self.backend._flush_pending(self.using)
+
+
+def first_timeline(now: Any, note: str) -> list[dict[str, str]]:
+    """The timeline of a run just enqueued (as TaskExecution._log writes it)."""
+    return [{"at": now.isoformat(), "from": "", "to": "READY", "note": note}]
 
 
 class _CommitHook:
@@ -503,19 +540,17 @@ class PubSubBackend(BaseTaskBackend):
         self._check_data(route, data, args, kwargs, attributes)
         if not data:
             return None
-        timeline = [{"at": now.isoformat(), "from": "", "to": "READY",
-                     "note": (context and context.note) or "enqueued"}]
+        note = (context and context.note) or "enqueued"
         if not insert_shared(connection, key, {
                 "result_id": result_id, "task_id": result_id, "args": args, "kwargs": kwargs,
-                "created_at": now, "enqueued_at": now, "timeline": timeline},
-                {"args": args_json, "kwargs": kwargs_json, "timeline": encode_json(timeline)}):
+                "created_at": now, "enqueued_at": now, "timeline": first_timeline(now, note)},
+                {"args": args_json, "kwargs": kwargs_json,
+                 "timeline": encode_json(first_timeline(now, note))}):
             return None  # this connection has not written a run of this kind yet
         result = new_result(task, result_id, now, args, kwargs, self.alias)
-        pending = Pending(None, route, task, data, attributes, result, key,
-                          build=partial(template.run, now, args, kwargs, result_id, timeline,
-                                        DEFAULT_DB_ALIAS),
-                          result_id=result_id, alias=self.alias)
-        self._publish_on_commit(DEFAULT_DB_ALIAS, [pending], connection)
+        pending = Pending.unbuilt(template, self, DEFAULT_DB_ALIAS, route, task, data,
+                                  attributes, result, key, note)
+        self._publish_on_commit(DEFAULT_DB_ALIAS, pending, connection)
         return result
 
     def enqueue_many(self, task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
@@ -658,17 +693,17 @@ class PubSubBackend(BaseTaskBackend):
                 f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
                 f"{state}: {ids}{more}.")
 
-    def _publish_on_commit(self, using: str, pendings: list["Pending"],
+    def _publish_on_commit(self, using: str, pendings: "list[Pending] | Pending",
                            connection: Any = None) -> None:
         """Publish these runs when the transaction commits, together with every other run
         enqueued in it: the first commit hook to run publishes them all and waits once.
 
-        Each enqueue registers its own hook (a _CommitHook holding its runs), so Django drops
-        it with a rolled-back savepoint or transaction, as on_commit() documents. The queue
-        on the connection holds only weak references to the hooks: a dropped hook is gone
-        by the time the transaction commits (CPython frees it when Django lets go of it), so
-        the flush publishes exactly the runs whose hooks Django kept, with no query to find
-        which rows committed.
+        Each enqueue registers its own hook (its run, or a _CommitHook holding its runs), so
+        Django drops it with a rolled-back savepoint or transaction, as on_commit()
+        documents. The queue on the connection holds only weak references to the hooks: a
+        dropped hook is gone by the time the transaction commits (CPython frees it when
+        Django lets go of it), so the flush publishes exactly the runs whose hooks Django
+        kept, with no query to find which rows committed.
         """
         connection = connection or connections[using]
         # Kept on the connection: Django gives each thread (and async context) its own.
@@ -679,7 +714,8 @@ class PubSubBackend(BaseTaskBackend):
         elif len(queue) % PRUNE_EVERY == 0 and queue:
             # Hooks of transactions that rolled back, never flushed: let them go.
             queue[:] = [ref for ref in queue if ref() is not None]
-        hook = _CommitHook(self, using, pendings)
+        # One run is its own hook (Pending.__call__): fewer objects kept per enqueue.
+        hook = pendings if isinstance(pendings, Pending) else _CommitHook(self, using, pendings)
         queue.append(weakref.ref(hook))
         # robust: the transaction has committed, so nothing here may fail the caller (its
         # request would answer 500 after its work was done) or stop the on_commit callbacks
