@@ -1,6 +1,8 @@
 """PubSubBackend: records each enqueued task, then publishes it to the route's topic."""
 
+import gc
 import logging
+import sys
 import traceback
 import uuid
 import weakref
@@ -729,6 +731,8 @@ class PubSubBackend(BaseTaskBackend):
         if not queue:
             return  # an earlier hook of this commit published them
         setattr(connection, PENDING_ATTR, [])
+        if sys.implementation.name != "cpython":
+            gc.collect()  # frees the hooks Django dropped (CPython does as it drops them)
         # Runs of other PubSubBackend aliases publish through their own backend.
         by_backend: dict[str, list[Pending]] = {}
         for ref in queue:
