@@ -1,16 +1,22 @@
 """PubSubBackend: records each enqueued task, then publishes it to the route's topic."""
 
+import gc
 import logging
+import sys
 import traceback
+import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cache, cached_property
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
-from django.db import connections, router, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.db.models import signals
 from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TaskError
@@ -33,13 +39,15 @@ from .messages import (
     SUSPECT_ESCAPE,
     build_message,
     check_publish_size,
+    encode_json,
     encode_message,
+    encode_task_message,
     trace_attributes,
 )
 from .push import text_problem
 from .registry import get_route
-from .results import result_from_execution
-from .statements import insert_run
+from .results import new_result, result_from_execution
+from .statements import insert_run, insert_shared
 from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -55,6 +63,10 @@ CHUNK_SIZE = 1000
 # Messages published together (their requests all in flight) before waiting.
 PUBLISH_WINDOW = 10_000
 PENDING_ATTR = "gyrinx_tasks_pending"  # runs a connection publishes when it commits
+# Tasks a backend remembers as validated (PubSubBackend.validate_task).
+VALIDATED_KEPT = 256
+# Enqueues in one transaction after which the queue drops hooks that rolled back.
+PRUNE_EVERY = 10_000
 
 
 @dataclass(frozen=True)
@@ -99,18 +111,89 @@ def publish_unconfirmed(exc: BaseException) -> bool:
                             *clients.TRANSIENT))
 
 
-@dataclass
 class Pending:
-    """A run on its way: the unsaved or saved row, its route, task and message bytes."""
+    """A run on its way: the unsaved or saved row, its route, task and message bytes.
 
-    execution: Any
-    route: Any
-    task: Any
-    data: bytes
-    attributes: dict[str, str]
-    result: TaskResult | None = None
-    # Its columns but RUN_VARYING are those of every run with this key (statements.insert_run)
-    shared: tuple | None = None
+    A run enqueued with publish_on_commit is written from its column values
+    (_enqueue_on_commit, made with ``unbuilt``): its model instance is built only if it is
+    asked for (its publish failed), and the run is its own commit hook. Such a run holds as
+    few objects as it can: thousands are kept until their transaction commits, and every
+    object kept makes Python's garbage collector slower meanwhile.
+    """
+
+    __slots__ = ("__weakref__", "_execution", "_note", "_template", "alias", "attributes",
+                 "backend", "data", "enqueued_at", "result", "result_id", "route", "shared",
+                 "task", "using")
+    # Set only by unbuilt():
+    _template: "RunTemplate"
+    _note: str
+    backend: "PubSubBackend"
+    enqueued_at: Any
+    using: str
+
+    def __init__(self, execution: Any, route: Any, task: Any, data: bytes,
+                 attributes: dict[str, str], result: TaskResult | None = None,
+                 shared: tuple | None = None) -> None:
+        self._execution = execution
+        self.route, self.task, self.data, self.attributes = route, task, data, attributes
+        self.result = result
+        # Its columns but RUN_VARYING are those of every run with this key
+        # (statements.insert_run).
+        self.shared = shared
+        self.result_id, self.alias = execution.result_id, execution.backend
+
+    @classmethod
+    def unbuilt(cls, template: "RunTemplate", backend: "PubSubBackend", using: str, route: Any,
+                task: Any, data: bytes, attributes: dict[str, str], result: TaskResult,
+                shared: tuple, note: str) -> "Pending":
+        """A run written on ``using`` from ``template`` and its TaskResult's values."""
+        pending = cls.__new__(cls)
+        pending._execution, pending._template, pending._note = None, template, note
+        pending.route, pending.task, pending.data = route, task, data
+        pending.attributes, pending.result, pending.shared = attributes, result, shared
+        pending.result_id, pending.alias, pending.enqueued_at = (
+            result.id, backend.alias, result.enqueued_at)
+        pending.backend, pending.using = backend, using
+        return pending
+
+    @property
+    def execution(self) -> Any:
+        if self._execution is None:
+            result = self.result
+            assert result is not None
+            self._execution = self._template.run(
+                self.enqueued_at, result.args, result.kwargs, self.result_id,
+                first_timeline(self.enqueued_at, self._note), self.using)
+        return self._execution
+
+    def published(self, message_id: str) -> None:
+        if self._execution is not None:  # not written: the delivery records it
+            self._execution.message_id = message_id
+
+    # As its own commit hook (see PubSubBackend._publish_on_commit).
+    @property
+    def pendings(self) -> list["Pending"]:
+        return [self]
+
+    def __call__(self) -> None:
+        self.backend._flush_pending(self.using)
+
+
+def first_timeline(now: Any, note: str) -> list[dict[str, str]]:
+    """The timeline of a run just enqueued (as TaskExecution._log writes it)."""
+    return [{"at": now.isoformat(), "from": "", "to": "READY", "note": note}]
+
+
+class _CommitHook:
+    """The on_commit callback of one enqueue: publishes the connection's pending runs."""
+
+    __slots__ = ("__weakref__", "backend", "pendings", "using")
+
+    def __init__(self, backend: "PubSubBackend", using: str, pendings: list[Pending]) -> None:
+        self.backend, self.using, self.pendings = backend, using, pendings
+
+    def __call__(self) -> None:
+        self.backend._flush_pending(self.using)
 
 
 # The columns that differ between runs enqueued the same way (same task, backend, queue and
@@ -135,26 +218,58 @@ class RunTemplate:
         return cls(names, values, {name: names.index(name) for name in RUN_VARYING},
                    [i for i, value in enumerate(values) if isinstance(value, (list, dict))])
 
-    def run(self, now: Any, args: Any, kwargs: Any) -> Any:
+    def run(self, now: Any, args: Any, kwargs: Any, result_id: str = "",
+            timeline: list | None = None, using: str | None = None) -> Any:
+        """A new run with these values (unsaved; or, with ``using``, as written there)."""
         from .models import TaskExecution, new_result_id
 
         values = list(self.values)
         for index in self.mutable:
             values[index] = type(values[index])(values[index])
-        result_id = new_result_id()
+        result_id = result_id or new_result_id()
         varying = self.varying
         values[varying["result_id"]] = values[varying["task_id"]] = result_id
         values[varying["args"]], values[varying["kwargs"]] = args, kwargs
         values[varying["created_at"]] = values[varying["enqueued_at"]] = now
-        values[varying["timeline"]] = []
-        execution = TaskExecution.from_db(None, self.names, values)
-        execution._state.adding = True  # not saved yet
+        values[varying["timeline"]] = list(timeline or [])
+        execution = TaskExecution.from_db(using, self.names, values)
+        execution._state.adding = using is None  # not saved yet
+        if using is not None:
+            execution.remember_progress()  # the state its transitions expect
         return execution
 
 
 # By (task name, path, backend alias, queue name, trigger, retry_of_id): at most one per
 # routed task, backend, queue and trigger (retries, each with its own key, are not kept).
 _templates: dict[tuple, RunTemplate] = {}
+
+# Values normalize_json returns as they are.
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
+def _json_value(value: list | dict) -> Any:
+    """normalize_json(value), without its walk for a flat list, or a dict with text keys, of
+    plain values."""
+    if type(value) is dict:
+        if all(type(key) is str for key in value) and all(
+                type(item) in _PLAIN for item in value.values()):
+            return value
+    elif all(type(item) in _PLAIN for item in value):
+        return value
+    return normalize_json(value)
+
+
+def _model_signals() -> bool:
+    """Whether pre_save or post_save has receivers for TaskExecution."""
+    model = _runs_model()
+    return signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model)
+
+
+@cache
+def _runs_model() -> Any:
+    from .models import TaskExecution
+
+    return TaskExecution
 
 
 def _backend(alias: str) -> "PubSubBackend":
@@ -282,11 +397,20 @@ class PubSubBackend(BaseTaskBackend):
         # Refused before anything is published or recorded: values JSON (or the database)
         # cannot carry would publish a message whose row then fails to insert, or a row
         # whose delivery can never run. The message's own encoding finds them: NaN and
-        # Infinity fail it, and NUL or a lone surrogate can only appear as a \u escape.
+        # Infinity fail it (ValueError), and NUL or a lone surrogate can only appear as a
+        # \u escape (_check_data).
         try:
             data = encode_message(message)
         except ValueError:
             data = b""
+        self._check_data(route, data, args, kwargs, attributes)
+        execution._log("", execution.status, (context and context.note) or "enqueued")
+        return Pending(execution, route, task, data, attributes, shared=shared)
+
+    def _check_data(self, route: Any, data: bytes, args: Any, kwargs: Any,
+                    attributes: dict[str, str]) -> None:
+        """Raise InvalidTaskArguments or MessageTooLarge for a message that could never run
+        (``data`` empty: its encoding failed)."""
         if not data or SUSPECT_ESCAPE.search(data):
             problem = text_problem({"args": args, "kwargs": kwargs})
             if problem:
@@ -296,8 +420,6 @@ class PubSubBackend(BaseTaskBackend):
                     "unpaired surrogates.")
         # Refused before anything is recorded: a message Pub/Sub would refuse can never run.
         check_publish_size(route.name, self.topic_path(route.topic_name), data, attributes)
-        execution._log("", execution.status, (context and context.note) or "enqueued")
-        return Pending(execution, route, task, data, attributes, shared=shared)
 
     def _new_run(self, task: Any, route: Any, args: Any, kwargs: Any, now: Any,
                  context: EnqueueContext | None) -> tuple[Any, tuple | None]:
@@ -327,15 +449,34 @@ class PubSubBackend(BaseTaskBackend):
             return execution, key
         return template.run(now, args, kwargs), key
 
+    def validate_task(self, task: Any) -> None:
+        # Tasks are immutable and enqueued over and over: each is validated once (kept by
+        # identity, a few hundred at most).
+        validated = self.__dict__.setdefault("_validated", {})
+        if validated.get(id(task)) is task:
+            return
+        super().validate_task(task)
+        if len(validated) >= VALIDATED_KEPT:
+            validated.clear()
+        validated[id(task)] = task
+
     def enqueue(self, task: Any, args: Any, kwargs: Any) -> TaskResult:
         self.validate_task(task)
         route = self._route_for(task)
+        if traces.tracer() is None:
+            # No span to make: the message carries the caller's trace as it is
+            # (trace_attributes), as it would inside publish_span.
+            return self._enqueue(task, route, args, kwargs)
         with traces.publish_span(route.name, self.topic_path(route.topic_name)):
             return self._enqueue(task, route, args, kwargs)
 
     def _enqueue(self, task: Any, route: Any, args: Any, kwargs: Any) -> TaskResult:
-        pending = self._prepare(task, route, args, kwargs, timezone.now(),
-                                current_enqueue_context())
+        context = current_enqueue_context()
+        if self.publish_on_commit:
+            result = self._enqueue_on_commit(task, route, args, kwargs, context)
+            if result is not None:
+                return result
+        pending = self._prepare(task, route, args, kwargs, timezone.now(), context)
         using = router.db_for_write(type(pending.execution), instance=pending.execution)
         if self.publish_on_commit and connections[using].in_atomic_block:
             insert_run(using, pending.execution, pending.shared, RUN_VARYING)
@@ -355,6 +496,64 @@ class PubSubBackend(BaseTaskBackend):
         pending.result = self.result_from_execution(pending.execution, task=task)
         self._publish_execution(pending, wait)
         return pending.result
+
+    def _enqueue_on_commit(self, task: Any, route: Any, args: Any, kwargs: Any,
+                           context: EnqueueContext | None) -> TaskResult | None:
+        """enqueue() inside a transaction with publish_on_commit, written from the run's
+        column values; None (nothing done) where the general path is needed.
+
+        Many enqueues in one transaction are this option's purpose, and there the run's
+        model instance, its TaskResult built from it, and the INSERT's RETURNING were most
+        of the Python time per call (docs/performance.md). So the row is inserted from the
+        values that differ between runs (statements.insert_shared, with the statement and
+        the other columns' values the first such run cached on the connection), the
+        TaskResult is made from the same values, and the instance is built only if its
+        publish fails (Pending.execution). Not taken: for a retry (its own key), while model
+        signals on TaskExecution have receivers (they need the instance), with database
+        routers (they may route by the instance), and outside a transaction.
+        """
+        if (context is not None and context.retry_of_id is not None) or _model_signals():
+            return None
+        if settings.DATABASE_ROUTERS:
+            return None
+        # What the router answers when no router is configured.
+        connection = connections[DEFAULT_DB_ALIAS]
+        if not connection.in_atomic_block:
+            return None
+        key = (route.name, route.path, self.alias, task.queue_name,
+               context.trigger if context else "enqueue", None)
+        template = _templates.get(key)
+        if template is None:
+            return None  # the first run of this kind makes the template
+        now = timezone.now()
+        args, kwargs = _json_value(list(args)), _json_value(dict(kwargs))
+        result_id = str(uuid.uuid4())  # models.new_result_id
+        attributes = {"trigger": context.trigger} if context else {}
+        attributes[RECORDED_ATTRIBUTE] = "1"
+        attributes.update(trace_attributes())
+        # Each value is encoded once, for the message and (on PostgreSQL) the row.
+        try:
+            args_json = encode_json(args)
+            kwargs_json = encode_json(kwargs) if kwargs else "{}"
+        except ValueError:
+            data = b""
+        else:
+            data = encode_task_message(result_id, route.name, args_json, kwargs_json, now)
+        self._check_data(route, data, args, kwargs, attributes)
+        if not data:
+            return None
+        note = (context and context.note) or "enqueued"
+        if not insert_shared(connection, key, {
+                "result_id": result_id, "task_id": result_id, "args": args, "kwargs": kwargs,
+                "created_at": now, "enqueued_at": now, "timeline": first_timeline(now, note)},
+                {"args": args_json, "kwargs": kwargs_json,
+                 "timeline": encode_json(first_timeline(now, note))}):
+            return None  # this connection has not written a run of this kind yet
+        result = new_result(task, result_id, now, args, kwargs, self.alias)
+        pending = Pending.unbuilt(template, self, DEFAULT_DB_ALIAS, route, task, data,
+                                  attributes, result, key, note)
+        self._publish_on_commit(DEFAULT_DB_ALIAS, pending, connection)
+        return result
 
     def enqueue_many(self, task: Any, calls: Iterable[tuple[Any, Any]]) -> list[TaskResult]:
         """Enqueue ``task`` once per ``(args, kwargs)`` in ``calls``: the rows inserted in one
@@ -474,7 +673,7 @@ class PubSubBackend(BaseTaskBackend):
                         elif pending.result is not None:
                             task_enqueued.send(type(self), task_result=pending.result)
                     else:
-                        pending.execution.message_id = outcome
+                        pending.published(outcome)
                         if pending.result is not None:
                             task_enqueued.send(type(self), task_result=pending.result)
         return failed
@@ -484,7 +683,7 @@ class PubSubBackend(BaseTaskBackend):
             raise TaskPublishError(self._failure_message(failed))
 
     def _failure_message(self, failed: list["Pending"]) -> str:
-        ids = ", ".join(p.execution.result_id for p in failed[:5])
+        ids = ", ".join(p.result_id for p in failed[:5])
         more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
         first = failed[0]
         error = first.execution.errors[-1]["exception_class_path"]
@@ -496,45 +695,52 @@ class PubSubBackend(BaseTaskBackend):
                 f"{self.topic_path(first.route.topic_name)!r} ({error}); they are recorded as "
                 f"{state}: {ids}{more}.")
 
-    def _publish_on_commit(self, using: str, pendings: list["Pending"]) -> None:
+    def _publish_on_commit(self, using: str, pendings: "list[Pending] | Pending",
+                           connection: Any = None) -> None:
         """Publish these runs when the transaction commits, together with every other run
         enqueued in it: the first commit hook to run publishes them all and waits once.
 
-        Each enqueue registers its own hook so Django drops it with a rolled-back savepoint;
-        the flush still publishes only runs whose rows committed (one query per chunk), which
-        also discards runs left over from a transaction that rolled back.
+        Each enqueue registers its own hook (its run, or a _CommitHook holding its runs), so
+        Django drops it with a rolled-back savepoint or transaction, as on_commit()
+        documents. The queue on the connection holds only weak references to the hooks: a
+        dropped hook is gone by the time the transaction commits (CPython frees it when
+        Django lets go of it), so the flush publishes exactly the runs whose hooks Django
+        kept, with no query to find which rows committed.
         """
-        connection = connections[using]
+        connection = connection or connections[using]
         # Kept on the connection: Django gives each thread (and async context) its own.
         queue = getattr(connection, PENDING_ATTR, None)
         if queue is None:
             queue = []
             setattr(connection, PENDING_ATTR, queue)
-        queue.extend(pendings)
+        elif len(queue) % PRUNE_EVERY == 0 and queue:
+            # Hooks of transactions that rolled back, never flushed: let them go.
+            queue[:] = [ref for ref in queue if ref() is not None]
+        # One run is its own hook (Pending.__call__): fewer objects kept per enqueue.
+        hook = pendings if isinstance(pendings, Pending) else _CommitHook(self, using, pendings)
+        queue.append(weakref.ref(hook))
         # robust: the transaction has committed, so nothing here may fail the caller (its
         # request would answer 500 after its work was done) or stop the on_commit callbacks
         # registered after this one (an e-mail confirming the order). A failed publish is
         # recorded on its runs and logged instead (_flush_pending).
-        transaction.on_commit(partial(self._flush_pending, using), using=using, robust=True)
+        transaction.on_commit(hook, using=using, robust=True)
 
     def _flush_pending(self, using: str) -> None:
-        from .models import TaskExecution
-
         connection = connections[using]
         queue = getattr(connection, PENDING_ATTR, None) or []
         if not queue:
             return  # an earlier hook of this commit published them
         setattr(connection, PENDING_ATTR, [])
-        committed: set[str] = set()
-        for start in range(0, len(queue), CHUNK_SIZE):
-            ids = [p.execution.result_id for p in queue[start:start + CHUNK_SIZE]]
-            committed.update(TaskExecution.objects.using(using).filter(
-                result_id__in=ids).order_by().values_list("result_id", flat=True))
+        if sys.implementation.name != "cpython":
+            gc.collect()  # frees the hooks Django dropped (CPython does as it drops them)
         # Runs of other PubSubBackend aliases publish through their own backend.
         by_backend: dict[str, list[Pending]] = {}
-        for pending in queue:
-            if pending.execution.result_id in committed:
-                by_backend.setdefault(pending.execution.backend, []).append(pending)
+        for ref in queue:
+            hook = ref()
+            if hook is None:
+                continue  # dropped with a rolled-back savepoint or transaction
+            for pending in hook.pendings:
+                by_backend.setdefault(pending.alias, []).append(pending)
         failed = []
         for alias, runs in by_backend.items():
             backend = self if alias == self.alias else _backend(alias)

@@ -57,6 +57,28 @@ def encode_message(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
 
 
+def encode_json(value: Any) -> str:
+    """A value as it appears inside an encoded message (compact, ASCII). ValueError for NaN
+    or Infinity."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def encode_task_message(task_id: str, task_name: str, args_json: str, kwargs_json: str,
+                        enqueued_at: Any) -> bytes:
+    """encode_message(build_message(task_id, task_name, args, kwargs, enqueued_at)), from
+    the arguments' encode_json() text: the same bytes, without encoding them again."""
+    return (f'{{"task_id":{_quoted(task_id)},"task_name":{_quoted(task_name)},'
+            f'"args":{args_json},"kwargs":{kwargs_json},'
+            f'"enqueued_at":{_quoted(enqueued_at.isoformat())}}}').encode()
+
+
+def _quoted(text: str) -> str:
+    """json.dumps(text): quoted as it is when nothing in it needs an escape."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
 # In the message's JSON (ASCII, every other character escaped), a NUL or a lone surrogate can
 # only be one of these escapes; a match (also a paired surrogate, or an escaped backslash
 # before "u0000") only costs the full check.

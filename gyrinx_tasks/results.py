@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from django.tasks import TaskResult
+from django.tasks import TaskResult, TaskResultStatus
 from django.tasks.base import TASK_REFRESH_ATTRS, TaskError
 from django.tasks.exceptions import InvalidTask
 
@@ -60,4 +60,17 @@ def result_from_execution(execution: Any, task: Any) -> PubSubTaskResult:
         recorded_attempts=execution.attempts,
     )
     object.__setattr__(result, "_return_value", execution.return_value)
+    return result
+
+
+def new_result(task: Any, result_id: str, enqueued_at: Any, args: Any, kwargs: Any,
+               backend: str) -> PubSubTaskResult:
+    """The TaskResult of a run just enqueued (READY, no attempt yet), as
+    result_from_execution() makes it from the run's row, without the row."""
+    result = PubSubTaskResult(
+        task=task, id=result_id, status=TaskResultStatus.READY, enqueued_at=enqueued_at,
+        started_at=None, finished_at=None, last_attempted_at=None, args=args, kwargs=kwargs,
+        backend=backend, errors=[], worker_ids=[], recorded_attempts=0,
+    )
+    object.__setattr__(result, "_return_value", None)
     return result

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import connections, transaction
-from django.db.models import Subquery, signals
+from django.db.models import NOT_PROVIDED, Subquery, signals
 
 
 # The models are looked up when a statement is first needed, not imported: the models'
@@ -281,6 +281,7 @@ def insert_run(using: str, execution: Any, shared: Any = None,
                   for field in fields]
         if shared is not None:
             cache[("insert", shared)] = _shared_insert(connection, fields, params, varying)
+            cache[("insert-values", shared)] = (fields, params, varying)
     else:
         sql, params, changing = template
         params = list(params)
@@ -292,6 +293,66 @@ def insert_run(using: str, execution: Any, shared: Any = None,
     execution._state.adding = False
     execution._state.db = using
     _post_save(execution, using, None, created=True)
+
+
+def insert_shared(connection: Any, shared: Any, values: dict[str, Any],
+                  encoded: dict[str, str] | None = None) -> bool:
+    """INSERT a new run of the kind ``shared`` from only its varying columns' ``values``
+    (by attname), the other columns as in the kind's first run insert_run wrote on this
+    connection (``connection``: a wrapper from ``django.db.connections``); False, writing
+    nothing, when it wrote none (or on another database): use insert_run.
+
+    Shorter than insert_run's statement: no RETURNING, and the columns that are NULL in
+    every such run (and have no database default) are left out, so the database fills
+    them with NULL. ``encoded``: JSON columns' values already encoded as JSON text, sent as
+    they are on PostgreSQL with psycopg 3 (the server parses them into jsonb, the value the
+    field's own encoding gives) instead of being encoded again; elsewhere the field prepares
+    ``values``. Sends no model signals: for callers that checked no receiver listens.
+    """
+    cache = connection.__dict__.get("_gyrinx_statements")
+    if cache is None:
+        return False
+    plan = cache.get(("insert-shared", shared))
+    if plan is None:
+        first = cache.get(("insert-values", shared))
+        if first is None:
+            return False
+        plan = cache[("insert-shared", shared)] = _shared_plan(connection, *first)
+    sql, params, changing = plan
+    params = list(params)
+    for index, field, as_text in changing:
+        name = field.attname
+        if as_text and encoded and name in encoded:
+            params[index] = encoded[name]
+        else:
+            params[index] = field.get_db_prep_save(values[name], connection)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+    except Exception:
+        # Only when it fails, so that a run that inserts pays nothing for it.
+        with transaction.mark_for_rollback_on_error(connection.alias):
+            raise
+    return True
+
+
+def _shared_plan(connection: Any, fields: list[Any], params: list[Any],
+                 varying: Collection[str]) -> tuple[str, list[Any], list[tuple[int, Any, bool]]]:
+    """insert_shared's (sql, params, changing) from the first run's fields and prepared
+    ``params``; ``changing``: (index in params, field, whether JSON text may be sent)."""
+    kept = [(field, param) for field, param in zip(fields, params, strict=True)
+            if field.attname in varying or param is not None
+            or field.db_default is not NOT_PROVIDED]
+    fields, params = [field for field, _ in kept], [param for _, param in kept]
+    sql, shared_params, changing = _shared_insert(connection, fields, params, varying)
+    meta = _runs()._meta
+    assert meta.pk is not None and meta.pk.column is not None
+    returning = f" RETURNING {connection.ops.quote_name(meta.pk.column)}"
+    assert sql.endswith(returning), sql
+    text = connection.vendor == "postgresql" and _psycopg3()
+    return sql[:-len(returning)], shared_params, [
+        (index, field, text and field.get_internal_type() == "JSONField")
+        for index, field in changing]
 
 
 def _insert_sql(connection: Any, fields: list[Any], values: list[str]) -> str:
