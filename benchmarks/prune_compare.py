@@ -86,6 +86,10 @@ def main() -> None:
     parser.add_argument("--span-days", type=float, default=60)
     parser.add_argument("--refreshes", type=int, default=2)
     parser.add_argument("--slice-seconds", type=float, default=30)
+    parser.add_argument("--stuck-everywhere", action="store_true",
+                        help="load with benchmarks/overview.py's loader instead, whose 2 %% "
+                             "READY and RUNNING runs are spread over the whole span (the prune "
+                             "must step over them)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     server = start_postgres()
@@ -109,7 +113,12 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     old_rollups, old_retention = old_modules(args.old, folder)
     sides = {"old": (old_rollups, old_retention), "new": (rollups, retention)}
     print(f"Loading {args.rows:,} runs ...", file=sys.stderr)
-    load_runs(args.rows, args.span_days)
+    if args.stuck_everywhere:
+        from benchmarks.overview import load_rows
+
+        load_rows(args.rows, args.span_days)
+    else:
+        load_runs(args.rows, args.span_days)
     loads = [load_average()]
 
     refresh: dict[str, list[float]] = {"old": [], "new": []}
@@ -143,7 +152,8 @@ def run(args: argparse.Namespace, folder: Path) -> None:
     lines += [f"- load average (1 min) over the run: {min(loads):.2f}-{max(loads):.2f}", "",
               f"`python -m benchmarks.prune_compare --old {args.old} --rows {args.rows} "
               f"--span-days {args.span_days:g} --refreshes {args.refreshes} --slice-seconds "
-              f"{args.slice_seconds:g}`", ""]
+              f"{args.slice_seconds:g}{' --stuck-everywhere' if args.stuck_everywhere else ''}`",
+              ""]
     rows = []
     for side in ("old", "new"):
         deleted, seconds = pruned[side]
