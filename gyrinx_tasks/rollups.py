@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import Case, Count, DurationField, ExpressionWrapper, F, Q, Value, When
 from django.utils import timezone
 
@@ -39,8 +39,11 @@ TIMED_STATES = (State.SUCCESSFUL, State.FAILED)
 # A refresh recounts this many complete hours back from now: a run's outcome is usually
 # known within minutes, and tasks_prune recounts an hour before it deletes from it anyway.
 DEFAULT_REFRESH_HOURS = 48
-# Hours recounted per transaction by a refresh.
-REFRESH_STEP_HOURS = 6
+# A refresh recounts a few hours per transaction: about this many runs each (the step
+# follows the runs per hour seen so far), between one hour and a week of hours.
+REFRESH_STEP_RUNS = 100_000
+REFRESH_STEP_HOURS = 6  # the first step
+REFRESH_MAX_STEP_HOURS = 168
 MARK = "hourly"
 
 
@@ -247,8 +250,19 @@ def add_to(rows: dict[Key, Tally], pruned: bool, using: str, sign: int = 1) -> N
     manager = TaskRollup.objects.using(using)
     if emptied:
         manager.filter(pk__in=emptied).delete()
+    fields = ["counts", "durations", "queued", "updated_at"]
+    if changed and connections[using].features.supports_update_conflicts_with_target:
+        # One INSERT ... ON CONFLICT DO UPDATE for the changed and the new rows: a short
+        # statement, where bulk_update() writes a CASE per field with a branch per row.
+        manager.bulk_create(
+            [*created, *(TaskRollup(task_name=row.task_name, hour=row.hour, pruned=pruned,
+                                    counts=row.counts, durations=row.durations,
+                                    queued=row.queued) for row in changed)],
+            update_conflicts=True, unique_fields=["task_name", "hour", "pruned"],
+            update_fields=fields)
+        return
     if changed:
-        manager.bulk_update(changed, ["counts", "durations", "queued", "updated_at"])
+        manager.bulk_update(changed, fields)
     if created:
         manager.bulk_create(created)
 
@@ -281,15 +295,23 @@ def refresh(now: datetime | None = None, hours: int = DEFAULT_REFRESH_HOURS,
     else:
         start = min(start, previous - HOUR * hours)
     done = Refreshed(start, end)
-    step = HOUR * REFRESH_STEP_HOURS
+    step = REFRESH_STEP_HOURS
     at = start
     while at < end:
-        upto = min(at + step, end)
+        upto = min(at + HOUR * step, end)
         with transaction.atomic(using=using):
             lock_mark(using)
-            done.rows += replace_stored(at, upto, tally(in_hours(at, upto, using)), using)
-        done.hours += int((upto - at) / HOUR)
+            counted = tally(in_hours(at, upto, using))
+            done.rows += replace_stored(at, upto, counted, using)
+        hours = int((upto - at) / HOUR)
+        done.hours += hours
         at = upto
+        # The next step: about REFRESH_STEP_RUNS runs at this step's runs per hour, so a
+        # first refresh over sparse months takes few transactions and busy hours stay short.
+        per_hour = sum(tally_.total for tally_ in counted.values()) / hours
+        step = max(1, min(REFRESH_MAX_STEP_HOURS,
+                          int(REFRESH_STEP_RUNS / per_hour) if per_hour else
+                          REFRESH_MAX_STEP_HOURS, step * 4))
         if progress:
             progress(done)
     with transaction.atomic(using=using):
