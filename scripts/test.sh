@@ -14,6 +14,13 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# Python keeps each module it compiles (__pycache__, ignored by git and the package build), so
+# the many Python processes of a run (every pytest worker, the sample site's and the fresh
+# project's commands, the servers the tests start) compile Django, the Google clients and the
+# test modules once, not each again. An environment with PYTHONDONTWRITEBYTECODE set (this
+# project's CI machines set it) would make every process compile everything it imports.
+unset PYTHONDONTWRITEBYTECODE
+
 say() { printf '\n== %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
