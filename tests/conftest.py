@@ -170,14 +170,8 @@ SAME_ON_EVERY_DATABASE_FIXTURES = {"browser"}
 # in-process, and those tests do run on 6.0. The browser tests run on the newest Django only:
 # Django 6.0's own admin CSS is not looked at in Chromium (docs/testing.md says so).
 SAME_ON_EVERY_DJANGO_FIXTURES = {"pubsub_emulator", "browser"}
-# Kept in a run whatever its list says (a test listed in both runs here):
-# - the PostgreSQL run is also the run with the clock a year ahead (scripts/test.sh runs it
-#   under faketime), the date-bomb check, so every test that reads the clock (marker clock)
-#   runs there, even one whose database makes no difference. Only the browser tests stay out
-#   (Chromium is not run on a moved clock).
-# - the Django 6.0 run keeps what ON_DJANGO_60 lists, even in a module SAME_ON_EVERY_DJANGO
-#   lists for the rest of its tests.
-KEEP_MARKED = {"same-on-every-database": "clock"}
+# Kept in a run whatever its list says: the Django 6.0 run keeps what ON_DJANGO_60 lists, even
+# in a module SAME_ON_EVERY_DJANGO lists for the rest of its tests.
 KEEP_LISTED = {"same-on-every-django": ON_DJANGO_60}
 LEAVE_OUT = {
     "same-on-every-database": (SAME_ON_EVERY_DATABASE, SAME_ON_EVERY_DATABASE_FIXTURES),
@@ -225,7 +219,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     root = Path(config.rootpath)
     prefixes: list[str] = []
     fixtures: set[str] = set()
-    kept_marked = {KEEP_MARKED[group] for group in groups if group in KEEP_MARKED}
     kept_listed = [key for group in groups for key in KEEP_LISTED.get(group, {})]
     for group in groups:
         listed, group_fixtures = LEAVE_OUT[group]
@@ -250,8 +243,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def left_out(item: pytest.Item) -> bool:
         if fixtures & set(getattr(item, "fixturenames", ())):
             return True
-        if any(item.get_closest_marker(marker) for marker in kept_marked):
-            return False
         if matches(item.nodeid, kept_listed):
             return False
         return matches(item.nodeid, prefixes)

@@ -21,8 +21,7 @@ PARTIAL = sorted({key.split("::", 1)[0] for key in ON_DJANGO_60 if "::" in key})
 FILES = {
     "same-on-every-database": [
         "tests/test_docs.py", "tests/test_checks.py", "tests/test_push_chunked.py",
-        "tests/test_cancel_browser.py", "tests/test_cancel.py", "tests/test_auth.py",
-        "tests/test_retention_browser.py",
+        "tests/test_cancel_browser.py", "tests/test_cancel.py",
     ],
     "same-on-every-django": [
         "tests/test_e2e.py", "tests/test_admin.py", "tests/test_fresh_project.py",
@@ -69,13 +68,6 @@ def test_the_browser_tests_run_on_sqlite_with_the_newest_django_only():
     for group, other in (("same-on-every-database", "tests/test_cancel.py"),
                          ("same-on-every-django", "tests/test_admin.py")):
         assert kept_files(group, "tests/test_cancel_browser.py", other) == {other}, group
-
-
-def test_the_postgresql_run_keeps_the_clock_tests_of_listed_modules():
-    # The PostgreSQL run is also the run with the clock a year ahead: a test that reads the
-    # clock runs there even when its module is listed as the same on every database.
-    assert kept_files("same-on-every-database", "tests/test_auth.py", "tests/test_docs.py",
-                      "tests/test_retention_browser.py") == {"tests/test_auth.py"}
 
 
 def test_every_test_module_is_declared_for_the_django_60_run():
