@@ -167,8 +167,8 @@ SAME_ON_EVERY_DATABASE_FIXTURES = {"browser"}
 # Also left out of the Django 6.0 run: every test that uses the Pub/Sub emulator, and every
 # browser test. The emulator's side of a delivery does not change with Django; the Django side
 # (the push view, the runner, the ORM, signals, the admin's views and templates) is tested
-# in-process, and those tests do run on 6.0. The browser tests run on the newest Django only:
-# Django 6.0's own admin CSS is not looked at in Chromium (docs/testing.md says so).
+# in-process, and the tests of it ON_DJANGO_60 lists do run on 6.0. The browser tests run on
+# the newest Django only: Django 6.0's own admin CSS is not looked at in Chromium.
 SAME_ON_EVERY_DJANGO_FIXTURES = {"pubsub_emulator", "browser"}
 # Kept in a run whatever its list says: the Django 6.0 run keeps what ON_DJANGO_60 lists, even
 # in a module SAME_ON_EVERY_DJANGO lists for the rest of its tests.
