@@ -5,6 +5,7 @@ emulator, Chromium) are fixtures in tests/infra/, loaded here as plugins. Fixtur
 some tests need (tests/oidc.py, tests/fakes/) are loaded by those test modules themselves.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,81 @@ SAME_ON_EVERY_DATABASE = {  # `--leave-out same-on-every-database`: the PostgreS
         "starts its own PostgreSQL, whatever GYRINX_TEST_DB says",
     "tests/test_infra.py::test_stopping_an_emulator_leaves_no_process_behind":
         "the emulator's processes; no database",
+    "tests/test_run_selection.py": "collects the suite in subprocesses; no database",
+    "tests/test_suite_layout.py": "reads the test modules' source; no database",
+    "tests/test_issue16_map.py": "reads docs/delivery.md; no database",
 }
+# The Django 6.0 run (`--leave-out same-on-every-django`) runs only what ON_DJANGO_60 lists:
+# where Django 6.0 and 6.1 differ for this app. Every test module is declared in ON_DJANGO_60
+# (whole, or some of its tests) or in SAME_ON_EVERY_DJANGO (why the rest is left out), and
+# tests/test_run_selection.py fails for a module in neither. Keys are files or test ids.
+PAGE = "its admin page, rendered once on Django 6.0's admin templates and views"
+ON_DJANGO_60 = {
+    # django.tasks: Task, TaskResult, the backend API, signals, task_class options (changed in
+    # 6.1: Task's fields and defaults, @task's **kwargs, pickling).
+    "tests/test_backend.py": "PubSubBackend on django.tasks' BaseTaskBackend: enqueue, "
+    "validation, get_result and the TaskResult it builds",
+    "tests/test_enqueue_paths.py": "Task.enqueue, enqueue on commit, enqueue_many, ATOMIC_REQUESTS",
+    "tests/test_enqueue_template.py": "a run built from a Task's own fields",
+    "tests/test_signals_contract.py": "django.tasks' signals and the TaskResult they carry",
+    "tests/test_other_backend_signals.py": "Django's own backends' runs, recorded from signals",
+    "tests/test_delivery_life.py": "a delivery's whole life through the runner, which calls the "
+    "task through Django's Task and task context; @task options (task_class kwargs)",
+    "tests/test_retry.py": "retry through Django's Task and the ImmediateBackend",
+    "tests/test_publish_on_commit_path.py": "Django's TaskResult built from a run's values "
+    "(its fields changed in 6.1) and on_commit hooks dropped with a savepoint",
+    "tests/test_retention_chunks.py": "the prune's DELETE through QuerySet._raw_delete, a "
+    "private Django API, and the collector it stands in for",
+    # Request handling, checks, the ORM, migrations.
+    "tests/test_push.py": "the push view through Django's request handling (core.handlers and "
+    "the view decorators changed in 6.1), one test per answer",
+    "tests/test_checks.py": "system checks, ours beside Django's own task-backend check",
+    "tests/test_statements.py": "the hot path's statements against the SQL Django's ORM compiles",
+    "tests/test_models.py": "the models, their fields and transitions",
+    "tests/test_stats.py": "the overview's figures: ORM aggregates and our expressions",
+    "tests/test_migrations.py": "the models and the migrations agree on this Django's autodetector",
+    "tests/test_rollups.py::test_tally_counts_per_task_and_hour_in_the_database":
+        "the rollups' ORM aggregate",
+    "tests/test_will_retry.py::test_the_expressions_agree_with_the_model_and_split_every_run_once":
+        "the status expressions (Case/When) on this Django's ORM",
+    # The admin: the run list (Django's ChangeList, filters, search, paging) in full, and each
+    # other page once (Django's admin templates, CSS and views changed in 6.1).
+    "tests/test_admin.py": "the run list and run page, built on Django's ChangeList, filters, "
+    "search and paginator",
+    "tests/test_dates.py": "dates on the run page, the run list, scheduled jobs and the overview",
+    "tests/test_admin_audit.py": "the kill-switch page, Django's own change and delete views, a "
+    "bulk action and the export, each writing Django's LogEntry",
+    "tests/test_admin_overview.py::test_page_renders_with_zero_runs": PAGE,
+    "tests/test_killswitches.py::test_page_lists_every_registry_task_as_on_without_rows": PAGE,
+    "tests/test_admin_provisioning.py::test_page_renders_at_once_and_loads_the_plan_with_htmx":
+        PAGE,
+    "tests/test_deadletters.py::test_page_loads_the_list_and_lists_per_route_with_redaction":
+        PAGE,
+    "tests/test_export.py::test_export_page_states_the_filters_and_picks_csv": PAGE,
+    "tests/test_admin_retry.py::test_select_across_asks_first_with_the_count_and_the_cap": PAGE,
+    "tests/test_admin_retry.py::test_plain_post_retries_and_redirects_to_the_new_run":
+        "the run page's retry button, a POST through the admin",
+    "tests/test_admin_schedules.py::"
+    "test_page_lists_each_scheduled_route_with_its_schedule_in_words_and_next_runs": PAGE,
+    "tests/test_health.py::test_a_new_site_with_no_history_is_healthy": "the health view",
+    "tests/test_health.py::test_a_change_is_announced_once_by_signal_error_log_and_mail":
+        "mail to ADMINS through Django's logging and mail (core.mail changed in 6.1)",
+    # Management commands (BaseCommand changed in 6.1), one each.
+    "tests/test_retention.py::test_the_command_reports_and_dry_run_changes_nothing": "tasks_prune",
+    "tests/test_rollups.py::test_the_rollup_command_counts_and_refuses_negative_hours":
+        "tasks_rollup",
+    "tests/test_health.py::test_the_command_prints_the_reasons_and_exits_one_when_unhealthy":
+        "tasks_health",
+}
+# Why the rest is left out of the Django 6.0 run. The Django calls these tests make are the
+# ones ON_DJANGO_60 runs there; what they add is this app's own logic, which does not change
+# with Django's version.
+OWN_PAGE = "the page's behaviour is our view code and permissions; the page runs on 6.0 once"
+OWN_RUNNER = ("the runner's own logic; a delivery's whole life and the statements it sends run "
+              "on 6.0 (test_delivery_life.py, test_statements.py)")
+OWN_FIGURES = "our own figures and conditions; the ORM expressions run on 6.0 (test_stats.py)"
+BROWSER = "browser tests run with the newest Django only"
+GOOGLE = "Google's clients against the emulator or a fake; no Django difference"
 SAME_ON_EVERY_DJANGO = {  # `--leave-out same-on-every-django`: the Django 6.0 run
     "tests/test_fresh_project.py": "installs the wheel's own requirements, so the newest Django",
     "tests/test_docs.py": "README and the MkDocs build; no Django",
@@ -35,6 +110,62 @@ SAME_ON_EVERY_DJANGO = {  # `--leave-out same-on-every-django`: the Django 6.0 r
     "tests/test_infra.py": "the test parts themselves (PostgreSQL, emulator, Chromium)",
     "tests/test_sample_site.py": "the sample site's commands and pages call the code that the "
     "in-process tests cover on this Django too",
+    "tests/test_suite_layout.py": "reads the test modules' source",
+    "tests/test_run_selection.py": "what this table selects; the same on every Django",
+    "tests/test_issue16_map.py": "reads docs/delivery.md",
+    "tests/test_e2e.py": "the emulator's side of a delivery (every emulator test is left out)",
+    "tests/test_hold_e2e.py": "the emulator's side of a delivery (every emulator test is left out)",
+    "tests/test_pg_exhaustion.py": "PostgreSQL out of connections; the database's behaviour",
+    "tests/test_parsing.py": "our parser of the push body and envelope (json, base64); the "
+    "push view runs on 6.0 (test_push.py)",
+    "tests/test_hostile.py": "hostile input in bulk against our parser (test_parsing.py's reason)",
+    "tests/test_push_size.py": "our body-size limits; the push view runs on 6.0 (test_push.py)",
+    "tests/test_push_chunked.py": "chunked bodies under runserver and gunicorn: the servers and "
+    "our body reader",
+    "tests/test_push_oidc.py": "token checks at the endpoint are auth.py's (google-auth)",
+    "tests/test_claim.py": OWN_RUNNER,
+    "tests/test_recording.py": OWN_RUNNER,
+    "tests/test_attempts.py": OWN_RUNNER,
+    "tests/test_races.py": "races between threads on the database's locks; " + OWN_RUNNER,
+    "tests/test_live_concurrency.py": "concurrent requests on the database's locks; " + OWN_RUNNER,
+    "tests/test_enqueue_transitions.py": "our transitions' conditions; the models run on 6.0",
+    "tests/test_retry_transitions.py": "our transitions' conditions; the models run on 6.0",
+    "tests/test_cancel.py": "cancel is our transition and view; Django's task_finished runs on "
+    "6.0 in test_signals_contract.py",
+    "tests/test_stuck_recovery.py": "give up and retry is our transition and view; a retry "
+    "through Django's Task runs on 6.0 in test_retry.py",
+    "tests/test_recovery_filter.py": OWN_FIGURES,
+    "tests/test_will_retry.py": OWN_FIGURES,
+    "tests/test_stuck_runs.py": OWN_FIGURES,
+    "tests/test_health.py": OWN_FIGURES,
+    "tests/test_schedule_health.py": OWN_FIGURES,
+    "tests/test_admin_schedule_health.py": OWN_FIGURES,
+    "tests/test_rollups.py": OWN_FIGURES,
+    "tests/test_retention.py": "our pruning in chunks and transactions; " + OWN_FIGURES,
+    "tests/test_spans.py": OWN_FIGURES,
+    "tests/test_admin_overview.py": OWN_PAGE,
+    "tests/test_killswitches.py": OWN_PAGE,
+    "tests/test_admin_provisioning.py": OWN_PAGE,
+    "tests/test_deadletters.py": OWN_PAGE,
+    "tests/test_export.py": OWN_PAGE + "; django-import-export is the same",
+    "tests/test_admin_retry.py": OWN_PAGE,
+    "tests/test_admin_schedules.py": OWN_PAGE,
+    "tests/test_redaction.py": "who sees payloads: our permission checks and redaction",
+    "tests/test_backlog.py": GOOGLE,
+    "tests/test_provisioning.py": GOOGLE,
+    "tests/test_provisioning_scheduler.py": GOOGLE,
+    "tests/test_provisioning_terraform.py": "the Terraform we write; no Django",
+    "tests/test_scheduling.py": "schedule arithmetic (cron, zoneinfo) is ours",
+    "tests/test_traces.py": "trace context and spans: our code and the logging module",
+    "tests/test_cloud_logging.py": "log records as Cloud Logging reads them; the logging module",
+    "tests/test_admin_layout.py": BROWSER,
+    "tests/test_admin_find_browser.py": BROWSER,
+    "tests/test_admin_retry_browser.py": BROWSER,
+    "tests/test_admin_htmx_errors.py": BROWSER,
+    "tests/test_cancel_browser.py": BROWSER,
+    "tests/test_deadletters_browser.py": BROWSER,
+    "tests/test_retention_browser.py": BROWSER,
+    "tests/test_stuck_recovery_browser.py": BROWSER,
 }
 # Also left out of the PostgreSQL run: every browser test (fixture "browser"). What a browser
 # test adds to the in-process tests of the same page is what Chromium shows: layout at 1280
@@ -44,13 +175,23 @@ SAME_ON_EVERY_DATABASE_FIXTURES = {"browser"}
 # Also left out of the Django 6.0 run: every test that uses the Pub/Sub emulator, and every
 # browser test. The emulator's side of a delivery does not change with Django; the Django side
 # (the push view, the runner, the ORM, signals, the admin's views and templates) is tested
-# in-process, and those tests do run on 6.0. The browser tests run on the newest Django only:
-# Django 6.0's own admin CSS is not looked at in Chromium (docs/testing.md says so).
+# in-process, and the tests of it ON_DJANGO_60 lists do run on 6.0. The browser tests run on
+# the newest Django only: Django 6.0's own admin CSS is not looked at in Chromium.
 SAME_ON_EVERY_DJANGO_FIXTURES = {"pubsub_emulator", "browser"}
+# Kept in a run whatever its list says: the Django 6.0 run keeps what ON_DJANGO_60 lists, even
+# in a module SAME_ON_EVERY_DJANGO lists for the rest of its tests.
+KEEP_LISTED = {"same-on-every-django": ON_DJANGO_60}
 LEAVE_OUT = {
     "same-on-every-database": (SAME_ON_EVERY_DATABASE, SAME_ON_EVERY_DATABASE_FIXTURES),
     "same-on-every-django": (SAME_ON_EVERY_DJANGO, SAME_ON_EVERY_DJANGO_FIXTURES),
 }
+
+
+def declared_for_django_60(path: str) -> bool:
+    """Whether the test module ``path`` (``tests/test_x.py``) is declared in ON_DJANGO_60
+    (whole or in part) or in SAME_ON_EVERY_DJANGO."""
+    return path in SAME_ON_EVERY_DJANGO or any(
+        key.split("::", 1)[0] == path for key in ON_DJANGO_60)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,6 +214,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     ]
 
 
+def matches(nodeid: str, keys: Iterable[str]) -> bool:
+    """Whether ``nodeid`` is one of ``keys`` (files or test ids) or a test or case of one."""
+    return any(nodeid == key or nodeid.startswith((key + "::", key + "[")) for key in keys)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     leave_out_older_django(config, items)
     groups = config.getoption("leave_out")
@@ -81,21 +227,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     root = Path(config.rootpath)
     prefixes: list[str] = []
     fixtures: set[str] = set()
+    kept_listed = [key for group in groups for key in KEEP_LISTED.get(group, {})]
     for group in groups:
         listed, group_fixtures = LEAVE_OUT[group]
-        for key in listed:
+        for key in [*listed, *KEEP_LISTED.get(group, {})]:
             if not (root / key.split("::", 1)[0]).is_file():
                 raise pytest.UsageError(
-                    f"tests/conftest.py leaves out {key!r} ({group}), but there is no such file. "
+                    f"tests/conftest.py lists {key!r} ({group}), but there is no such file. "
                     "Update the list to the test's new place."
                 )
         prefixes += listed
         fixtures |= group_fixtures
+    if "same-on-every-django" in groups:
+        paths = {item.nodeid.split("::", 1)[0] for item in items}
+        undeclared = sorted(path for path in paths if not declared_for_django_60(path))
+        if undeclared:
+            raise pytest.UsageError(
+                f"{', '.join(undeclared)}: not declared for the Django 6.0 run. Add the module "
+                "to ON_DJANGO_60 in tests/conftest.py (whole or the tests where Django 6.0 can "
+                "differ, with why) or to SAME_ON_EVERY_DJANGO (with why it cannot)."
+            )
 
     def left_out(item: pytest.Item) -> bool:
-        nodeid = item.nodeid
-        return any(nodeid == key or nodeid.startswith((key + "::", key + "["))
-                   for key in prefixes) or bool(fixtures & set(getattr(item, "fixturenames", ())))
+        if fixtures & set(getattr(item, "fixturenames", ())):
+            return True
+        if matches(item.nodeid, kept_listed):
+            return False
+        return matches(item.nodeid, prefixes)
 
     deselected = [item for item in items if left_out(item)]
     if deselected:
