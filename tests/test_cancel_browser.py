@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from gyrinx_tasks.models import State, TaskExecution
 from tests.helpers import make_run
-from tests.infra.browser import axe_violations, layout_problems, save_screenshot
+from tests.infra.browser import holds_up, shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -24,23 +24,6 @@ CHANGELIST = "admin:gyrinx_tasks_taskexecution_changelist"
 def change_url(live_server, run):
     return live_server.url + reverse("admin:gyrinx_tasks_taskexecution_change", args=[run.pk])
 
-
-def holds_up(page, where):
-    """Layout and accessibility problems of the page as it is now, light and dark."""
-    page.add_style_tag(content="*, *::before { transition: none !important; }")
-    problems = []
-    for dark in (False, True):
-        page.emulate_media(color_scheme="dark" if dark else "light")
-        scheme = "dark" if dark else "light"
-        problems += [f"{where}, {scheme}: {p}" for p in layout_problems(page)]
-        problems += [f"{where}, {scheme}: axe {v}" for v in axe_violations(page)]
-    page.emulate_media(color_scheme="light")
-    return problems
-
-
-def shoot(page, name, width):
-    save_screenshot(page, f"{name}-{width}")
-    save_screenshot(page, f"{name}-{width}", dark=True)
 
 
 def test_cancel_a_ready_run_from_its_page_in_place(admin_page, live_server):

@@ -206,6 +206,25 @@ def axe_violations(page: Any, impacts: tuple[str, ...] = ("serious", "critical")
     return lines
 
 
+
+def holds_up(page: Any, where: str) -> list[str]:
+    """Layout and accessibility problems of ``page`` as it is now, light and dark, each line
+    starting with ``where`` and the colour scheme. Empty when the page holds up."""
+    settle(page)
+    problems = []
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        problems += [f"{where}, {scheme}: {p}" for p in layout_problems(page)]
+        problems += [f"{where}, {scheme}: axe {v}" for v in axe_violations(page)]
+    page.emulate_media(color_scheme="light")
+    return problems
+
+
+def shoot(page: Any, name: str, width: int) -> None:
+    """The screenshots of ``page`` at ``width``, light and dark (``name-width[-dark].png``)."""
+    save_screenshot(page, f"{name}-{width}")
+    save_screenshot(page, f"{name}-{width}", dark=True)
+
 @pytest.fixture
 def admin_page(page: Any, live_server: Any, django_user_model: Any) -> Any:
     """A page logged in to the live server's admin as a superuser, 1400 px wide.
