@@ -85,10 +85,14 @@ def test_delete_receivers_still_get_every_pruned_run():
     assert report.deleted == 4 and sorted(heard) == sorted(r.pk for r in runs)
 
 
-def test_a_run_that_changes_during_its_chunk_is_counted_as_it_is_deleted(monkeypatch):
+def test_a_run_that_changes_during_its_chunk_is_counted_as_it_is_deleted(monkeypatch,
+                                                                         time_machine):
     """A READY run inside a chunk's range is cancelled after the chunk was counted and before
     it is deleted: the delete would take a run the rollups did not count, so the chunk is
     rolled back and done again, and the pruned rollups count exactly what went."""
+    # The three runs, two minutes apart, share one rollup hour: the clock stands at half past
+    # (in the first minutes of an hour they straddled two, and two rollup rows were found).
+    time_machine.move_to(timezone.now().replace(minute=30, second=0, microsecond=0))
     run(age=timedelta(days=40, minutes=2))
     waiting = run(status=State.READY, age=timedelta(days=40, minutes=1))
     run(age=timedelta(days=40))
