@@ -296,3 +296,22 @@ def in_thread(target: Any, *args: Any) -> tuple[Any, list]:
     thread = threading.Thread(target=run)
     thread.start()
     return thread, results
+
+
+def postgresql_plan(sql: str, params: Any = None) -> list[str]:
+    """PostgreSQL's plan for ``sql`` with sequential scans priced out, one line per item.
+
+    The runs' table is analysed first, so the planner prices the indexes from this test's
+    own rows. Without it, it prices them from whatever an earlier test's rows or a background
+    autovacuum last left in the catalogue, and on a few dozen rows two indexes can cost the
+    same: which one a plan names would then depend on the order the tests ran in.
+    """
+    from django.db import connection
+
+    from gyrinx_tasks.models import TaskExecution
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {connection.ops.quote_name(TaskExecution._meta.db_table)}")
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        return [row[0] for row in cursor.fetchall()]

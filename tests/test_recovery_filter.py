@@ -10,7 +10,7 @@ from django.db import connection
 from django.urls import reverse
 
 from gyrinx_tasks.models import State, TaskExecution, Trigger
-from tests.helpers import make_run
+from tests.helpers import make_run, postgresql_plan
 
 pytestmark = pytest.mark.django_db
 
@@ -58,11 +58,7 @@ def test_the_filter_walks_its_partial_index_which_leaves_out_failing_runs():
     if connection.vendor != "postgresql":
         return
     sql, params = page.query.sql_with_params()
-    with connection.cursor() as cursor:
-        cursor.execute(f"ANALYZE {connection.ops.quote_name(TaskExecution._meta.db_table)}")
-        cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute("EXPLAIN " + sql, params)
-        lines = [row[0] for row in cursor.fetchall()]
+    lines = postgresql_plan(sql, params)
     plan = "\n".join(lines)
     [scan] = [i for i, line in enumerate(lines) if "using gyrinx_exec_unrecovered" in line]
     # Nothing left to check on each row: the index's condition is the query's.
