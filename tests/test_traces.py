@@ -351,19 +351,22 @@ def test_the_attribute_round_trips_through_the_emulator(
     monkeypatch.setattr(runner, "run_attempt", spy)
     with trace_context(TRACEPARENT):
         result = tasks.add.enqueue(20, 22)
+
+    def run_lines():
+        return [e for e in records()
+                if e.get("logging.googleapis.com/labels", {}).get("result_id") == result.id]
+
+    # The live server's thread records the outcome, then logs it: wait for both.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if TaskExecution.objects.filter(result_id=result.id, status=State.SUCCESSFUL).exists():
+        if (TaskExecution.objects.filter(result_id=result.id, status=State.SUCCESSFUL).exists()
+                and run_lines()):
             break
         time.sleep(0.2)
     else:
-        raise AssertionError("the run did not finish within 60 s")
+        raise AssertionError("the run did not finish and log within 60 s")
     assert seen == [(TRACEPARENT, TRACEPARENT)]
-    run_line = [
-        e
-        for e in records()
-        if e.get("logging.googleapis.com/labels", {}).get("result_id") == result.id
-    ][-1]
+    run_line = run_lines()[-1]
     assert run_line["logging.googleapis.com/trace"].endswith(f"/traces/{TRACE_ID}")
     assert run_line["logging.googleapis.com/spanId"] == SPAN_ID
 
