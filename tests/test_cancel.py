@@ -580,13 +580,19 @@ def test_emulator_a_held_run_cancelled_is_acknowledged_unrun_and_never_runs(wire
         notes = [entry.get("note", "") for entry in found.timeline]
         return found if any(CANCELLED_ACK_NOTE in note for note in notes) else None
 
-    run = wait_until(acknowledged)
+    def ack_lines():
+        return [
+            r
+            for r in caplog.records
+            if r.name == "gyrinx_tasks"
+            and r.msg.startswith("Acknowledged a delivery of cancelled run")
+        ]
+
+    # The live server's thread notes the acknowledgement on the run, then logs it: wait for
+    # both before reading either.
+    run = wait_until(lambda: ack_lines() and acknowledged())
     assert (run.status, run.attempts) == (State.CANCELLED, 0)
-    acks = [
-        r
-        for r in caplog.records
-        if r.name == "gyrinx_tasks" and r.msg.startswith("Acknowledged a delivery of cancelled run")
-    ]
+    acks = ack_lines()
     assert acks
 
     switch.enabled = True
@@ -596,13 +602,5 @@ def test_emulator_a_held_run_cancelled_is_acknowledged_unrun_and_never_runs(wire
     assert calls == [(("kept",), {})]  # the cancelled task never ran
     run = TaskExecution.objects.get(result_id=doomed.id)
     assert (run.status, run.attempts) == (State.CANCELLED, 0)
-    ack_count = len(
-        [
-            r
-            for r in caplog.records
-            if r.name == "gyrinx_tasks"
-            and r.msg.startswith("Acknowledged a delivery of cancelled run")
-        ]
-    )
-    assert ack_count == len(acks)  # acknowledged: the emulator delivered it no more
+    assert len(ack_lines()) == len(acks)  # acknowledged: the emulator delivered it no more
     assert sum(CANCELLED_ACK_NOTE in e.get("note", "") for e in run.timeline) == 1
