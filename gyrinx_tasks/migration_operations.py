@@ -16,11 +16,11 @@ drops what it left (an invalid index, or the indexes it had built) and builds th
 from django.db import NotSupportedError
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.migrations import AddIndex, RemoveIndex
+from django.db.migrations.operations.base import Operation
 from django.db.migrations.state import ProjectState
-from django.db.models import Index, Model
 
 
-def _concurrently(operation: AddIndex | RemoveIndex, editor: BaseDatabaseSchemaEditor) -> bool:
+def _concurrently(operation: Operation, editor: BaseDatabaseSchemaEditor) -> bool:
     """True on PostgreSQL (after checking that no transaction is open), else False."""
     if editor.connection.vendor != "postgresql":
         return False
@@ -33,17 +33,35 @@ def _concurrently(operation: AddIndex | RemoveIndex, editor: BaseDatabaseSchemaE
     return True
 
 
-def _add(
+def _change(
     operation: AddIndex | RemoveIndex,
     editor: BaseDatabaseSchemaEditor,
-    model: type[Model],
-    index: Index,
+    app_label: str,
+    state: ProjectState,
+    *,
+    build: bool,
 ) -> None:
+    """Build (or drop) the operation's index on its model as ``state`` has it."""
+    model = state.apps.get_model(app_label, operation.model_name)
+    if not operation.allow_migrate_model(editor.connection.alias, model):
+        return
+    if isinstance(operation, AddIndex):
+        index = operation.index
+    else:
+        model_state = state.models[app_label, operation.model_name_lower]
+        index = model_state.get_index_by_name(operation.name)
+    concurrently = _concurrently(operation, editor)
+    if not build:
+        if concurrently:
+            editor.remove_index(model, index, concurrently=True)  # type: ignore[call-arg]
+        else:
+            editor.remove_index(model, index)
+        return
     # A CONCURRENTLY build that failed (or was interrupted) leaves an invalid index of this
     # name behind, and a migration that is not atomic may have built some of its indexes
     # before it stopped. The state says the index does not exist yet, so whatever has its name
     # is such a leftover: drop it, so that running migrate again succeeds.
-    if _concurrently(operation, editor):
+    if concurrently:
         editor.remove_index(model, index, concurrently=True)  # type: ignore[call-arg]
         editor.add_index(model, index, concurrently=True)  # type: ignore[call-arg]
         return
@@ -52,77 +70,28 @@ def _add(
     editor.add_index(model, index)
 
 
-def _remove(
-    operation: AddIndex | RemoveIndex,
-    editor: BaseDatabaseSchemaEditor,
-    model: type[Model],
-    index: Index,
-) -> None:
-    if _concurrently(operation, editor):
-        editor.remove_index(model, index, concurrently=True)  # type: ignore[call-arg]
-    else:
-        editor.remove_index(model, index)
+class _Concurrently:
+    atomic = False
+
+    def describe(self) -> str:
+        return f"{super().describe()} (concurrently on PostgreSQL)"  # type: ignore[misc]
 
 
-class AddIndexConcurrently(AddIndex):
+class AddIndexConcurrently(_Concurrently, AddIndex):
     """AddIndex, built with ``CREATE INDEX CONCURRENTLY`` on PostgreSQL."""
 
-    atomic = False
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        _change(self, schema_editor, app_label, to_state, build=True)
 
-    def describe(self) -> str:
-        return f"{super().describe()} (concurrently on PostgreSQL)"
-
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            _add(self, schema_editor, model, self.index)
-
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            _remove(self, schema_editor, model, self.index)
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        _change(self, schema_editor, app_label, from_state, build=False)
 
 
-class RemoveIndexConcurrently(RemoveIndex):
+class RemoveIndexConcurrently(_Concurrently, RemoveIndex):
     """RemoveIndex, dropped with ``DROP INDEX CONCURRENTLY`` on PostgreSQL."""
 
-    atomic = False
+    def database_forwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        _change(self, schema_editor, app_label, from_state, build=False)
 
-    def describe(self) -> str:
-        return f"{super().describe()} (concurrently on PostgreSQL)"
-
-    def database_forwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        model = from_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            index = from_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
-            _remove(self, schema_editor, model, index)
-
-    def database_backwards(
-        self,
-        app_label: str,
-        schema_editor: BaseDatabaseSchemaEditor,
-        from_state: ProjectState,
-        to_state: ProjectState,
-    ) -> None:
-        model = to_state.apps.get_model(app_label, self.model_name)
-        if self.allow_migrate_model(schema_editor.connection.alias, model):
-            index = to_state.models[app_label, self.model_name_lower].get_index_by_name(self.name)
-            _add(self, schema_editor, model, index)
+    def database_backwards(self, app_label, schema_editor, from_state, to_state) -> None:
+        _change(self, schema_editor, app_label, to_state, build=True)
