@@ -189,7 +189,8 @@ def check_health_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckM
             "TASKS_HEALTH_MAIL_ADMINS is on but ADMINS is empty, so changes of task health "
             "are mailed to nobody.",
             hint='Add the people to mail to ADMINS (e.g. ADMINS = ["ops@example.com"]) and '
-            "configure EMAIL_BACKEND, or turn TASKS_HEALTH_MAIL_ADMINS off.",
+            "configure email (MAILERS on Django 6.1, EMAIL_BACKEND on 6.0), or turn "
+            "TASKS_HEALTH_MAIL_ADMINS off.",
             id="gyrinx_tasks.W041"))
     return messages
 

@@ -8,6 +8,8 @@ they travel through the official Pub/Sub emulator, which pushes them back to run
 import os
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -79,7 +81,13 @@ DATABASES = {
     }
 }
 
-EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+# Mail (health alerts, ADMINS) is printed, not sent. Django 6.1 configures it with MAILERS and
+# deprecates EMAIL_BACKEND (the two together are an error there); Django 6.0 has only
+# EMAIL_BACKEND.
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.console.EmailBackend"}}
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 DEFAULT_FROM_EMAIL = "sample-site@example.com"
 
 # gyrinx_tasks

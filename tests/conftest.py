@@ -59,7 +59,8 @@ ON_DJANGO_60 = {
     "tests/test_statements.py": "the hot path's statements against the SQL Django's ORM compiles",
     "tests/test_models.py": "the models, their fields and transitions",
     "tests/test_stats.py": "the overview's figures: ORM aggregates and our expressions",
-    "tests/test_migrations.py": "the models and the migrations agree on this Django's autodetector",
+    "tests/test_migrations.py": "the models and the migrations agree on this Django's "
+    "autodetector; our index operations on its schema editors (migrate back and forth)",
     "tests/test_rollups.py::test_tally_counts_per_task_and_hour_in_the_database":
         "the rollups' ORM aggregate",
     "tests/test_will_retry.py::test_the_expressions_agree_with_the_model_and_split_every_run_once":

@@ -47,6 +47,10 @@ TEMPLATES = [
     }
 ]
 STATIC_URL = "/static/"
+# Email: Django 6.1 sends through MAILERS (its "default" entry; without one it warns that
+# Django 2028 will not have a default mailer), Django 6.0 ignores the setting. The test
+# runner puts the in-memory backend (mail.outbox) in place of every mailer on both.
+MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
 
 if os.environ.get("GYRINX_TEST_DB") == "postgres":
     # Host and port are filled in by tests/infra/postgres.py, which starts its own server.

@@ -792,37 +792,18 @@ def abandon_messages(report: AbandonReport, limit: int,
                      link: str = "") -> list[tuple[int, str]]:
     """The bulk "give up and retry"'s outcome as admin messages."""
     made = report.retried + report.publish_failed
-    done = ("Gave up 1 stuck run and retried it as a new run" if made == 1 else
-            f"Gave up {made:,} stuck runs and retried them as new runs")
-    out: list[tuple[int, str]] = [(
-        messages.SUCCESS if made else messages.WARNING,
-        format_html('{}: <a href="{}">{}</a>.', done, link,
-                    "see it" if made == 1 else f"see the {made:,} new runs")
-        if link and made else f"{done}.")]
-    if report.within_deadline:
-        count = capped_count(report.within_deadline, limit).capitalize()
-        out.append((messages.INFO, f"{count} selected runs are running within their ack "
-                                   "deadline and were left alone: they may really be "
-                                   "running."))
-    if report.already_retried:
-        count = capped_count(report.already_retried, limit).capitalize()
-        out.append((messages.INFO, f"{count} selected runs were skipped because a retry of "
-                                   "each is waiting, running or succeeded."))
-    if report.changed:
-        out.append((messages.WARNING, f"{report.changed:,} runs changed while they were being "
-                                      "given up (a redelivery started them again, or their "
-                                      "outcome was recorded) and were left alone."))
-    if report.not_retryable:
-        count = capped_count(report.not_retryable, limit).capitalize()
-        out.append((messages.INFO, f"{count} selected runs were not running and were left "
-                                   "alone."))
-    for reason, refused in report.refused.items():
-        out.append((messages.WARNING, f"{refused:,} not given up: {reason}"))
-    if report.publish_failed:
-        out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
-                                    "retries; those new runs are recorded as FAILED, or stay "
-                                    "READY where Pub/Sub may have their message after all."))
-    return out
+    return _new_runs_messages(
+        report, limit, link, succeeded=bool(made),
+        done=("Gave up 1 stuck run and retried it as a new run" if made == 1 else
+              f"Gave up {made:,} stuck runs and retried them as new runs"),
+        running=(report.within_deadline, "selected runs are running within their ack "
+                 "deadline and were left alone: they may really be running."),
+        skipped="selected runs were skipped because a retry of each is waiting, running or "
+        "succeeded.",
+        changed="runs changed while they were being given up (a redelivery started them "
+        "again, or their outcome was recorded) and were left alone.",
+        not_retryable="selected runs were not running and were left alone.",
+        not_done="not given up")
 
 
 def capped_count(count: int, limit: int) -> str:
@@ -851,30 +832,45 @@ def new_runs_link(new_ids: list[int]) -> str:
 def report_messages(report: RetryReport, limit: int,
                     link: str = "") -> list[tuple[int, str]]:
     """The bulk retry's outcome as admin messages: what was done, then what was not."""
-    done = (f"Retried {report.retried:,} run as a new run" if report.retried == 1
-            else f"Retried {report.retried:,} runs as new runs")
+    return _new_runs_messages(
+        report, limit, link, succeeded=bool(report.retried),
+        done=(f"Retried {report.retried:,} run as a new run" if report.retried == 1
+              else f"Retried {report.retried:,} runs as new runs"),
+        skipped="selected runs were skipped because a retry of each is waiting, running or "
+        "succeeded; retry those runs instead if they fail.",
+        changed="runs changed while they were being retried (a delivery, or another retry) "
+        "and were left alone; reload the list to see them.",
+        not_retryable="selected runs were not failed, rejected or skipped, and were left alone.",
+        not_done="not retried")
+
+
+def _new_runs_messages(report: RetryReport | AbandonReport, limit: int, link: str, *,
+                       succeeded: bool, done: str, skipped: str, changed: str,
+                       not_retryable: str, not_done: str,
+                       running: tuple[int, str] = (0, "")) -> list[tuple[int, str]]:
+    """The outcome of a bulk action that makes new runs (retry; give up and retry) as admin
+    messages: what was done, linking to the new runs; then, where there are any, the runs
+    left alone (each sentence follows its count) and the runs not done (`not_done`: reason);
+    last, the new runs whose publish failed."""
     made = report.retried + report.publish_failed
     out: list[tuple[int, str]] = [(
-        messages.SUCCESS if report.retried else messages.WARNING,
+        messages.SUCCESS if succeeded else messages.WARNING,
         format_html('{}: <a href="{}">{}</a>.', done, link,
                     "see it" if made == 1 else f"see the {made:,} new runs")
         if link and made else f"{done}.",
     )]
-    if report.already_retried:
-        count = capped_count(report.already_retried, limit).capitalize()
-        out.append((messages.INFO, f"{count} selected runs were skipped because a retry of "
-                                   "each is waiting, running or succeeded; retry those runs "
-                                   "instead if they fail."))
-    if report.changed:
-        out.append((messages.WARNING, f"{report.changed:,} runs changed while they were "
-                                      "being retried (a delivery, or another retry) and were "
-                                      "left alone; reload the list to see them."))
-    if report.not_retryable:
-        count = capped_count(report.not_retryable, limit).capitalize()
-        out.append((messages.INFO, f"{count} selected runs were not failed, rejected or "
-                                   "skipped, and were left alone."))
-    for reason, refused in report.refused.items():
-        out.append((messages.WARNING, f"{refused:,} not retried: {reason}"))
+    # The counts made with LIMIT limit + 1 (capped), and the exact ones.
+    for level, capped, count, sentence in [
+        (messages.INFO, True, *running),
+        (messages.INFO, True, report.already_retried, skipped),
+        (messages.WARNING, False, report.changed, changed),
+        (messages.INFO, True, report.not_retryable, not_retryable),
+        *[(messages.WARNING, False, number, f"{not_done}: {reason}")
+          for reason, number in report.refused.items()],
+    ]:
+        if count:
+            shown = capped_count(count, limit).capitalize() if capped else f"{count:,}"
+            out.append((level, f"{shown} {sentence}"))
     if report.publish_failed:
         out.append((messages.ERROR, f"Publishing failed for {report.publish_failed:,} "
                                     "retries; those new runs are recorded as FAILED, or stay "

@@ -2,15 +2,20 @@
 
 from django.db import migrations, models
 
+from gyrinx_tasks.migration_operations import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The runs' table may hold millions of rows: on PostgreSQL its indexes are built
+    # CONCURRENTLY (gyrinx_tasks/migration_operations.py), which a transaction forbids.
+    atomic = False
 
     dependencies = [
         ('gyrinx_tasks', '0002_admin_dashboard'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='taskexecution',
             index=models.Index(fields=['created_at', 'task_name', 'status', 'started_at', 'finished_at'], name='gyrinx_exec_window'),
         ),

@@ -3,23 +3,28 @@
 import gyrinx_tasks.expressions
 from django.db import migrations, models
 
+from gyrinx_tasks.migration_operations import AddIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The runs' table may hold millions of rows: on PostgreSQL its indexes are built
+    # CONCURRENTLY (gyrinx_tasks/migration_operations.py), which a transaction forbids.
+    atomic = False
 
     dependencies = [
         ('gyrinx_tasks', '0006_delivery_identity'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='taskexecution',
             index=models.Index(gyrinx_tasks.expressions.LastErrorClassName(), models.OrderBy(models.F('created_at'), descending=True), models.OrderBy(models.F('id'), descending=True), name='gyrinx_exec_error_class'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='taskexecution',
             index=models.Index(condition=models.Q(('status__in', ('FAILED', 'REJECTED'))), fields=['-created_at', '-id', 'retry_of'], name='gyrinx_exec_unrecovered'),
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='taskexecution',
             index=models.Index(condition=models.Q(('retry_of__isnull', False), ('status', 'SUCCESSFUL')), fields=['retry_of'], name='gyrinx_exec_recovered_by'),
         ),

@@ -2,19 +2,24 @@
 
 from django.db import migrations, models
 
+from gyrinx_tasks.migration_operations import AddIndexConcurrently, RemoveIndexConcurrently
+
 
 class Migration(migrations.Migration):
+    # The runs' table may hold millions of rows: on PostgreSQL its indexes are built
+    # CONCURRENTLY (gyrinx_tasks/migration_operations.py), which a transaction forbids.
+    atomic = False
 
     dependencies = [
         ('gyrinx_tasks', '0011_retention_rollups'),
     ]
 
     operations = [
-        migrations.RemoveIndex(
+        RemoveIndexConcurrently(
             model_name='taskexecution',
             name='gyrinx_exec_unrecovered',
         ),
-        migrations.AddIndex(
+        AddIndexConcurrently(
             model_name='taskexecution',
             index=models.Index(condition=models.Q(('status__in', ('FAILED', 'REJECTED')), models.Q(('status', 'REJECTED'), models.Q(('status', 'FAILED'), models.Q(('gave_up', True), ('attempts', 0), ('message_id__isnull', True), ('message_id', ''), _connector='OR')), _connector='OR')), fields=['-created_at', '-id', 'retry_of'], name='gyrinx_exec_unrecovered'),
         ),
