@@ -47,7 +47,7 @@ from .messages import (
 from .push import text_problem
 from .registry import get_route
 from .results import new_result, result_from_execution
-from .statements import insert_run, insert_shared
+from .statements import buffer_shared, flush_buffer, held_rows, insert_run
 from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -543,12 +543,14 @@ class PubSubBackend(BaseTaskBackend):
         if not data:
             return None
         note = (context and context.note) or "enqueued"
-        if not insert_shared(connection, key, {
+        if not buffer_shared(connection, key, {
                 "result_id": result_id, "task_id": result_id, "args": args, "kwargs": kwargs,
                 "created_at": now, "enqueued_at": now, "timeline": first_timeline(now, note)},
                 {"args": args_json, "kwargs": kwargs_json,
                  "timeline": encode_json(first_timeline(now, note))}):
             return None  # this connection has not written a run of this kind yet
+        # The row is held, and written with the others before the connection's next
+        # statement or its COMMIT (statements.buffer_shared).
         result = new_result(task, result_id, now, args, kwargs, self.alias)
         pending = Pending.unbuilt(template, self, DEFAULT_DB_ALIAS, route, task, data,
                                   attributes, result, key, note)
@@ -727,6 +729,9 @@ class PubSubBackend(BaseTaskBackend):
 
     def _flush_pending(self, using: str) -> None:
         connection = connections[using]
+        if connection.in_atomic_block and held_rows(connection):
+            # Commit hooks run inside a transaction: TestCase.captureOnCommitCallbacks().
+            flush_buffer(connection)
         queue = getattr(connection, PENDING_ATTR, None) or []
         if not queue:
             return  # an earlier hook of this commit published them
