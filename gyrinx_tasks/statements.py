@@ -15,6 +15,8 @@ Model signals (pre_save/post_save) are still sent when something listens for the
 
 from __future__ import annotations
 
+import logging
+
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from functools import cache
@@ -23,6 +25,8 @@ from typing import Any
 from django.apps import apps
 from django.db import DatabaseError, connections, transaction
 from django.db.models import NOT_PROVIDED, Subquery, signals
+
+logger = logging.getLogger("gyrinx_tasks")
 
 
 # The models are looked up when a statement is first needed, not imported: the models'
@@ -407,7 +411,7 @@ def discard_buffer(connection: Any) -> None:
         connection.execute_wrappers.remove(_flush_first)
 
 
-def flush_buffer(connection: Any) -> None:
+def flush_buffer(connection: Any, committing: bool = False) -> None:
     """Insert the rows held on ``connection`` (see buffer_shared), in one statement per kind
     of run (COPY on PostgreSQL with psycopg 3, else executemany), and stop holding any.
 
@@ -422,6 +426,12 @@ def flush_buffer(connection: Any) -> None:
     rows, raw = buffer.rows, buffer.raw
     discard_buffer(connection)
     if not rows or raw is not connection.connection or connection.closed_in_transaction:
+        return
+    if not committing and not connection.in_atomic_block:
+        # Their transaction ended without its COMMIT or ROLLBACK passing here (Django's
+        # internals moved): never written outside it, never into another.
+        logger.error("gyrinx_tasks: %d run(s) enqueued with publish_on_commit were dropped "
+                     "unwritten: their transaction ended before they were written.", len(rows))
         return
     try:
         with transaction.mark_for_rollback_on_error(connection.alias):
@@ -511,7 +521,7 @@ def _hook_transaction_end(connection: Any) -> None:
     commit, rollback = connection._commit, connection._rollback
 
     def _commit() -> Any:
-        flush_buffer(connection)  # raises: Atomic rolls back, nothing is published
+        flush_buffer(connection, committing=True)  # raises: Atomic rolls back
         return commit()
 
     def _rollback() -> Any:
