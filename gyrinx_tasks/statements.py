@@ -472,23 +472,42 @@ def _write(connection: Any, plan: tuple, rows: list[list[Any]]) -> None:
             row[index] = value
         params.append(row)
     with connection.cursor() as cursor:
+        if kind == "values":  # one INSERT of up to VALUES_ROWS rows
+            head, one = statement
+            size = min(VALUES_ROWS,
+                       (connection.features.max_query_params or 65535) // len(template))
+            for start in range(0, len(params), size):
+                chunk = params[start:start + size]
+                cursor.execute(head + ", ".join([one] * len(chunk)),
+                               [value for row in chunk for value in row])
+            return
         for start in range(0, len(params), 1000):
             cursor.executemany(statement, params[start:start + 1000])
 
 
+# Rows per statement of the "values" way (benchmarks/oncommit_split.py measures it).
+VALUES_ROWS = 500
+
+
 def _batch_plan(connection: Any, fields: list[Any], params: list[Any],
-                varying: Collection[str]) -> tuple:
+                varying: Collection[str], way: str = "") -> tuple:
     """flush_buffer's (kind, statement, changing, template) for runs of one kind, from its
     first run's fields and prepared ``params``: ``changing`` holds, per varying column, its
     (index in the row, field) and whether JSON text may be sent; ``template``, the row with
     the shared values (those NULL in every such run and without database default left
-    out, as in insert_shared)."""
+    out, as in insert_shared).
+
+    ``way``: "copy" (PostgreSQL with psycopg 3 only), "values" (multi-row INSERTs) or
+    "many" (executemany); by default COPY where it can be used, which
+    benchmarks/oncommit_split.py measured fastest, else executemany."""
     kept = [(field, param) for field, param in zip(fields, params, strict=True)
             if field.attname in varying or param is not None
             or field.db_default is not NOT_PROVIDED]
     fields, template = [field for field, _ in kept], [param for _, param in kept]
     indexes = [index for index, field in enumerate(fields) if field.attname in varying]
-    if connection.vendor == "postgresql" and _psycopg3():
+    copy_possible = connection.vendor == "postgresql" and _psycopg3()
+    if way == "copy" or (not way and copy_possible):
+        assert copy_possible, "COPY needs PostgreSQL with psycopg 3"
         quote = connection.ops.quote_name
         statement = (f"COPY {quote(_runs()._meta.db_table)} "
                      f"({', '.join(quote(str(field.column)) for field in fields)}) FROM STDIN")
@@ -501,8 +520,12 @@ def _batch_plan(connection: Any, fields: list[Any], params: list[Any],
     statement = _insert_sql(connection, fields, ["%s"] * len(fields))
     returning = f" RETURNING {connection.ops.quote_name(meta.pk.column)}"
     assert statement.endswith(returning), statement
-    return ("many", statement[:-len(returning)],
-            [(index, (fields[index], False)) for index in indexes], template)
+    statement = statement[:-len(returning)]
+    changing = [(index, (fields[index], False)) for index in indexes]
+    if way == "values":
+        head, _, one = statement.rpartition("VALUES ")
+        return ("values", (head + "VALUES ", one), changing, template)
+    return ("many", statement, changing, template)
 
 
 def _flush_first(execute: Callable[..., Any], sql: str, params: Any, many: bool,
