@@ -16,7 +16,6 @@ Model signals (pre_save/post_save) are still sent when something listens for the
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from functools import cache

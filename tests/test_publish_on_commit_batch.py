@@ -12,8 +12,8 @@ Run on SQLite and on PostgreSQL (GYRINX_TEST_DB=postgres).
 """
 
 import inspect
-from contextlib import nullcontext
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -271,7 +271,8 @@ def test_the_django_internals_the_batch_relies_on_are_where_they_were(publisher)
     assert "self._rollback()" in rollback, (
         "BaseDatabaseWrapper.rollback no longer calls _rollback")
     for name in ("_savepoint", "_savepoint_rollback", "_savepoint_commit"):
-        assert "cursor.execute(" in inspect.getsource(getattr(type(connections["default"]), name)), (
+        source = inspect.getsource(getattr(type(connections["default"]), name))
+        assert "cursor.execute(" in source, (
             f"{name} no longer runs its statement through a cursor (and its wrappers)")
     assert "execute_wrappers" in inspect.getsource(CursorWrapper._execute_with_wrappers)
 
