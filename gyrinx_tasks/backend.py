@@ -504,13 +504,15 @@ class PubSubBackend(BaseTaskBackend):
 
         Many enqueues in one transaction are this option's purpose, and there the run's
         model instance, its TaskResult built from it, and the INSERT's RETURNING were most
-        of the Python time per call (docs/performance.md). So the row is inserted from the
-        values that differ between runs (statements.insert_shared, with the statement and
-        the other columns' values the first such run cached on the connection), the
-        TaskResult is made from the same values, and the instance is built only if its
-        publish fails (Pending.execution). Not taken: for a retry (its own key), while model
-        signals on TaskExecution have receivers (they need the instance), with database
-        routers (they may route by the instance), and outside a transaction.
+        of the Python time per call (docs/performance.md). So the row is made from the
+        values that differ between runs (with the other columns' values the first such run
+        cached on the connection) and held on the connection, to be written with the
+        transaction's other runs in one statement before the connection's next statement or
+        its COMMIT (statements.buffer_shared); the TaskResult is made from the same values,
+        and the instance is built only if its publish fails (Pending.execution). Not taken:
+        for a retry (its own key), while model signals on TaskExecution have receivers (they
+        need the instance), with database routers (they may route by the instance), and
+        outside a transaction.
         """
         if (context is not None and context.retry_of_id is not None) or _model_signals():
             return None

@@ -352,7 +352,8 @@ class _Buffer:
     __slots__ = ("raw", "rows")
 
     def __init__(self, raw: Any) -> None:
-        self.raw, self.rows = raw, []
+        self.raw = raw
+        self.rows: list[tuple[tuple, list[Any]]] = []
 
 
 def buffer_shared(connection: Any, shared: Any, values: dict[str, Any],
