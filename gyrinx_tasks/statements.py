@@ -537,11 +537,13 @@ def _flush_first(execute: Callable[..., Any], sql: str, params: Any, many: bool,
 
 def _hook_transaction_end(connection: Any) -> None:
     """Make ``connection`` write its held rows before it commits, and drop them when it rolls
-    back. Django has no hook before a COMMIT (on_commit() runs after it), and its COMMIT
-    and ROLLBACK are no statements (BaseDatabaseWrapper.commit() calls self._commit(), which
-    calls the driver's commit()): the two private methods are wrapped on this connection
-    wrapper only, once. tests/test_publish_on_commit_batch.py fails if Django's moved."""
-    commit, rollback = connection._commit, connection._rollback
+    back or closes. Django has no hook before a COMMIT (on_commit() runs after it), and its
+    COMMIT, ROLLBACK and close are no statements (BaseDatabaseWrapper.commit() calls
+    self._commit(), which calls the driver's commit(); likewise rollback() and close()): the
+    three private methods are wrapped on this connection wrapper only, once. (A closed
+    connection's rows are dropped even if a pool hands the same driver connection back.)
+    tests/test_publish_on_commit_batch.py fails if Django's moved."""
+    commit, rollback, close = connection._commit, connection._rollback, connection._close
 
     def _commit() -> Any:
         flush_buffer(connection, committing=True)  # raises: Atomic rolls back
@@ -551,7 +553,11 @@ def _hook_transaction_end(connection: Any) -> None:
         discard_buffer(connection)
         return rollback()
 
-    connection._commit, connection._rollback = _commit, _rollback
+    def _close() -> Any:
+        discard_buffer(connection)
+        return close()
+
+    connection._commit, connection._rollback, connection._close = _commit, _rollback, _close
     connection.__dict__[HOOKED] = True
 
 

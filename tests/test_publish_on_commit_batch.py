@@ -157,11 +157,30 @@ def test_a_closed_connection_drops_the_rows_it_held(publisher):
         gone = tasks.add.enqueue(1, 0)
         assert held() == 1
         connection.close()  # in the block: Django rolls back when the block ends
+        assert held() == 0
     with transaction.atomic():
         committed = tasks.add.enqueue(2, 0)
 
     assert recorded(gone, committed) == {committed.id}
     assert published(publisher) == [committed.id]
+
+
+def test_rows_held_for_a_driver_connection_that_was_replaced_are_never_written(publisher):
+    """Belt and braces beside close(): the rows belong to the driver connection they were
+    held on, and are dropped, not written, if the wrapper now has another. (Only the rows:
+    a connection really replaced was closed first, and close() drops Django's commit hooks.)"""
+    with transaction.atomic():
+        gone = tasks.add.enqueue(1, 0)
+        connections["default"].__dict__[statements.BUFFER].raw = object()  # not this one
+        assert not TaskExecution.objects.filter(result_id=gone.id).exists()
+        assert held() == 0
+        gone_too = tasks.add.enqueue(2, 0)
+        connections["default"].__dict__[statements.BUFFER].raw = object()
+        later = tasks.add.enqueue(3, 0)  # held anew, for this driver connection
+        assert held() == 1
+        assert TaskExecution.objects.filter(result_id=later.id).exists()
+
+    assert recorded(gone, gone_too, later) == {later.id}
 
 
 @pytest.fixture
@@ -270,6 +289,8 @@ def test_the_django_internals_the_batch_relies_on_are_where_they_were(publisher)
     assert "self._commit()" in commit, "BaseDatabaseWrapper.commit no longer calls _commit"
     assert "self._rollback()" in rollback, (
         "BaseDatabaseWrapper.rollback no longer calls _rollback")
+    assert "self._close()" in inspect.getsource(BaseDatabaseWrapper.close), (
+        "BaseDatabaseWrapper.close no longer calls _close")
     for name in ("_savepoint", "_savepoint_rollback", "_savepoint_commit"):
         source = inspect.getsource(getattr(type(connections["default"]), name))
         assert "cursor.execute(" in source, (
