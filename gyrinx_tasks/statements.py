@@ -363,11 +363,12 @@ def buffer_shared(connection: Any, shared: Any, values: dict[str, Any],
     statement or its COMMIT; False, holding nothing, where insert_shared would write nothing.
 
     Only inside an atomic block (the caller checks). Each held row is written in the
-    savepoint it was enqueued in: SAVEPOINT, RELEASE and ROLLBACK TO are statements like any
-    other, so the rows go in before them (a rolled-back savepoint takes its rows with it),
-    and every read in the transaction sees them. What is held is written by
-    ``flush_buffer``: from an execute wrapper (installed only while rows are held), and from
-    the connection's ``_commit`` before it commits; its ``_rollback`` drops them. The
+    savepoint it was enqueued in: SAVEPOINT and RELEASE are statements like any other, so
+    the rows go in before them, and a ROLLBACK TO SAVEPOINT drops the rows still held (all
+    enqueued inside that savepoint, see _flush_first); every read in the transaction sees
+    the rows. What is held is written by ``flush_buffer``: from an execute wrapper
+    (installed only while rows are held), and from the connection's ``_commit`` before it
+    commits; its ``_rollback`` and ``_close`` drop them. The
     values are prepared here, so a value the field refuses fails this call, not the flush.
     """
     cache = connection.__dict__.get("_gyrinx_statements")
@@ -530,8 +531,18 @@ def _batch_plan(connection: Any, fields: list[Any], params: list[Any],
 
 def _flush_first(execute: Callable[..., Any], sql: str, params: Any, many: bool,
                  context: dict[str, Any]) -> Any:
-    """The execute wrapper installed while rows are held: writes them, then the statement."""
-    flush_buffer(context["connection"])
+    """The execute wrapper installed while rows are held: writes them, then the statement.
+
+    Before a ROLLBACK TO SAVEPOINT the rows are dropped instead: every savepoint was made by
+    a statement, which wrote the rows held before it, so the rows still held were all
+    enqueued inside the savepoint being rolled back. Writing them would only be undone, and
+    would fail in a transaction a failed statement has aborted (PostgreSQL), turning the
+    savepoint's rollback into the whole transaction's.
+    """
+    if isinstance(sql, str) and sql[:11].upper() == "ROLLBACK TO":
+        discard_buffer(context["connection"])
+    else:
+        flush_buffer(context["connection"])
     return execute(sql, params, many, context)
 
 

@@ -114,6 +114,25 @@ def test_a_run_enqueued_in_a_rolled_back_savepoint_is_neither_recorded_nor_publi
     assert published(publisher) == [kept.id, released.id]
 
 
+def test_a_savepoint_a_failed_statement_aborted_rolls_back_alone_with_rows_held(publisher):
+    """A statement that bypasses Django's cursor fails inside a savepoint with rows held (on
+    PostgreSQL the transaction is then aborted until the ROLLBACK TO): the rows held are
+    dropped, not written, before the ROLLBACK TO, so the savepoint alone is rolled back."""
+    with transaction.atomic():
+        before = tasks.add.enqueue(1, 0)
+        with pytest.raises(Exception), transaction.atomic():  # noqa: B017, PT011
+            dropped = tasks.add.enqueue(2, 0)
+            assert held() == 1
+            raw = connections["default"].connection.cursor()
+            raw.execute("SELECT 1/0")  # PostgreSQL: division by zero; SQLite: NULL
+            raise RuntimeError("roll back the savepoint")
+        assert held() == 0
+        after = tasks.add.enqueue(3, 0)
+
+    assert recorded(before, dropped, after) == {before.id, after.id}
+    assert published(publisher) == [before.id, after.id]
+
+
 def test_a_get_or_create_that_fails_in_its_savepoint_after_enqueues_keeps_the_runs(publisher):
     existing = TaskExecution.objects.get(task_name="add")  # the warm-up run
     with transaction.atomic():
