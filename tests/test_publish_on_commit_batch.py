@@ -246,6 +246,18 @@ def test_a_write_that_fails_before_a_statement_raises_there_and_marks_the_rollba
     assert published(publisher) == []
 
 
+def test_a_held_row_keeps_the_arguments_as_they_were_at_enqueue(publisher):
+    arguments = {"items": [1]}
+    with transaction.atomic():
+        run = tasks.add.enqueue(arguments, 0)
+        assert held() == 1
+        arguments["items"].append(2)  # the caller's own object, changed after enqueue()
+
+    assert TaskExecution.objects.get(result_id=run.id).args == [{"items": [1]}, 0]
+    [(_topic, message, _attributes)] = publisher.published
+    assert message["args"] == [{"items": [1]}, 0]
+
+
 def test_two_thousand_enqueues_record_and_publish_two_thousand_runs(publisher):
     with transaction.atomic():
         results = [tasks.add.enqueue(n, n) for n in range(2000)]
