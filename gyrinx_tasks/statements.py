@@ -366,11 +366,12 @@ def buffer_shared(connection: Any, shared: Any, values: dict[str, Any],
     savepoint it was enqueued in: SAVEPOINT and RELEASE are statements like any other, so
     the rows go in before them, and a ROLLBACK TO SAVEPOINT drops the rows still held (all
     enqueued inside that savepoint, see _flush_first); every read in the transaction sees
-    the rows (through psycopg2 the row is inserted at once instead, by insert_shared). What is held is written by ``flush_buffer``: from an execute wrapper
-    (installed only while rows are held), and from the connection's ``_commit`` before it
-    commits; its ``_rollback`` and ``_close`` drop them. The values are prepared here (JSON
-    encoded), so a value the field refuses fails this call, not the flush, and the caller
-    changing the arguments afterwards does not change the row.
+    the rows (through psycopg2 the row is inserted at once instead, by insert_shared). What
+    is held is written by ``flush_buffer``: from an execute wrapper (installed only while
+    rows are held), and from the connection's ``_commit`` before it commits; its
+    ``_rollback`` and ``_close`` drop them. The values are prepared here (JSON encoded), so
+    a value the field refuses fails this call, not the flush, and the caller changing the
+    arguments afterwards does not change the row.
     """
     if connection.vendor == "postgresql" and not _psycopg3():
         # Held rows are written and tested with psycopg 3 (COPY) and SQLite only; through
