@@ -454,10 +454,11 @@ def flush_buffer(connection: Any, committing: bool = False) -> None:
                 raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
     except DatabaseError as exc:
         exc.add_note(
-            f"gyrinx_tasks: inserting the {len(rows)} run(s) enqueued with publish_on_commit "
-            "since this transaction's last statement failed; they are written just before "
-            "the next statement or the COMMIT, so this error is raised there instead of by "
-            "enqueue(). The transaction is rolled back and none of them is published.")
+            f"gyrinx_tasks: writing the {len(rows)} run(s) enqueued with publish_on_commit "
+            "since the transaction's previous statement failed. Such runs are written just "
+            "before the next statement or the COMMIT, so the error is raised there, not by "
+            "enqueue(). The transaction is marked for rollback (at a COMMIT: rolled back) "
+            "and none of these runs is published.")
         raise
 
 

@@ -88,7 +88,7 @@ def test_a_rolled_back_savepoint_after_enqueues_keeps_the_runs_before_it(publish
         assert held() == 3  # written by the SAVEPOINT statement, before it
         with pytest.raises(RuntimeError), transaction.atomic():
             inside = tasks.add.enqueue(9, 9)
-            assert held() == 1  # written, then rolled back, by ROLLBACK TO SAVEPOINT
+            assert held() == 1  # dropped by the ROLLBACK TO SAVEPOINT
             raise RuntimeError("roll back the savepoint")
         assert held() == 0
         after = tasks.add.enqueue(4, 0)
@@ -243,6 +243,24 @@ def test_a_write_that_fails_before_a_statement_raises_there_and_marks_the_rollba
 
     assert any("publish_on_commit" in note for note in raised.value.__notes__)
     assert recorded(fine) == set()
+    assert published(publisher) == []
+
+
+def test_a_write_that_fails_at_a_savepoints_release_rolls_it_back_and_marks_the_outer_block(
+        publisher, monkeypatch):
+    taken = uuid.UUID(TaskExecution.objects.get(task_name="add").result_id)
+    ids = iter([uuid.uuid4(), taken])  # the second run's id is taken
+    real = uuid.uuid4
+    monkeypatch.setattr(backend_module.uuid, "uuid4", lambda: next(ids, None) or real())
+    with transaction.atomic():
+        before = tasks.add.enqueue(1, 0)  # written by the inner block's SAVEPOINT
+        with pytest.raises(IntegrityError), transaction.atomic():
+            tasks.add.enqueue(2, 0)  # the taken id, written by the RELEASE
+            inner = tasks.add.enqueue(3, 0)
+            assert held() == 2
+        assert transaction.get_rollback()
+
+    assert recorded(before, inner) == set()
     assert published(publisher) == []
 
 
