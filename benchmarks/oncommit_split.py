@@ -13,10 +13,19 @@ PostgreSQL backend's CPU (medians over rounds), each as a ratio to the floor's w
 - ``floor INSERT``: benchmarks/enqueue.py's floor statement, into its copy of the runs table;
 - ``floor INSERT, runs table``: the same statement into the runs table itself;
 - ``our INSERT alone``: ``statements.insert_shared`` with the values enqueue() passes it (a
-  new id, the time, the arguments and timeline encoded), nothing else;
-- ``enqueue()``: ``add.enqueue(n, 1)`` on a backend with ``publish_on_commit``;
-- ``enqueue() without its INSERT``: the same with ``insert_shared`` replaced by a function
-  that writes nothing: the Python work around the row (no database round trip).
+  new id, the time, the arguments and timeline encoded), nothing else: one INSERT per run;
+- ``our rows held, by COPY`` (``by executemany``, ``by multi-row INSERT``): the same values
+  held with ``statements.buffer_shared`` and written together when the round ends, in each
+  way ``statements._batch_plan`` offers (COPY is what enqueue() uses on PostgreSQL);
+- ``enqueue()``: ``add.enqueue(n, 1)`` on a backend with ``publish_on_commit`` (its rows
+  held and written together);
+- ``enqueue(), a row per call``: the same with ``buffer_shared`` replaced by
+  ``insert_shared``, as enqueue() was before the rows were held (one INSERT per call);
+- ``enqueue() without its row``: the same with ``buffer_shared`` replaced by a function
+  that holds nothing: the Python work around the row (no database round trip).
+
+Each round ends with ``SELECT 1`` inside its transaction (held rows are written before it)
+before it rolls back.
 
 Only 127.0.0.1 is contacted.
 """
@@ -54,7 +63,7 @@ def variants() -> dict[str, Any]:
     from django.db import connection, connections
     from django.utils import timezone
 
-    from gyrinx_tasks import backend, messages
+    from gyrinx_tasks import backend, messages, statements
     from tests import tasks
 
     add = tasks.add.using(backend="oncommit")
@@ -75,28 +84,52 @@ def variants() -> dict[str, Any]:
                            separators=(",", ":")).encode()
         return insert
 
-    def ours_insert(n: int) -> None:
-        result_id, now = str(uuid.uuid4()), timezone.now()
-        timeline = backend.first_timeline(now, "enqueued")
-        backend.insert_shared(connections["default"], key, {
-            "result_id": result_id, "task_id": result_id, "args": [n, 1], "kwargs": {},
-            "created_at": now, "enqueued_at": now, "timeline": timeline},
-            {"args": messages.encode_json([n, 1]), "kwargs": "{}",
-             "timeline": messages.encode_json(timeline)})
+    def ours(write: Any, way: str = "") -> Any:
+        def insert(n: int) -> None:
+            if way:  # this way's plan, in place of the one enqueue() uses
+                cache = connections["default"].__dict__["_gyrinx_statements"]
+                if cache.get("bench-way") != way:
+                    cache[("batch", key)] = statements._batch_plan(
+                        connections["default"], *cache[("insert-values", key)], way=way)
+                    cache["bench-way"] = way
+            result_id, now = str(uuid.uuid4()), timezone.now()
+            timeline = backend.first_timeline(now, "enqueued")
+            write(connections["default"], key, {
+                "result_id": result_id, "task_id": result_id, "args": [n, 1], "kwargs": {},
+                "created_at": now, "enqueued_at": now, "timeline": timeline},
+                {"args": messages.encode_json([n, 1]), "kwargs": "{}",
+                 "timeline": messages.encode_json(timeline)})
+        return insert
 
-    def without_insert(n: int) -> None:
-        real = backend.insert_shared
-        backend.insert_shared = lambda *args, **kwargs: True  # type: ignore[assignment]
-        try:
-            add.enqueue(n, 1)
-        finally:
-            backend.insert_shared = real
+    def enqueue_with(write: Any) -> Any:
+        def call(n: int) -> None:
+            real = backend.buffer_shared
+            backend.buffer_shared = write
+            try:
+                add.enqueue(n, 1)
+            finally:
+                backend.buffer_shared = real
+        return call
 
-    return {"floor INSERT": floor(FLOOR_TABLE),
-            "floor INSERT, runs table": floor("gyrinx_tasks_taskexecution"),
-            "our INSERT alone": ours_insert,
-            "enqueue()": lambda n: add.enqueue(n, 1),
-            "enqueue() without its INSERT": without_insert}
+    def default_way(n: int) -> None:
+        cache = connections["default"].__dict__["_gyrinx_statements"]
+        if cache.get("bench-way"):  # back to enqueue()'s own plan
+            cache.pop(("batch", key), None)
+            cache["bench-way"] = ""
+        add.enqueue(n, 1)
+
+    cases = {"floor INSERT": floor(FLOOR_TABLE),
+             "floor INSERT, runs table": floor("gyrinx_tasks_taskexecution"),
+             "our INSERT alone": ours(statements.insert_shared),
+             "our rows held, by COPY": ours(statements.buffer_shared, "copy"),
+             "our rows held, by executemany": ours(statements.buffer_shared, "many"),
+             "our rows held, by multi-row INSERT": ours(statements.buffer_shared, "values"),
+             "enqueue()": default_way,
+             "enqueue(), a row per call": enqueue_with(statements.insert_shared),
+             "enqueue() without its row": enqueue_with(lambda *args, **kwargs: True)}
+    if connection.vendor != "postgresql":
+        del cases["our rows held, by COPY"]
+    return cases
 
 
 def run(args: argparse.Namespace) -> dict[str, list[float]]:
@@ -132,6 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
                 with transaction.atomic():
                     for n in range(args.calls):
                         case(n)
+                    with connection.cursor() as cursor:  # held rows are written first
+                        cursor.execute("SELECT 1")
                     transaction.set_rollback(True)
                 spent = [b - a for a, b in zip(cpu, cpu_seconds(pid), strict=True)]
                 samples[name].append([(time.perf_counter() - began) / args.calls,

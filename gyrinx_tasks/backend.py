@@ -47,7 +47,7 @@ from .messages import (
 from .push import text_problem
 from .registry import get_route
 from .results import new_result, result_from_execution
-from .statements import insert_run, insert_shared
+from .statements import buffer_shared, flush_buffer, held_rows, insert_run
 from .task_class import PubSubTask
 
 logger = logging.getLogger("gyrinx_tasks")
@@ -504,13 +504,15 @@ class PubSubBackend(BaseTaskBackend):
 
         Many enqueues in one transaction are this option's purpose, and there the run's
         model instance, its TaskResult built from it, and the INSERT's RETURNING were most
-        of the Python time per call (docs/performance.md). So the row is inserted from the
-        values that differ between runs (statements.insert_shared, with the statement and
-        the other columns' values the first such run cached on the connection), the
-        TaskResult is made from the same values, and the instance is built only if its
-        publish fails (Pending.execution). Not taken: for a retry (its own key), while model
-        signals on TaskExecution have receivers (they need the instance), with database
-        routers (they may route by the instance), and outside a transaction.
+        of the Python time per call (docs/performance.md). So the row is made from the
+        values that differ between runs (with the other columns' values the first such run
+        cached on the connection) and held on the connection, to be written with the
+        transaction's other runs in one statement before the connection's next statement or
+        its COMMIT (statements.buffer_shared); the TaskResult is made from the same values,
+        and the instance is built only if its publish fails (Pending.execution). Not taken:
+        for a retry (its own key), while model signals on TaskExecution have receivers (they
+        need the instance), with database routers (they may route by the instance), and
+        outside a transaction.
         """
         if (context is not None and context.retry_of_id is not None) or _model_signals():
             return None
@@ -543,12 +545,14 @@ class PubSubBackend(BaseTaskBackend):
         if not data:
             return None
         note = (context and context.note) or "enqueued"
-        if not insert_shared(connection, key, {
+        if not buffer_shared(connection, key, {
                 "result_id": result_id, "task_id": result_id, "args": args, "kwargs": kwargs,
                 "created_at": now, "enqueued_at": now, "timeline": first_timeline(now, note)},
                 {"args": args_json, "kwargs": kwargs_json,
                  "timeline": encode_json(first_timeline(now, note))}):
             return None  # this connection has not written a run of this kind yet
+        # The row is held, and written with the others before the connection's next
+        # statement or its COMMIT (statements.buffer_shared).
         result = new_result(task, result_id, now, args, kwargs, self.alias)
         pending = Pending.unbuilt(template, self, DEFAULT_DB_ALIAS, route, task, data,
                                   attributes, result, key, note)
@@ -727,6 +731,9 @@ class PubSubBackend(BaseTaskBackend):
 
     def _flush_pending(self, using: str) -> None:
         connection = connections[using]
+        if connection.in_atomic_block and held_rows(connection):
+            # Commit hooks run inside a transaction: TestCase.captureOnCommitCallbacks().
+            flush_buffer(connection)
         queue = getattr(connection, PENDING_ATTR, None) or []
         if not queue:
             return  # an earlier hook of this commit published them

@@ -15,14 +15,17 @@ Model signals (pre_save/post_save) are still sent when something listens for the
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from functools import cache
 from typing import Any
 
 from django.apps import apps
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import NOT_PROVIDED, Subquery, signals
+
+logger = logging.getLogger("gyrinx_tasks")
 
 
 # The models are looked up when a statement is first needed, not imported: the models'
@@ -336,6 +339,246 @@ def insert_shared(connection: Any, shared: Any, values: dict[str, Any],
     return True
 
 
+# The runs buffer_shared holds on a connection wrapper until its next statement or COMMIT.
+BUFFER = "_gyrinx_buffer"
+# Set on a connection wrapper once its _commit and _rollback flush and discard the buffer.
+HOOKED = "_gyrinx_commit_hooked"
+
+
+class _Buffer:
+    """Rows waiting on one connection: ``rows`` as (plan, varying values), in enqueue order;
+    ``raw``, the database connection they belong to (a closed or replaced one drops them)."""
+
+    __slots__ = ("raw", "rows")
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.rows: list[tuple[tuple, list[Any]]] = []
+
+
+def buffer_shared(connection: Any, shared: Any, values: dict[str, Any],
+                  encoded: dict[str, str] | None = None) -> bool:
+    """Hold a new run of the kind ``shared`` (as insert_shared takes it) to be inserted with
+    the other runs held on ``connection``, in one statement, before the connection's next
+    statement or its COMMIT; False, holding nothing, where insert_shared would write nothing.
+
+    Only inside an atomic block (the caller checks). Each held row is written in the
+    savepoint it was enqueued in: SAVEPOINT and RELEASE are statements like any other, so
+    the rows go in before them, and a ROLLBACK TO SAVEPOINT drops the rows still held (all
+    enqueued inside that savepoint, see _flush_first); every read in the transaction sees
+    the rows (through psycopg2 the row is inserted at once instead, by insert_shared). What
+    is held is written by ``flush_buffer``: from an execute wrapper (installed only while
+    rows are held), and from the connection's ``_commit`` before it commits; its
+    ``_rollback`` and ``_close`` drop them. The values are prepared here (JSON encoded), so
+    a value the field refuses fails this call, not the flush, and the caller changing the
+    arguments afterwards does not change the row.
+    """
+    if connection.vendor == "postgresql" and not _psycopg3():
+        # Held rows are written and tested with psycopg 3 (COPY) and SQLite only; through
+        # psycopg2 each row is inserted at once, as before.
+        return insert_shared(connection, shared, values, encoded)
+    cache = connection.__dict__.get("_gyrinx_statements")
+    if cache is None:
+        return False
+    plan = cache.get(("batch", shared))
+    if plan is None:
+        first = cache.get(("insert-values", shared))
+        if first is None:
+            return False
+        plan = cache[("batch", shared)] = _batch_plan(connection, *first)
+    row = [encoded[field.attname] if as_text and encoded and field.attname in encoded
+           else field.get_db_prep_save(values[field.attname], connection)
+           for _, (field, as_text) in plan[2]]
+    buffer = connection.__dict__.get(BUFFER)
+    if buffer is None or not buffer.rows or buffer.raw is not connection.connection:
+        if not connection.__dict__.get(HOOKED):
+            _hook_transaction_end(connection)
+        buffer = connection.__dict__[BUFFER] = _Buffer(connection.connection)
+        # First in the list: a wrapper the caller adds later (execute_wrapper() pops the
+        # last one on its way out) is never mistaken for this one.
+        if _flush_first not in connection.execute_wrappers:
+            connection.execute_wrappers.insert(0, _flush_first)
+    buffer.rows.append((plan, row))
+    return True
+
+
+def held_rows(connection: Any) -> int:
+    """How many runs buffer_shared holds on ``connection``, not yet written."""
+    buffer = connection.__dict__.get(BUFFER)
+    return len(buffer.rows) if buffer is not None else 0
+
+
+def discard_buffer(connection: Any) -> None:
+    """Drop the held rows unwritten (their transaction rolled back, or their connection is
+    gone), and the execute wrapper with them."""
+    buffer = connection.__dict__.pop(BUFFER, None)
+    if buffer is not None:
+        buffer.rows = []
+    if _flush_first in connection.execute_wrappers:
+        connection.execute_wrappers.remove(_flush_first)
+
+
+def flush_buffer(connection: Any, committing: bool = False) -> None:
+    """Insert the rows held on ``connection`` (see buffer_shared), in one statement per kind
+    of run (COPY on PostgreSQL with psycopg 3, else executemany), and stop holding any.
+
+    Rows of a connection that was closed (or replaced) since are dropped: their transaction
+    is gone. If the insert fails, the transaction is marked for rollback (as a failed
+    insert_shared marks it) and the error, a DatabaseError, is raised from the statement
+    that was about to run, or from the commit.
+    """
+    buffer = connection.__dict__.get(BUFFER)
+    if buffer is None:
+        return
+    rows, raw = buffer.rows, buffer.raw
+    discard_buffer(connection)
+    if not rows or raw is not connection.connection or connection.closed_in_transaction:
+        return
+    if not committing and not connection.in_atomic_block:
+        # Their transaction ended without its COMMIT or ROLLBACK passing here (Django's
+        # internals moved): never written outside it, never into another.
+        logger.error("gyrinx_tasks: %d run(s) enqueued with publish_on_commit were dropped "
+                     "unwritten: their transaction ended before they were written.", len(rows))
+        return
+    try:
+        with transaction.mark_for_rollback_on_error(connection.alias):
+            try:
+                start = 0
+                for end in range(1, len(rows) + 1):
+                    if end == len(rows) or rows[end][0] is not rows[start][0]:
+                        _write(connection, rows[start][0], [row for _, row in rows[start:end]])
+                        start = end
+            except DatabaseError:
+                raise
+            except Exception as exc:  # Atomic rolls back on a DatabaseError only
+                raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
+    except DatabaseError as exc:
+        exc.add_note(
+            f"gyrinx_tasks: writing the {len(rows)} run(s) enqueued with publish_on_commit "
+            "since the transaction's previous statement failed. Such runs are written just "
+            "before the next statement or the COMMIT, so the error is raised there, not by "
+            "enqueue(). The transaction is marked for rollback (at a COMMIT: rolled back) "
+            "and none of these runs is published.")
+        raise
+
+
+def _write(connection: Any, plan: tuple, rows: list[list[Any]]) -> None:
+    kind, statement, changing, template = plan
+    if kind == "copy":
+        with connection.wrap_database_errors, connection.cursor() as cursor, \
+                cursor.copy(statement) as copy:  # type: ignore[attr-defined]
+            for values in rows:
+                row = list(template)
+                for (index, _), value in zip(changing, values, strict=True):
+                    row[index] = value
+                copy.write_row(row)
+        return
+    params = []
+    for values in rows:
+        row = list(template)
+        for (index, _), value in zip(changing, values, strict=True):
+            row[index] = value
+        params.append(row)
+    with connection.cursor() as cursor:
+        if kind == "values":  # one INSERT of up to VALUES_ROWS rows
+            head, one = statement
+            size = min(VALUES_ROWS,
+                       (connection.features.max_query_params or 65535) // len(template))
+            for start in range(0, len(params), size):
+                chunk = params[start:start + size]
+                cursor.execute(head + ", ".join([one] * len(chunk)),
+                               [value for row in chunk for value in row])
+            return
+        for start in range(0, len(params), 1000):
+            cursor.executemany(statement, params[start:start + 1000])
+
+
+# Rows per statement of the "values" way (benchmarks/oncommit_split.py measures it).
+VALUES_ROWS = 500
+
+
+def _batch_plan(connection: Any, fields: list[Any], params: list[Any],
+                varying: Collection[str], way: str = "") -> tuple:
+    """flush_buffer's (kind, statement, changing, template) for runs of one kind, from its
+    first run's fields and prepared ``params``: ``changing`` holds, per varying column, its
+    (index in the row, field) and whether JSON text may be sent; ``template``, the row with
+    the shared values (those NULL in every such run and without database default left
+    out, as in insert_shared).
+
+    ``way``: "copy" (PostgreSQL with psycopg 3 only), "values" (multi-row INSERTs) or
+    "many" (executemany); by default COPY where it can be used, which
+    benchmarks/oncommit_split.py measured fastest, else executemany."""
+    kept = [(field, param) for field, param in zip(fields, params, strict=True)
+            if field.attname in varying or param is not None
+            or field.db_default is not NOT_PROVIDED]
+    fields, template = [field for field, _ in kept], [param for _, param in kept]
+    indexes = [index for index, field in enumerate(fields) if field.attname in varying]
+    copy_possible = connection.vendor == "postgresql" and _psycopg3()
+    if way == "copy" or (not way and copy_possible):
+        assert copy_possible, "COPY needs PostgreSQL with psycopg 3"
+        quote = connection.ops.quote_name
+        statement = (f"COPY {quote(_runs()._meta.db_table)} "
+                     f"({', '.join(quote(str(field.column)) for field in fields)}) FROM STDIN")
+        # COPY's text format: JSON text is parsed by the server, as insert_shared sends it.
+        return ("copy", statement,
+                [(index, (fields[index], fields[index].get_internal_type() == "JSONField"))
+                 for index in indexes], template)
+    meta = _runs()._meta
+    assert meta.pk is not None and meta.pk.column is not None
+    statement = _insert_sql(connection, fields, ["%s"] * len(fields))
+    returning = f" RETURNING {connection.ops.quote_name(meta.pk.column)}"
+    assert statement.endswith(returning), statement
+    statement = statement[:-len(returning)]
+    changing = [(index, (fields[index], False)) for index in indexes]
+    if way == "values":
+        head, _, one = statement.rpartition("VALUES ")
+        return ("values", (head + "VALUES ", one), changing, template)
+    return ("many", statement, changing, template)
+
+
+def _flush_first(execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                 context: dict[str, Any]) -> Any:
+    """The execute wrapper installed while rows are held: writes them, then the statement.
+
+    Before a ROLLBACK TO SAVEPOINT the rows are dropped instead: every savepoint was made by
+    a statement, which wrote the rows held before it, so the rows still held were all
+    enqueued inside the savepoint being rolled back. Writing them would only be undone, and
+    would fail in a transaction a failed statement has aborted (PostgreSQL), turning the
+    savepoint's rollback into the whole transaction's.
+    """
+    if isinstance(sql, str) and sql[:11].upper() == "ROLLBACK TO":
+        discard_buffer(context["connection"])
+    else:
+        flush_buffer(context["connection"])
+    return execute(sql, params, many, context)
+
+
+def _hook_transaction_end(connection: Any) -> None:
+    """Make ``connection`` write its held rows before it commits, and drop them when it rolls
+    back or closes. Django has no hook before a COMMIT (on_commit() runs after it), and its
+    COMMIT, ROLLBACK and close are no statements (BaseDatabaseWrapper.commit() calls
+    self._commit(), which calls the driver's commit(); likewise rollback() and close()): the
+    three private methods are wrapped on this connection wrapper only, once. (A closed
+    connection's rows are dropped even if a pool hands the same driver connection back.)
+    tests/test_publish_on_commit_batch.py fails if Django's moved."""
+    commit, rollback, close = connection._commit, connection._rollback, connection._close
+
+    def _commit() -> Any:
+        flush_buffer(connection, committing=True)  # raises: Atomic rolls back
+        return commit()
+
+    def _rollback() -> Any:
+        discard_buffer(connection)
+        return rollback()
+
+    def _close() -> Any:
+        discard_buffer(connection)
+        return close()
+
+    connection._commit, connection._rollback, connection._close = _commit, _rollback, _close
+    connection.__dict__[HOOKED] = True
+
+
 def _shared_plan(connection: Any, fields: list[Any], params: list[Any],
                  varying: Collection[str]) -> tuple[str, list[Any], list[tuple[int, Any, bool]]]:
     """insert_shared's (sql, params, changing) from the first run's fields and prepared
@@ -390,6 +633,7 @@ def _shared_insert(connection: Any, fields: list[Any], params: list[Any],
             [(n, field) for n, (_, field) in enumerate(changing)])
 
 
+@cache
 def _psycopg3() -> bool:
     # Imported only on PostgreSQL: the module imports psycopg or psycopg2, and a project on
     # SQLite may have neither installed.

@@ -50,6 +50,8 @@ ON_DJANGO_60 = {
     "tests/test_retry.py": "retry through Django's Task and the ImmediateBackend",
     "tests/test_publish_on_commit_path.py": "Django's TaskResult built from a run's values "
     "(its fields changed in 6.1) and on_commit hooks dropped with a savepoint",
+    "tests/test_publish_on_commit_batch.py": "runs held until the next statement or COMMIT "
+    "through Django's execute_wrappers and its connection's private _commit/_rollback",
     "tests/test_retention_chunks.py": "the prune's DELETE through QuerySet._raw_delete, a "
     "private Django API, and the collector it stands in for",
     # Request handling, checks, the ORM, migrations.

@@ -21,6 +21,7 @@ from django.test.utils import CaptureQueriesContext
 from google.api_core.exceptions import PermissionDenied, ServiceUnavailable
 
 from gyrinx_tasks import backend as backend_module
+from gyrinx_tasks import statements
 from gyrinx_tasks.exceptions import InvalidTaskArguments
 from gyrinx_tasks.messages import build_message, encode_json, encode_message, encode_task_message
 from gyrinx_tasks.models import PUBLISH_UNCONFIRMED, State, TaskExecution
@@ -46,12 +47,13 @@ def publisher(settings):
 
 @pytest.fixture
 def written(monkeypatch):
-    """The result ids of the runs written by insert_shared, after one warm-up enqueue (the
-    first run of a kind on a connection takes the general path and leaves the statement)."""
+    """The result ids of the runs held by buffer_shared (and written with the others before
+    the connection's next statement or its COMMIT), after one warm-up enqueue (the first run
+    of a kind on a connection takes the general path and leaves the statement)."""
     with transaction.atomic():
         tasks.add.enqueue(0, 0)
     ids: list[str] = []
-    real = backend_module.insert_shared
+    real = backend_module.buffer_shared
 
     def spy(connection: Any, shared: Any, values: dict, encoded: Any = None) -> bool:
         done = real(connection, shared, values, encoded)
@@ -59,7 +61,7 @@ def written(monkeypatch):
             ids.append(values["result_id"])
         return done
 
-    monkeypatch.setattr(backend_module, "insert_shared", spy)
+    monkeypatch.setattr(backend_module, "buffer_shared", spy)
     return ids
 
 
@@ -108,14 +110,27 @@ def test_the_message_encoded_from_the_arguments_json_is_the_general_encoding(arg
         encode_message(build_message("id-1", "add", args, kwargs, now)))
 
 
-def test_a_transaction_writes_one_insert_per_run_and_reads_nothing_to_publish(
-        publisher, written):
+def test_a_transaction_writes_its_runs_in_one_statement_and_reads_nothing_to_publish(
+        publisher, written, monkeypatch):
+    writes = []
+    real = statements._write
+
+    def spy(connection: Any, plan: tuple, rows: list) -> None:
+        writes.append(len(rows))
+        real(connection, plan, rows)
+
+    monkeypatch.setattr(statements, "_write", spy)
     with CaptureQueriesContext(connection) as queries, transaction.atomic():
         results = [tasks.add.enqueue(n, 1) for n in range(5)]
 
-    sql = [q["sql"].split()[0].upper() for q in queries.captured_queries]
-    assert [s for s in sql if s not in ("BEGIN", "COMMIT")] == ["INSERT"] * 5, sql
+    # One statement for the five runs: COPY on PostgreSQL, an executemany INSERT on SQLite.
+    sql = [q["sql"] for q in queries.captured_queries]
+    writing = [s for s in sql if s.split()[0].upper() not in ("BEGIN", "COMMIT")]
+    assert len(writing) == 1, sql
+    assert ("COPY " if connection.vendor == "postgresql" else "INSERT INTO") in writing[0]
+    assert writes == [5]
     assert written == [r.id for r in results]
+    assert TaskExecution.objects.filter(result_id__in=written).count() == 5
     assert [m["task_id"] for _, m, _ in publisher.published[1:]] == written
 
 
@@ -216,7 +231,7 @@ def test_an_insert_that_fails_marks_the_transaction_for_rollback(publisher, writ
                   "created_at": now, "enqueued_at": now, "timeline": []}
         with pytest.raises(IntegrityError), transaction.atomic():
             try:  # the result id is taken
-                backend_module.insert_shared(connections["default"], key, values)
+                statements.insert_shared(connections["default"], key, values)
             finally:
                 marked.append(transaction.get_rollback())
     assert marked == [True]
