@@ -312,15 +312,9 @@ def insert_shared(connection: Any, shared: Any, values: dict[str, Any],
     field's own encoding gives) instead of being encoded again; elsewhere the field prepares
     ``values``. Sends no model signals: for callers that checked no receiver listens.
     """
-    cache = connection.__dict__.get("_gyrinx_statements")
-    if cache is None:
-        return False
-    plan = cache.get(("insert-shared", shared))
+    plan = _kind_plan(connection, shared, "insert-shared", _shared_plan)
     if plan is None:
-        first = cache.get(("insert-values", shared))
-        if first is None:
-            return False
-        plan = cache[("insert-shared", shared)] = _shared_plan(connection, *first)
+        return False
     sql, params, changing = plan
     params = list(params)
     for index, field, as_text in changing:
@@ -337,6 +331,22 @@ def insert_shared(connection: Any, shared: Any, values: dict[str, Any],
         with transaction.mark_for_rollback_on_error(connection.alias):
             raise
     return True
+
+
+def _kind_plan(connection: Any, shared: Any, name: str, build: Callable[..., Any]) -> Any:
+    """The statement plan ``name`` for runs of the kind ``shared`` on ``connection``, built by
+    ``build`` from the kind's first run (cached on the connection by insert_run) and cached
+    beside it; None when this connection has written no run of the kind yet."""
+    cache = connection.__dict__.get("_gyrinx_statements")
+    if cache is None:
+        return None
+    plan = cache.get((name, shared))
+    if plan is None:
+        first = cache.get(("insert-values", shared))
+        if first is None:
+            return None
+        plan = cache[(name, shared)] = build(connection, *first)
+    return plan
 
 
 # The runs buffer_shared holds on a connection wrapper until its next statement or COMMIT.
@@ -377,15 +387,9 @@ def buffer_shared(connection: Any, shared: Any, values: dict[str, Any],
         # Held rows are written and tested with psycopg 3 (COPY) and SQLite only; through
         # psycopg2 each row is inserted at once, as before.
         return insert_shared(connection, shared, values, encoded)
-    cache = connection.__dict__.get("_gyrinx_statements")
-    if cache is None:
-        return False
-    plan = cache.get(("batch", shared))
+    plan = _kind_plan(connection, shared, "batch", _batch_plan)
     if plan is None:
-        first = cache.get(("insert-values", shared))
-        if first is None:
-            return False
-        plan = cache[("batch", shared)] = _batch_plan(connection, *first)
+        return False
     row = [encoded[field.attname] if as_text and encoded and field.attname in encoded
            else field.get_db_prep_save(values[field.attname], connection)
            for _, (field, as_text) in plan[2]]
