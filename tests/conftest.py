@@ -5,7 +5,10 @@ emulator, Chromium) are fixtures in tests/infra/, loaded here as plugins. Fixtur
 some tests need (tests/oidc.py, tests/fakes/) are loaded by those test modules themselves.
 """
 
+import os
+import zlib
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -208,7 +211,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
     older = (["Django < 6.1: the tests marked django61 (Django 6.1's @task options) are not run"]
              if django.VERSION < (6, 1) else [])
-    return older + [
+    at = clock_at()
+    moved = ([f"GYRINX_TEST_CLOCK_AT={at[0]}: every test that can be moved starts "
+              f"{describe_leads(at[1])} before the next {BOUNDARY_NAMES[at[0]]} "
+              "(docs/testing.md, \"Time\")"] if at else [])
+    return older + moved + [
         f"--leave-out {group}: the tests listed for it in tests/conftest.py are not run here"
         for group in config.getoption("leave_out")
     ]
@@ -377,3 +384,85 @@ def sample_site_env(tmp_path):
     env.update(DJANGO_SETTINGS_MODULE="sample_site.settings",
                SAMPLE_SITE_DB=str(tmp_path / "sample.sqlite3"), SAMPLE_REPORT_SECONDS="0")
     return env
+
+
+# --- Tests started just before a boundary (docs/testing.md, "Time") -----------------------
+# GYRINX_TEST_CLOCK_AT=hour|midnight|newyear starts each test that can be moved a few seconds
+# before the next full hour, UTC midnight, or 1 January 00:00 UTC at least a year ahead, all
+# counted from the real clock (never a fixed date), with the clock ticking: a test that builds
+# runs "two minutes ago" and buckets them per hour or per day, or compares dates, then sees its
+# data straddle the boundary. GYRINX_TEST_CLOCK_LEAD is how many seconds before: one number, or
+# several separated by commas, of which each test takes one by its id (the same one in every
+# run, so a failure can be run again alone). A test that moves the clock itself (time_machine)
+# travels from there; time_machine's travels nest.
+BOUNDARY_NAMES = {"hour": "full hour", "midnight": "UTC midnight",
+                  "newyear": "1 January 00:00 UTC a year ahead"}
+DEFAULT_CLOCK_LEADS = (1, 20, 90)
+# Not moved: tests whose clock another part reads too. Another process: the emulator,
+# Chromium and its live server, the sample site's commands. gRPC in this process (the fakes of
+# tests/fakes/ and the clients that talk to them): its Python layer turns time.time(), which
+# time_machine moves, into deadlines that its C core waits for on the real clock, so a server
+# start or a call waits until the real clock catches up (an hour, a year). Marker
+# ``real_clock`` for a test that uses gRPC without one of these fixtures.
+UNMOVED_MARKERS = {"emulator", "browser", "real_clock"}
+UNMOVED_FIXTURES = {"pubsub_emulator", "browser", "live_server", "sample_site_env",
+                    "scheduler_fake", "monitoring_fake", "flaky_pubsub"}
+
+
+def clock_at() -> tuple[str, tuple[int, ...]] | None:
+    """GYRINX_TEST_CLOCK_AT and GYRINX_TEST_CLOCK_LEAD read and checked: the boundary's name
+    and the leads in seconds, or None when the variable is not set."""
+    mode = os.environ.get("GYRINX_TEST_CLOCK_AT", "").strip()
+    if not mode:
+        return None
+    if mode not in BOUNDARY_NAMES:
+        raise pytest.UsageError(
+            f"GYRINX_TEST_CLOCK_AT={mode!r}: expected one of {', '.join(BOUNDARY_NAMES)}.")
+    raw = os.environ.get("GYRINX_TEST_CLOCK_LEAD", "").strip()
+    try:
+        leads = tuple(int(part) for part in raw.split(",")) if raw else DEFAULT_CLOCK_LEADS
+    except ValueError:
+        leads = ()
+    if not leads or any(lead < 0 or lead >= 3600 for lead in leads):
+        raise pytest.UsageError(
+            f"GYRINX_TEST_CLOCK_LEAD={raw!r}: expected whole seconds under 3600, separated by "
+            "commas (e.g. 1,20,90).")
+    return mode, leads
+
+
+def describe_leads(leads: tuple[int, ...]) -> str:
+    return f"{leads[0]} s" if len(leads) == 1 else f"{', '.join(map(str, leads))} s (by test)"
+
+
+def next_boundary(mode: str, now: datetime) -> datetime:
+    """The next full hour, UTC midnight or 1 January 00:00 UTC (at least 365 days ahead)
+    after ``now``."""
+    now = now.astimezone(UTC)
+    if mode == "hour":
+        return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if mode == "midnight":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return datetime((now + timedelta(days=365)).year + 1, 1, 1, tzinfo=UTC)
+
+
+def clock_lead(nodeid: str, leads: tuple[int, ...]) -> int:
+    """The lead a test takes, by its id (crc32: the same in every run and worker)."""
+    return leads[zlib.crc32(nodeid.encode()) % len(leads)]
+
+
+@pytest.fixture(autouse=True)
+def _clock_before_boundary(request):
+    """Under GYRINX_TEST_CLOCK_AT, start the test just before the next boundary (above)."""
+    at = clock_at()
+    node = request.node
+    if (at is None or any(node.get_closest_marker(name) for name in UNMOVED_MARKERS)
+            or UNMOVED_FIXTURES & set(getattr(node, "fixturenames", ()))):
+        yield
+        return
+    import time_machine
+
+    mode, leads = at
+    lead = clock_lead(node.nodeid, leads)
+    destination = next_boundary(mode, datetime.now(UTC)) - timedelta(seconds=lead)
+    with time_machine.travel(destination, tick=True):
+        yield

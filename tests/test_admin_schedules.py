@@ -356,6 +356,7 @@ def test_missing_job_is_explained_in_place(admin_client, on_fake_scheduler):
     assert reverse("admin:gyrinx_tasks_provisioningstatus_changelist") in body
 
 
+@pytest.mark.real_clock  # a gRPC channel (tests/conftest.py, UNMOVED_FIXTURES)
 def test_unreachable_cloud_scheduler_is_explained_in_the_cell(admin_client, monkeypatch):
     from tests.infra import free_port
 
