@@ -396,7 +396,9 @@ def sample_site_env(tmp_path):
 # just before it, runs built "in a minute", or a test that takes longer than the offset, cross
 # it. GYRINX_TEST_CLOCK_OFFSET is where from the boundary, in seconds (-20: 20 s before it, 90:
 # 90 s after): one number, or several separated by commas, of which each test takes one by its
-# id (the same one in every run and worker, so a failure can be run again alone). A test that
+# id (the same one in every run and worker, so a failure can be run again alone); offsets of
+# whole hours more (3620: 20 s after the full hour after next) spread the tests over the day's
+# hours, for what happens at one time of day (a daily job's fire time). A test that
 # moves the clock itself (time_machine) travels from there; time_machine's travels nest.
 BOUNDARY_NAMES = {"hour": "full hour", "midnight": "UTC midnight",
                   "newyear": "1 January 00:00 UTC a year ahead"}
@@ -427,10 +429,11 @@ def clock_at() -> tuple[str, tuple[int, ...]] | None:
         offsets = tuple(int(part) for part in raw.split(",")) if raw else DEFAULT_CLOCK_OFFSETS
     except ValueError:
         offsets = ()
-    if not offsets or any(abs(offset) >= 3600 for offset in offsets):
+    if not offsets or any(abs(offset) >= 86400 for offset in offsets):
         raise pytest.UsageError(
             f"GYRINX_TEST_CLOCK_OFFSET={raw!r}: expected whole seconds from the boundary, "
-            "under 3600 either way, separated by commas (e.g. -20,90: 20 s before, 90 s after).")
+            "under a day either way, separated by commas (e.g. -20,90: 20 s before, 90 s "
+            "after).")
     return mode, offsets
 
 

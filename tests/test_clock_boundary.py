@@ -59,6 +59,7 @@ def test_each_test_keeps_its_offset():
     ("", "", None),
     ("hour", "", ("hour", (-90, -20, -1, 1, 20, 90))),
     ("midnight", "-20, 1,20", ("midnight", (-20, 1, 20))),
+    ("hour", "20,3620,-86399", ("hour", (20, 3620, -86399))),
 ])
 def test_the_variables_are_read(monkeypatch, at, offset, expected):
     monkeypatch.setenv("GYRINX_TEST_CLOCK_AT", at)
@@ -69,7 +70,7 @@ def test_the_variables_are_read(monkeypatch, at, offset, expected):
 @pytest.mark.parametrize(("at", "offset", "says"), [
     ("noon", "", "expected one of hour, midnight, newyear"),
     ("hour", "soon", "expected whole seconds"),
-    ("hour", "3600", "under 3600 either way"),
+    ("hour", "86400", "under a day either way"),
     ("hour", "1,,2", "expected whole seconds"),
 ])
 def test_a_bad_value_is_a_usage_error_with_a_sentence(monkeypatch, at, offset, says):
