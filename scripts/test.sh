@@ -202,7 +202,7 @@ SUBSET=$(( $# > 0 ))
 subset_ok() {
     none_selected_ok "$SUBSET" "The tests asked for hold none that read the clock." "$@"
 }
-say "pytest on SQLite with the clock moved +365d, each test just before a new year (marker clock, no emulator or browser)"
+say "pytest on SQLite with the clock moved +365d, each test next to a new year (marker clock, no emulator or browser)"
 timed "pytest (clock +365d)" subset_ok env -u GYRINX_TEST_DB GYRINX_TEST_CLOCK_AT=newyear \
     GYRINX_TEST_CLOCK_OFFSET=-20,1,20 faketime -f +365d \
     "$PY" -m pytest "${PARALLEL[@]}" -m "clock and not emulator and not browser" "$@"
