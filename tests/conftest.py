@@ -5,7 +5,10 @@ emulator, Chromium) are fixtures in tests/infra/, loaded here as plugins. Fixtur
 some tests need (tests/oidc.py, tests/fakes/) are loaded by those test modules themselves.
 """
 
+import os
+import zlib
 from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,7 @@ SAME_ON_EVERY_DATABASE = {  # `--leave-out same-on-every-database`: the PostgreS
     "tests/test_run_selection.py": "collects the suite in subprocesses; no database",
     "tests/test_suite_layout.py": "reads the test modules' source; no database",
     "tests/test_issue16_map.py": "reads docs/delivery.md; no database",
+    "tests/test_clock_boundary.py": "the suite's clock moved to a boundary; no database",
 }
 # The Django 6.0 run (`--leave-out same-on-every-django`) runs only what ON_DJANGO_60 lists:
 # where Django 6.0 and 6.1 differ for this app. Every test module is declared in ON_DJANGO_60
@@ -116,6 +120,7 @@ SAME_ON_EVERY_DJANGO = {  # `--leave-out same-on-every-django`: the Django 6.0 r
     "tests/test_suite_layout.py": "reads the test modules' source",
     "tests/test_run_selection.py": "what this table selects; the same on every Django",
     "tests/test_issue16_map.py": "reads docs/delivery.md",
+    "tests/test_clock_boundary.py": "the suite's clock moved to a boundary (time-machine)",
     "tests/test_e2e.py": "the emulator's side of a delivery (every emulator test is left out)",
     "tests/test_hold_e2e.py": "the emulator's side of a delivery (every emulator test is left out)",
     "tests/test_pg_exhaustion.py": "PostgreSQL out of connections; the database's behaviour",
@@ -211,7 +216,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
     older = (["Django < 6.1: the tests marked django61 (Django 6.1's @task options) are not run"]
              if django.VERSION < (6, 1) else [])
-    return older + [
+    at = clock_at()
+    moved = ([f"GYRINX_TEST_CLOCK_AT={at[0]}: every test that can be moved starts "
+              f"{describe_offsets(at[1])} the next {BOUNDARY_NAMES[at[0]]} "
+              "(docs/testing.md, \"Time\")"] if at else [])
+    return older + moved + [
         f"--leave-out {group}: the tests listed for it in tests/conftest.py are not run here"
         for group in config.getoption("leave_out")
     ]
@@ -380,3 +389,95 @@ def sample_site_env(tmp_path):
     env.update(DJANGO_SETTINGS_MODULE="sample_site.settings",
                SAMPLE_SITE_DB=str(tmp_path / "sample.sqlite3"), SAMPLE_REPORT_SECONDS="0")
     return env
+
+
+# --- Tests started at a boundary (docs/testing.md, "Time") --------------------------------
+# GYRINX_TEST_CLOCK_AT=hour|midnight|newyear starts each test that can be moved a few seconds
+# from the next full hour, UTC midnight, or 1 January 00:00 UTC at least a year ahead, all
+# counted from the real clock (never a fixed date), with the clock ticking. Just after it, runs
+# a test built "two minutes ago" fall in the hour (day, month, year) before the ones built now;
+# just before it, runs built "in a minute", or a test that takes longer than the offset, cross
+# it. GYRINX_TEST_CLOCK_OFFSET is where from the boundary, in seconds (-20: 20 s before it, 90:
+# 90 s after): one number, or several separated by commas, of which each test takes one by its
+# id (the same one in every run and worker, so a failure can be run again alone); offsets of
+# whole hours more (3620: 20 s after the full hour after next) spread the tests over the day's
+# hours, for what happens at one time of day (a daily job's fire time). A test that
+# moves the clock itself (time_machine) travels from there; time_machine's travels nest.
+BOUNDARY_NAMES = {"hour": "full hour", "midnight": "UTC midnight",
+                  "newyear": "1 January 00:00 UTC a year ahead"}
+DEFAULT_CLOCK_OFFSETS = (-90, -20, -1, 1, 20, 90)
+# Not moved: tests whose clock another part reads too. Another process: the emulator,
+# Chromium and its live server, the sample site's commands. gRPC in this process (the fakes of
+# tests/fakes/ and the clients that talk to them): its Python layer turns time.time(), which
+# time_machine moves, into deadlines that its C core waits for on the real clock, so a server
+# start or a call waits until the real clock catches up (an hour, a year). Marker
+# ``real_clock`` for a test that uses gRPC, or compares its clock with another process's,
+# without one of these fixtures.
+UNMOVED_MARKERS = {"emulator", "browser", "real_clock"}
+UNMOVED_FIXTURES = {"pubsub_emulator", "browser", "live_server", "sample_site_env",
+                    "scheduler_fake", "monitoring_fake", "flaky_pubsub"}
+
+
+def clock_at() -> tuple[str, tuple[int, ...]] | None:
+    """GYRINX_TEST_CLOCK_AT and GYRINX_TEST_CLOCK_OFFSET read and checked: the boundary's name
+    and the offsets in seconds, or None when the first is not set."""
+    mode = os.environ.get("GYRINX_TEST_CLOCK_AT", "").strip()
+    if not mode:
+        return None
+    if mode not in BOUNDARY_NAMES:
+        raise pytest.UsageError(
+            f"GYRINX_TEST_CLOCK_AT={mode!r}: expected one of {', '.join(BOUNDARY_NAMES)}.")
+    raw = os.environ.get("GYRINX_TEST_CLOCK_OFFSET", "").strip()
+    try:
+        offsets = tuple(int(part) for part in raw.split(",")) if raw else DEFAULT_CLOCK_OFFSETS
+    except ValueError:
+        offsets = ()
+    if not offsets or any(abs(offset) >= 86400 for offset in offsets):
+        raise pytest.UsageError(
+            f"GYRINX_TEST_CLOCK_OFFSET={raw!r}: expected whole seconds from the boundary, "
+            "under a day either way, separated by commas (e.g. -20,90: 20 s before, 90 s "
+            "after).")
+    return mode, offsets
+
+
+def describe_offsets(offsets: tuple[int, ...]) -> str:
+    listed = ", ".join(f"{offset:+d}" for offset in offsets)
+    return f"{listed} s from" + (" (one per test)" if len(offsets) > 1 else "")
+
+
+def next_boundary(mode: str, now: datetime) -> datetime:
+    """The next full hour, UTC midnight or 1 January 00:00 UTC (at least 365 days ahead)
+    after ``now``."""
+    now = now.astimezone(UTC)
+    if mode == "hour":
+        return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if mode == "midnight":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    return datetime((now + timedelta(days=365)).year + 1, 1, 1, tzinfo=UTC)
+
+
+def clock_offset(nodeid: str, offsets: tuple[int, ...]) -> int:
+    """The offset a test takes, by its id (crc32: the same in every run and worker)."""
+    return offsets[zlib.crc32(nodeid.encode()) % len(offsets)]
+
+
+@pytest.fixture(autouse=True)
+def _clock_at_boundary(request):
+    """Under GYRINX_TEST_CLOCK_AT, start the test next to the next boundary (above)."""
+    at = clock_at()
+    node = request.node
+    if (at is None or any(node.get_closest_marker(name) for name in UNMOVED_MARKERS)
+            or UNMOVED_FIXTURES & set(getattr(node, "fixturenames", ()))):
+        yield
+        return
+    import time_machine
+
+    mode, offsets = at
+    offset = clock_offset(node.nodeid, offsets)
+    destination = next_boundary(mode, datetime.now(UTC)) + timedelta(seconds=offset)
+    # Shown with a failure ("Captured clock setup"): where the test's clock started.
+    node.add_report_section("setup", "clock", f"GYRINX_TEST_CLOCK_AT={mode} "
+                            f"GYRINX_TEST_CLOCK_OFFSET={offset}: {destination.isoformat()}")
+    with time_machine.travel(destination, tick=True):
+        yield
+

@@ -95,7 +95,13 @@ def test_page_lists_each_scheduled_route_with_its_schedule_in_words_and_next_run
     assert url("job") in body and 'hx-trigger="load"' in body  # state loads after the page
 
 
-def test_last_run_shows_status_time_duration_and_links_to_the_run(admin_client):
+def test_last_run_shows_status_time_duration_and_links_to_the_run(admin_client, admin_user,
+                                                                 time_machine):
+    # The clock stands at noon: within the tolerance after 03:00 (the nightly job's fire time)
+    # the window also judges the day before's firing, which this test gave no run, and the
+    # page rightly showed it missed (found at 03:00:20 UTC with GYRINX_TEST_CLOCK_AT=hour).
+    time_machine.move_to(timezone.now().replace(hour=12, minute=0, second=0, microsecond=0))
+    admin_client.force_login(admin_user)  # after the move (docs/testing.md, "Time")
     started = timezone.now() - timedelta(minutes=5)
     make_run(NIGHTLY, State.READY, trigger=Trigger.SCHEDULE)  # older
     run = make_run(NIGHTLY, State.SUCCESSFUL, trigger=Trigger.SCHEDULE, started_at=started,
@@ -356,6 +362,7 @@ def test_missing_job_is_explained_in_place(admin_client, on_fake_scheduler):
     assert reverse("admin:gyrinx_tasks_provisioningstatus_changelist") in body
 
 
+@pytest.mark.real_clock  # a gRPC channel (tests/conftest.py, UNMOVED_FIXTURES)
 def test_unreachable_cloud_scheduler_is_explained_in_the_cell(admin_client, monkeypatch):
     from tests.infra import free_port
 
