@@ -512,3 +512,21 @@ def test_the_stuck_list_names_the_recovery(operator):
     html = operator.get(reverse(RUNS), {"stuck": "running"}).content.decode()
     assert "Give up and retry on the run" in html
     assert "the task can run twice" in html
+
+
+@pytest.mark.django_db
+def test_the_cancel_panel_of_a_stuck_run_points_to_give_up_not_to_waiting(client, fake_publisher):
+    """A RUNNING run cannot be cancelled. Within its ack deadline the page says to wait for it
+    to end; past it (its worker may have died) waiting could be for ever, so it says what
+    recovers the run instead."""
+    client.force_login(staff_user("canceller", "view_taskexecution", "cancel_taskexecution"))
+    stuck = running_echo()
+    busy = running_echo(started_ago=timedelta(seconds=5), arg="busy")
+
+    def refusal(run):
+        page = client.get(change_url(run)).content.decode()
+        return re.search(r'class="gyrinx-cancel-refused">(.*?)</p>', page, re.S).group(1)
+
+    assert "past its ack deadline" in refusal(stuck) and "Give up and retry" in refusal(stuck)
+    assert "Wait for it to end" not in refusal(stuck)
+    assert "Wait for it to end" in refusal(busy) and "Give up" not in refusal(busy)

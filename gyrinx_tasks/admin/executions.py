@@ -588,6 +588,10 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
         for a READY run, or why a RUNNING one cannot be cancelled; only with the permission."""
         allowed = self.has_cancel_permission(request)
         reason = refusal(obj) if allowed and obj.status in UNSETTLED else ""
+        if reason and obj.status == State.RUNNING and not abandon_refusal(obj):
+            # Past its ack deadline "wait for it to end" may mean waiting for ever: say what
+            # recovers it (the give-up panel beside this one, with the retry permission).
+            reason = STUCK_NOT_CANCELLABLE
         return {
             "can_cancel": allowed and obj.status == State.READY and not reason,
             "cancel_refusal": reason,
@@ -760,6 +764,11 @@ ABANDON_PANEL = "admin/gyrinx_tasks/taskexecution/_abandon.html"
 ABANDON_PAGE = "admin/gyrinx_tasks/taskexecution/abandon_page.html"
 ABANDON_CONFIRM = "admin/gyrinx_tasks/taskexecution/abandon_confirm.html"
 CANCEL_PANEL = "admin/gyrinx_tasks/taskexecution/_cancel.html"
+# Why a run RUNNING past its ack deadline cannot be cancelled, and what to do instead.
+STUCK_NOT_CANCELLABLE = (
+    "The run has been running past its ack deadline: its worker may have died. A task that "
+    "has started cannot be cancelled; Give up and retry (it needs the retry permission) "
+    "settles this attempt and runs the task again as a new run.")
 CANCEL_CONFIRM = "admin/gyrinx_tasks/taskexecution/cancel_confirm.html"
 CANCELLED_MESSAGE = "Cancelled before it started: the task will not run."
 RETRY_PANEL = "admin/gyrinx_tasks/taskexecution/_retry.html"
