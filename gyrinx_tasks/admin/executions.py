@@ -415,13 +415,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         original = get_object_or_404(TaskExecution, pk=object_id)
-        new, error = None, ""
-        try:
-            new = retry_run(original, request.user)
-        except RetryPublishFailed as exc:
-            new, error = exc.execution, str(exc)
-        except RetryError as exc:
-            error = str(exc)
+        new, error = _new_run(retry_run, original, request.user)
         if new is not None:
             audit(request, original, retried_message(
                 new.pk, new.result_id, not error, bool(error) and new.status == State.READY))
@@ -690,13 +684,7 @@ class TaskExecutionAdmin(ExecutionExportMixin, ActionPermissionMixin, AuditedAdm
             return TemplateResponse(request, ABANDON_PAGE, {**page_context(
                 self, request, str(_("Give up and retry")), change_url=_change_url(run.pk)),
                 **context})
-        new, error = None, ""
-        try:
-            new = abandon_run(run, request.user)
-        except RetryPublishFailed as exc:
-            new, error = exc.execution, str(exc)
-        except RetryError as exc:
-            error = str(exc)
+        new, error = _new_run(abandon_run, run, request.user)
         if new is not None:
             audit(request, run, abandoned_message(new.pk, new.result_id, not error,
                                                   bool(error) and new.status == State.READY))
@@ -764,11 +752,6 @@ ABANDON_PANEL = "admin/gyrinx_tasks/taskexecution/_abandon.html"
 ABANDON_PAGE = "admin/gyrinx_tasks/taskexecution/abandon_page.html"
 ABANDON_CONFIRM = "admin/gyrinx_tasks/taskexecution/abandon_confirm.html"
 CANCEL_PANEL = "admin/gyrinx_tasks/taskexecution/_cancel.html"
-# Why a run RUNNING past its ack deadline cannot be cancelled, and what to do instead.
-STUCK_NOT_CANCELLABLE = (
-    "The run has been running past its ack deadline: its worker may have died. A task that "
-    "has started cannot be cancelled; Give up and retry (it needs the retry permission) "
-    "settles this attempt and runs the task again as a new run.")
 CANCEL_CONFIRM = "admin/gyrinx_tasks/taskexecution/cancel_confirm.html"
 CANCELLED_MESSAGE = "Cancelled before it started: the task will not run."
 RETRY_PANEL = "admin/gyrinx_tasks/taskexecution/_retry.html"
@@ -776,6 +759,23 @@ RETRY_CONFIRM = "admin/gyrinx_tasks/taskexecution/retry_confirm.html"
 RETRIES_SHOWN = 20
 RETRY_POLL_SECONDS = 2
 UNSETTLED = (State.READY, State.RUNNING)
+# Why a run RUNNING past its ack deadline cannot be cancelled, and what to do instead.
+STUCK_NOT_CANCELLABLE = (
+    "The run has been running past its ack deadline: its worker may have died. A task that "
+    "has started cannot be cancelled; Give up and retry (it needs the retry permission) "
+    "settles this attempt and runs the task again as a new run.")
+
+
+def _new_run(make: Any, run: TaskExecution, user: Any) -> tuple[Any, str]:
+    """(the new run, "") from ``make(run, user)`` (retry_run or abandon_run); (the new run,
+    why its publish failed) when it was recorded but not published; (None, why) when it was
+    refused."""
+    try:
+        return make(run, user), ""
+    except RetryPublishFailed as exc:
+        return exc.execution, str(exc)
+    except RetryError as exc:
+        return None, str(exc)
 
 
 def retried_message(new_id: int, new_result_id: str, published: bool,
