@@ -311,6 +311,25 @@ def fake_publisher():
     task_backends["default"].__dict__.pop("publisher", None)
 
 
+@pytest.fixture
+def on_commit_backend(settings):
+    """The default backend with publish_on_commit, publishing into a FakePublisher (the
+    settings first: changing TASKS makes the backends anew)."""
+    from django.tasks import task_backends
+
+    from tests.helpers import FakePublisher, use_publisher
+
+    settings.TASKS = {
+        **settings.TASKS,
+        "default": {**settings.TASKS["default"],
+                    "OPTIONS": {"project_id": "test-project", "publish_on_commit": True}},
+    }
+    publisher = FakePublisher()
+    use_publisher(publisher)
+    yield publisher
+    task_backends["default"].__dict__.pop("publisher", None)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     """Make a worker's report sendable when its captured output holds a lone surrogate.

@@ -39,20 +39,6 @@ class PickyPublisher(FakePublisher):
         return super().publish(topic, data, **attrs)
 
 
-@pytest.fixture
-def on_commit_backend(settings):
-    """The default backend with publish_on_commit, publishing into a FakePublisher."""
-    settings.TASKS = {
-        **settings.TASKS,
-        "default": {**settings.TASKS["default"],
-                    "OPTIONS": {"project_id": "test-project", "publish_on_commit": True}},
-    }
-    publisher = FakePublisher()
-    use_publisher(publisher)
-    yield publisher
-    task_backends["default"].__dict__.pop("publisher", None)
-
-
 def published_args(publisher: FakePublisher) -> list:
     return sorted(message["args"][0] for _topic, message, _attrs in publisher.published)
 

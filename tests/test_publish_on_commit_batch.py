@@ -27,27 +27,20 @@ from gyrinx_tasks import backend as backend_module
 from gyrinx_tasks import statements
 from gyrinx_tasks.models import TaskExecution
 from tests import tasks
-from tests.helpers import FakePublisher, use_publisher
+from tests.helpers import FakePublisher
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def publisher(settings):
-    """The default backend with publish_on_commit, publishing into a FakePublisher, after one
-    warm-up enqueue (the first run of a kind on a connection takes the general path)."""
-    settings.TASKS = {
-        **settings.TASKS,
-        "default": {**settings.TASKS["default"],
-                    "OPTIONS": {"project_id": "test-project", "publish_on_commit": True}},
-    }
-    fake = FakePublisher()
-    use_publisher(fake)
+def publisher(on_commit_backend):
+    """The default backend with publish_on_commit (tests/conftest.py), its FakePublisher,
+    after one warm-up enqueue (the first run of a kind on a connection takes the general
+    path)."""
     with transaction.atomic():
         tasks.add.enqueue(0, 0)
-    fake.published.clear()
-    yield fake
-    task_backends["default"].__dict__.pop("publisher", None)
+    on_commit_backend.published.clear()
+    return on_commit_backend
 
 
 def published(fake: FakePublisher) -> list[str]:

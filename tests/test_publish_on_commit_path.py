@@ -32,17 +32,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def publisher(settings):
-    """The default backend with publish_on_commit, publishing into a FakePublisher."""
-    settings.TASKS = {
-        **settings.TASKS,
-        "default": {**settings.TASKS["default"],
-                    "OPTIONS": {"project_id": "test-project", "publish_on_commit": True}},
-    }
-    fake = FakePublisher()
-    use_publisher(fake)
-    yield fake
-    task_backends["default"].__dict__.pop("publisher", None)
+def publisher(on_commit_backend):
+    """The default backend with publish_on_commit (tests/conftest.py), its FakePublisher."""
+    return on_commit_backend
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.http import HttpResponse
-from django.tasks import task_backends
 from django.test import RequestFactory
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -25,7 +24,7 @@ from gyrinx_tasks.messages import TRACEPARENT_ATTRIBUTE
 from gyrinx_tasks.models import State, TaskExecution
 from gyrinx_tasks.traces import TraceContextMiddleware, trace_context
 from tests import tasks
-from tests.helpers import FakePublisher, envelope, push, use_publisher
+from tests.helpers import envelope, push
 
 pytestmark = pytest.mark.usefixtures("no_oidc")
 
@@ -35,11 +34,8 @@ TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
 
 
 @pytest.fixture
-def publisher():
-    fake = FakePublisher()
-    use_publisher(fake)
-    yield fake
-    task_backends["default"].__dict__.pop("publisher", None)
+def publisher(fake_publisher):
+    return fake_publisher
 
 
 @pytest.fixture
